@@ -44,7 +44,9 @@ class Case:
     @property
     def id(self) -> str:
         """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (device not included)."""
-        return f"{self.model}/{self.workload}/{self.precision}/bs{self.batch_size}/seq{self.seq_len}"
+        return (
+            f"{self.model}/{self.workload}/{self.precision}/bs{self.batch_size}/seq{self.seq_len}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The `case` object of a results line."""
@@ -63,7 +65,9 @@ class CaseResult:
     case: Case
     status: str
     reason: str | None = None
-    timing: dict[str, Any] | None = None  # warmup, iterations, step_s[], median_s, mean_s, stdev_s, ...
+    timing: dict[str, Any] | None = (
+        None  # warmup, iterations, step_s[], median_s, mean_s, stdev_s, ...
+    )
     throughput: dict[str, float] | None = None  # samples_per_s, tokens_per_s
     memory: dict[str, Any] | None = None  # peak_bytes, reserved_bytes, method
     losses: list[float] | None = None  # training: loss of every timed step, in order
@@ -134,7 +138,9 @@ def read_results_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             data["case"]["id"]
         except (ValueError, KeyError, TypeError) as exc:
             torn = lineno == len(lines) and not text.endswith("\n")
-            kind = "truncated last line (interrupted write?)" if torn else f"unreadable line ({exc})"
+            kind = (
+                "truncated last line (interrupted write?)" if torn else f"unreadable line ({exc})"
+            )
             problems.append(f"{path}:{lineno}: {kind}; skipped")
             continue
         results.append(data)

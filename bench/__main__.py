@@ -1,0 +1,5 @@
+"""`python -m bench` runs the mpbench CLI."""
+
+from bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The `mpbench` command line: run, list, env (report/compare/check build on the results files).
+
+Bad input (suite files, flags, results files) raises MpbenchError: printed as one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.errors import MpbenchError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+LIST_FLAGS = ("models", "workloads", "precisions", "batch_sizes", "seq_lens")
+
+
+def _comma_list(kind: type) -> Any:
+    """argparse type for comma-separated values of `kind` (int or str)."""
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        if kind is int:
+            try:
+                return [int(item) for item in items]
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected comma-separated integers, got {text!r}"
+                ) from None
+        return items
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mpbench",
+        description="Benchmark GPT- and BERT-style transformers across precision modes: speed, "
+        "memory and numerical divergence against fp32.",
+    )
+    from bench import __version__
+
+    parser.add_argument("--version", action="version", version=f"mpbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a suite and write results (and a report) to a run directory",
+        description="Run a suite: every case of models x workloads x precisions x batch sizes x "
+        "sequence lengths. Writes env.json, suite.toml and results.jsonl (one line per case, "
+        "flushed as each finishes) to the run directory.",
+    )
+    run.add_argument(
+        "suite",
+        nargs="?",
+        help="suite file (TOML) or built-in name: smoke, standard, ci "
+        "(default: smoke on CPU, standard on a GPU)",
+    )
+    run.add_argument(
+        "--out", type=Path, help="run directory (default: reports/<suite>-<timestamp>)"
+    )
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument(
+        "--models",
+        type=_comma_list(str),
+        help="replace the suite's models (presets or checkpoint dirs)",
+    )
+    run.add_argument(
+        "--workloads",
+        type=_comma_list(str),
+        help="replace the suite's workloads (train, infer, generate)",
+    )
+    run.add_argument(
+        "--precisions",
+        type=_comma_list(str),
+        help="replace the suite's precisions, e.g. fp32,amp_bf16",
+    )
+    run.add_argument(
+        "--batch-sizes", type=_comma_list(int), help="replace the suite's batch sizes, e.g. 1,8,32"
+    )
+    run.add_argument(
+        "--seq-lens", type=_comma_list(int), help="replace the suite's sequence lengths"
+    )
+    run.add_argument("--data", help='data for the numerics passes: "random" or "text:PATH"')
+    run.add_argument("--warmup", type=int, help="warm-up steps per case (excluded from timing)")
+    run.add_argument("--iterations", type=int, help="timed steps per case")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress display (for CI logs)")
+    run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
+
+    lst = sub.add_parser(
+        "list", help="models, workloads and precision modes, and what this device supports"
+    )
+    lst.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+    env = sub.add_parser("env", help="print the environment that a run records (JSON)")
+    env.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mpbench` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except MpbenchError as exc:
+        print(f"mpbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`mpbench run`: load the suite, run every case, write results and the report."""
+    from bench.device import resolve_device
+    from bench.session import run_suite
+    from bench.suite import default_suite_name, load_suite
+
+    device = resolve_device(args.device)
+    overrides = {k: getattr(args, k) for k in LIST_FLAGS if getattr(args, k) is not None}
+    suite = load_suite(args.suite or default_suite_name(device.type), overrides, args.data)
+    timing_overrides = {"warmup": args.warmup, "iterations": args.iterations}
+    suite = suite.with_timing({k: v for k, v in timing_overrides.items() if v is not None})
+    out = args.out or Path("reports") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return run_suite(suite, device, out, quiet=args.quiet, render=not args.no_report)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """`mpbench list`: what can run here, and why not where it cannot."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.device import resolve_device
+    from bench.models import PRESETS
+    from bench.precision import PRECISION_MODES
+    from bench.workloads import WORKLOADS
+
+    device = resolve_device(args.device)
+    console = Console()
+    console.print(f"Device: [bold]{device.name}[/] ({device.product_name()})")
+    modes = Table("precision", "on this device", "what it does", title="Precision modes")
+    for mode in PRECISION_MODES.values():
+        reason = mode.unsupported_reason(device)
+        modes.add_row(
+            mode.name,
+            "[green]supported[/]" if reason is None else f"[yellow]skipped[/]: {reason}",
+            mode.summary,
+        )
+    console.print(modes)
+    models = Table("model", "family", "max positions", "shape", title="Model presets")
+    for spec in PRESETS.values():
+        models.add_row(spec.name, spec.family, str(spec.max_positions), spec.summary)
+    console.print(models)
+    table = Table("workload", "what is timed", title="Workloads")
+    for name, summary in WORKLOADS.items():
+        table.add_row(name, summary)
+    console.print(table)
+    console.print("A local checkpoint directory (safetensors, gpt2 or bert) also works as a model.")
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """`mpbench env`: the environment a run records, as JSON."""
+    from bench.device import resolve_device
+    from bench.env import capture_env
+
+    print(json.dumps(capture_env(resolve_device(args.device)), indent=2))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "env": cmd_env}
