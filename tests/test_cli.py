@@ -1,0 +1,99 @@
+"""The command line: exit codes, messages without tracebacks, and the run directory it writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def mpbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bench` as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_run_writes_env_suite_and_results(tiny_suite_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = mpbench(
+        "run", str(tiny_suite_path), "--out", str(out), "--models", "gpt2-tiny",
+        "--precisions", "fp32,tf32", "--batch-sizes", "2", "--no-report",
+    )
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads((out / "env.json").read_text())
+    assert env["device"] == "cpu" and env["versions"]["torch"]
+    assert env["cpu"]["torch_threads"] >= 1
+    assert 'precisions = ["fp32", "tf32"]' in (out / "suite.toml").read_text()
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["case"]["id"], r["status"]) for r in lines] == [
+        ("gpt2-tiny/train/fp32/bs2/seq16", "ok"),
+        ("gpt2-tiny/train/tf32/bs2/seq16", "skipped"),
+        ("gpt2-tiny/infer/fp32/bs2/seq16", "ok"),
+        ("gpt2-tiny/infer/tf32/bs2/seq16", "skipped"),
+    ]
+    assert "[1/4] gpt2-tiny/train/fp32/bs2/seq16: ok" in proc.stderr  # progress lines in logs
+
+
+def test_run_refuses_to_overwrite_results(tiny_suite_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").write_text("")
+    proc = mpbench("run", str(tiny_suite_path), "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "already holds results.jsonl" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.toml"], "missing.toml: no such suite file"),
+        (["run", "smoke", "--precisions", "fp32,fp64"], "--precisions: must be a non-empty list from"),
+        (["run", "smoke", "--batch-sizes", "0"], "--batch-sizes: must be a non-empty list of positive integers; got 0"),
+        (["run", "smoke", "--batch-sizes", "two"], "argument --batch-sizes: expected comma-separated integers, got 'two'"),
+        (["run", "smoke", "--seq-lens", "100000"], "100000 is longer than gpt2-tiny's 256 positions"),
+        (["run", "smoke", "--models", "gpt3"], "sweep.models[0]: model 'gpt3' is not a preset"),
+        (["run", "smoke", "--device", "tpu"], "--device: 'tpu' is not valid"),
+        (["run", "smoke", "--iterations", "1"], "--iterations: must be an integer >= 2; got 1"),
+        (["run", "smoke", "--bogus"], "unrecognized arguments: --bogus"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = mpbench(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "reports").exists()  # nothing ran
+
+
+def test_bad_suite_file_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sweep]\nmodels = ["gpt2-tiny"]\nbatch_sizes = [1, -4]\n')
+    proc = mpbench("run", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"mpbench: error: {bad}: sweep.batch_sizes: must be a non-empty list of positive integers; got -4"
+    )
+
+
+def test_list_shows_support_and_reasons() -> None:
+    proc = mpbench("list", "--device", "cpu")
+    assert proc.returncode == 0
+    assert "amp_bf16" in proc.stdout and "supported" in proc.stdout
+    assert "tf32 needs a CUDA GPU" in proc.stdout.replace("\n", " ").replace("│", " ") or "tf32 needs" in proc.stdout
+    assert "gpt2-124m" in proc.stdout and "bert-large" in proc.stdout
+
+
+def test_env_prints_json() -> None:
+    proc = mpbench("env", "--device", "cpu")
+    env = json.loads(proc.stdout)
+    assert env["device"] == "cpu" and env["gpu"] is None
+    assert set(env["versions"]) >= {"python", "torch", "transformers", "mpbench"}
+
+
+def test_help_lists_the_commands() -> None:
+    proc = mpbench("--help")
+    for command in ("run", "list", "env"):
+        assert command in proc.stdout

@@ -1,0 +1,103 @@
+"""Precision modes: support gates, model preparation, step context, scaler, global state."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench.device import Device
+from bench.precision import PRECISION_MODES
+
+CPU = Device(torch.device("cpu"))
+
+
+def fake_gpu(monkeypatch, cc: tuple[int, int], bf16: bool = True) -> Device:
+    monkeypatch.setattr(
+        torch,
+        "cuda",
+        SimpleNamespace(
+            get_device_capability=lambda d: cc,
+            get_device_name=lambda d: "Fake GPU",
+            is_bf16_supported=lambda including_emulation=True: bf16,
+        ),
+    )
+    return Device(torch.device("cuda", 0))
+
+
+def test_every_torchbench_name_is_declared() -> None:
+    assert list(PRECISION_MODES) == ["fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8"]
+
+
+def test_cpu_support_and_reasons() -> None:
+    reasons = {name: mode.unsupported_reason(CPU) for name, mode in PRECISION_MODES.items()}
+    assert reasons["tf32"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
+    assert "fp8 is declared but not implemented" in reasons["fp8"]
+    assert {n for n, r in reasons.items() if r is None} == {"fp32", "amp_fp16", "amp_bf16", "bf16", "fp16"}
+
+
+def test_gpu_gates_by_compute_capability(monkeypatch) -> None:
+    volta = fake_gpu(monkeypatch, (7, 0), bf16=False)
+    assert "tf32 needs compute capability >= 8.0; Fake GPU has 7.0" == PRECISION_MODES["tf32"].unsupported_reason(volta)
+    assert "native bfloat16" in PRECISION_MODES["amp_bf16"].unsupported_reason(volta)
+    assert PRECISION_MODES["amp_fp16"].unsupported_reason(volta) is None
+    hopper = fake_gpu(monkeypatch, (9, 0))
+    assert PRECISION_MODES["tf32"].unsupported_reason(hopper) is None
+    assert PRECISION_MODES["bf16"].unsupported_reason(hopper) is None
+
+
+def test_prepare_model_casts_only_pure_modes() -> None:
+    for name, dtype in [("fp32", torch.float32), ("amp_bf16", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)]:
+        model = PRECISION_MODES[name].prepare_model(torch.nn.Linear(4, 4))
+        assert model.weight.dtype == dtype, name
+
+
+def test_autocast_context_on_cpu() -> None:
+    x = torch.randn(4, 4)
+    with PRECISION_MODES["amp_bf16"].autocast(CPU):
+        assert (x @ x).dtype == torch.bfloat16
+    with PRECISION_MODES["amp_fp16"].autocast(CPU):
+        assert (x @ x).dtype == torch.float16
+    with PRECISION_MODES["fp32"].autocast(CPU):
+        assert (x @ x).dtype == torch.float32
+
+
+def test_grad_scaler_only_for_amp_fp16() -> None:
+    scaler = PRECISION_MODES["amp_fp16"].make_grad_scaler(CPU)
+    assert isinstance(scaler, torch.amp.GradScaler)
+    assert scaler.get_scale() == 2.0**16
+    assert all(PRECISION_MODES[n].make_grad_scaler(CPU) is None for n in ("fp32", "amp_bf16", "bf16", "fp16"))
+
+
+def test_global_state_sets_tf32_and_restores_everything() -> None:
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.get_default_dtype(),
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    with PRECISION_MODES["tf32"].global_state(CPU):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        torch.use_deterministic_algorithms(True)  # a case that changes more must not leak it
+        torch.set_default_dtype(torch.float64)
+    with PRECISION_MODES["fp32"].global_state(CPU):
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+    after = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.get_default_dtype(),
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    assert after == before
+
+
+def test_global_state_restores_after_an_exception() -> None:
+    before = torch.backends.cudnn.allow_tf32
+    with pytest.raises(RuntimeError), PRECISION_MODES["fp32"].global_state(CPU):
+        raise RuntimeError("case failed")
+    assert torch.backends.cudnn.allow_tf32 == before

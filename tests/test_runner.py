@@ -1,0 +1,135 @@
+"""The runner end to end on tiny models: results schema, skips, failures, inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.device import Device
+from bench.results import Case, ResultsWriter, load_run
+from bench.runner import CaseRunner, measure_steps, run_cases
+from bench.suite import load_suite
+from bench.workloads import make_batch
+from tiny import TINY_SUITE
+
+CPU = Device(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory) -> tuple[Path, list]:
+    root = tmp_path_factory.mktemp("run")
+    (root / "tiny.toml").write_text(TINY_SUITE)
+    suite = load_suite(root / "tiny.toml")
+    writer = ResultsWriter(root)
+    results = run_cases(CaseRunner(suite, CPU), suite.cases("cpu"), writer.append)
+    return root, results
+
+
+def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -> None:
+    root, results = tiny_results
+    lines = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == len(results) == 32
+    for line in lines:
+        assert set(line["case"]) == {"id", "model", "family", "workload", "precision", "batch_size", "seq_len", "device"}
+        assert line["status"] in ("ok", "skipped")
+        if line["status"] == "skipped":
+            assert line["case"]["precision"] == "tf32"
+            assert line["reason"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
+            continue
+        timing = line["timing"]
+        assert timing["iterations"] == len(timing["step_s"]) == 3
+        assert timing["warmup"] == 1
+        assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
+        for key in ("mean_s", "stdev_s", "iqr_s", "p10_s", "p90_s"):
+            assert key in timing
+        bs, seq = line["case"]["batch_size"], line["case"]["seq_len"]
+        assert line["throughput"]["samples_per_s"] == pytest.approx(bs / timing["median_s"])
+        assert line["throughput"]["tokens_per_s"] == pytest.approx(bs * seq / timing["median_s"])
+        assert line["memory"]["peak_bytes"] > 0
+        assert line["memory"]["method"] == "vmhwm"
+        if line["case"]["workload"] == "train":
+            assert len(line["losses"]) == 3 and all(loss > 0 for loss in line["losses"])
+        else:
+            assert line["losses"] is None
+    run = load_run(root)
+    assert len(run.by_id()) == 32
+
+
+def test_pure_modes_record_their_dtypes(tiny_results) -> None:
+    _, results = tiny_results
+    by_id = {r.case.id: r for r in results}
+    assert by_id["gpt2-tiny/train/bf16/bs1/seq16"].details["param_dtype"] == "bfloat16"
+    assert by_id["gpt2-tiny/train/amp_bf16/bs1/seq16"].details["autocast_dtype"] == "bfloat16"
+    assert by_id["gpt2-tiny/train/fp32/bs1/seq16"].details["tf32"] is False
+
+
+def test_inputs_are_identical_across_precisions_and_mask_15_percent() -> None:
+    suite = load_suite("smoke")
+    runner = CaseRunner(suite, CPU)
+    spec = suite.model("bert-tiny")
+    a = Case("bert-tiny", "bert", "train", "fp32", 8, 64, "cpu")
+    b = Case("bert-tiny", "bert", "train", "bf16", 8, 64, "cpu")
+    assert runner.input_seed(a) == runner.input_seed(b)
+    batch_a = make_batch(spec, "train", 8, 64, torch.device("cpu"), runner.input_seed(a))
+    batch_b = make_batch(spec, "train", 8, 64, torch.device("cpu"), runner.input_seed(b))
+    assert all(torch.equal(batch_a[k], batch_b[k]) for k in batch_a)
+    masked = batch_a["labels"] != -100
+    assert 0.08 < masked.float().mean().item() < 0.22
+    assert (batch_a["input_ids"][masked] == spec.mask_token_id()).all()
+
+
+def test_losses_are_kept_on_device_and_read_after_the_loop() -> None:
+    calls: list[str] = []
+
+    def step() -> torch.Tensor:
+        calls.append("step")
+        return torch.tensor(1.0)
+
+    step_s, outputs = measure_steps(step, warmup=2, iterations=4, device=CPU)
+    assert len(calls) == 6 and len(step_s) == 4
+    assert all(isinstance(o, torch.Tensor) for o in outputs)
+
+
+def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tiny_suite_path, monkeypatch) -> None:
+    suite = load_suite(tiny_suite_path, {"precisions": ["fp32"], "workloads": ["infer"], "models": ["gpt2-tiny"]})
+    runner = CaseRunner(suite, CPU)
+    original = runner.prepare
+    calls = {"n": 0}
+
+    def flaky(case):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom\nsecond line")
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(case)
+
+    monkeypatch.setattr(runner, "prepare", flaky)
+    cases = suite.cases("cpu") + [suite.cases("cpu")[0]]
+    results = run_cases(runner, cases, lambda r: None)
+    assert [r.status for r in results] == ["error", "oom", "ok"]
+    assert results[0].reason == "RuntimeError: boom"
+    assert "out of memory" in results[1].reason
+
+
+def test_generate_workload_times_decoded_tokens(tiny_suite_path) -> None:
+    suite = load_suite(tiny_suite_path, {"workloads": ["generate"], "precisions": ["fp32"], "batch_sizes": [2]})
+    results = run_cases(CaseRunner(suite, CPU), suite.cases("cpu"), lambda r: None)
+    by_model = {r.case.model: r for r in results}
+    gpt = by_model["gpt2-tiny"]
+    assert gpt.status == "ok"
+    assert gpt.throughput["tokens_per_s"] == pytest.approx(2 * suite.sweep.generate_new_tokens / gpt.timing["median_s"])
+    assert by_model["bert-tiny"].status == "skipped"
+    assert "causal LM" in by_model["bert-tiny"].reason
+
+
+def test_truncated_last_line_is_skipped_with_a_warning(tiny_results, tmp_path) -> None:
+    root, _ = tiny_results
+    text = (root / "results.jsonl").read_text()
+    (tmp_path / "results.jsonl").write_text(text + text.splitlines()[0][:50])
+    with pytest.warns(UserWarning, match=r"results.jsonl:33: truncated last line"):
+        run = load_run(tmp_path)
+    assert len(run.results) == 32
