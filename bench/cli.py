@@ -92,6 +92,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help='data for the numerics passes: "random" or "text:PATH"')
     run.add_argument("--warmup", type=int, help="warm-up steps per case (excluded from timing)")
     run.add_argument("--iterations", type=int, help="timed steps per case")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run: run only the cases not yet in RUN_DIR/results.jsonl "
+        "(same suite, checked by hash)",
+    )
+    run.add_argument(
+        "--isolate",
+        choices=("none", "model", "case"),
+        default="model",
+        help="where cases run: 'model' (default) one worker process per model, replaced if it "
+        "dies; 'case' a fresh worker per case; 'none' in this process (no crash protection)",
+    )
+    run.add_argument(
+        "--case-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="a case that takes longer is killed and recorded as 'timeout' (default 1800; "
+        "needs --isolate model or case)",
+    )
+    run.add_argument(
+        "--no-skip-larger",
+        action="store_true",
+        help="after an OOM, still run larger batch sizes of the same model/workload/precision "
+        "(default: record them as predicted 'oom')",
+    )
+    run.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GIB",
+        help="cap each worker's memory (CUDA: per-process fraction of the GPU; CPU: address "
+        "space over the worker's start-up size), e.g. to see where a smaller GPU would run out",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display (for CI logs)")
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
 
@@ -128,16 +163,37 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """`mpbench run`: load the suite, run every case, write results and the report."""
     from bench.device import resolve_device
-    from bench.session import run_suite
+    from bench.session import RunOptions, run_suite
     from bench.suite import default_suite_name, load_suite
 
     device = resolve_device(args.device)
+    if args.case_timeout <= 0:
+        raise MpbenchError(f"--case-timeout: must be a positive number of seconds; got {args.case_timeout:g}")
+    if args.memory_limit is not None and (args.memory_limit <= 0 or args.isolate == "none"):
+        raise MpbenchError("--memory-limit: needs a positive GiB figure and --isolate model or case")
     overrides = {k: getattr(args, k) for k in LIST_FLAGS if getattr(args, k) is not None}
+    timing = {k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None}
+    options = RunOptions(
+        quiet=args.quiet,
+        render=not args.no_report,
+        isolate=args.isolate,
+        case_timeout_s=args.case_timeout,
+        skip_larger=not args.no_skip_larger,
+        resume=args.resume is not None,
+        memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
+    )
+    if args.resume is not None:
+        if args.out is not None and args.out != args.resume:
+            raise MpbenchError("--out: not used with --resume (results go to RUN_DIR)")
+        given = args.suite or overrides or timing or args.data
+        suite = None
+        if given:
+            suite = load_suite(args.suite or "smoke", overrides, args.data).with_timing(timing)
+        return run_suite(suite, device, args.resume, options)
     suite = load_suite(args.suite or default_suite_name(device.type), overrides, args.data)
-    timing_overrides = {"warmup": args.warmup, "iterations": args.iterations}
-    suite = suite.with_timing({k: v for k, v in timing_overrides.items() if v is not None})
+    suite = suite.with_timing(timing)
     out = args.out or Path("reports") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    return run_suite(suite, device, out, quiet=args.quiet, render=not args.no_report)
+    return run_suite(suite, device, out, options)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

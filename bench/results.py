@@ -80,6 +80,14 @@ class CaseResult:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
+        """Inverse of to_dict (reads a results.jsonl line back)."""
+        known = {f for f in cls.__dataclass_fields__ if f != "case"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["details"] = values.get("details") or {}
+        return cls(case=Case.from_dict(data["case"]), **values)
+
     def to_dict(self) -> dict[str, Any]:
         """One line of results.jsonl."""
         data = asdict(self)
@@ -93,6 +101,13 @@ class ResultsWriter:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / RESULTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A line torn by a crash stays on its own line (and is skipped with a warning when read),
+        # so appending after it never glues two results together.
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb+") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
 
     def append(self, result: CaseResult) -> None:
         """Write one result as a line and make it durable before returning."""
@@ -150,6 +165,8 @@ def read_results_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Load a run directory, or a bare results.jsonl file (env then read from beside it if present)."""
     p = Path(path)
+    if p.suffix == ".json" and p.is_file():
+        return _load_json_run(p)
     if p.is_dir():
         run_dir, results_path = p, p / RESULTS_FILE
     elif p.is_file():
@@ -171,3 +188,10 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     suite_path = run_dir / SUITE_FILE
     suite_text = suite_path.read_text(encoding="utf-8") if suite_path.is_file() else None
     return Run(path=run_dir, env=env, results=results, warnings=problems, suite_text=suite_text)
+
+
+def _load_json_run(path: Path) -> Run:
+    """A pytest-benchmark JSON file (or an mpbench baseline) read as a run (bench.pbjson)."""
+    from bench.pbjson import load_pytest_benchmark
+
+    return load_pytest_benchmark(path)

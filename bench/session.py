@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -21,42 +23,177 @@ from bench.device import Device
 from bench.env import capture_env
 from bench.errors import MpbenchError
 from bench.results import ENV_FILE, RESULTS_FILE, SUITE_FILE, Case, CaseResult, ResultsWriter
-from bench.runner import CaseRunner, run_cases
 from bench.suite import Suite
 
 EXIT_OK = 0
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: stop like Ctrl-C, exit 143."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a sweep runs (CLI flags of `mpbench run`)."""
+
+    quiet: bool = False
+    render: bool = True
+    isolate: str = "model"  # none | model | case
+    case_timeout_s: float | None = None
+    skip_larger: bool = True  # after an OOM, predict OOM for larger batches of that config
+    resume: bool = False
+    memory_limit_bytes: int | None = None  # per worker (see bench.execution.apply_memory_limit)
+
+
 def prepare_run_dir(out: Path) -> None:
     """Create the run directory; refuse one that already holds results (nothing is overwritten)."""
     if (out / RESULTS_FILE).exists():
-        raise MpbenchError(f"--out {out}: already holds {RESULTS_FILE}; choose a new directory")
+        raise MpbenchError(
+            f"--out {out}: already holds {RESULTS_FILE}; choose a new directory, or continue it "
+            f"with `mpbench run --resume {out}`"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_suite(
-    suite: Suite, device: Device, out: Path, quiet: bool = False, render: bool = True
-) -> int:
-    """Run every case of `suite` on `device` into `out`; returns the exit code."""
-    prepare_run_dir(out)
-    env = capture_env(device, suite.name, suite.source)
-    (out / ENV_FILE).write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
-    (out / SUITE_FILE).write_text(suite.to_toml(), encoding="utf-8")
-    cases = suite.cases(device.name)
-    console = Console(stderr=True, quiet=quiet)
-    console.print(
-        f"mpbench: suite [bold]{suite.name}[/] ({len(cases)} cases) on {device.name} "
-        f"({env['device_name']}) -> {out}"
-    )
+def load_resumable(run_dir: Path, suite: Suite | None) -> Suite:
+    """The suite of an interrupted run; a suite given again must be the same one (by hash)."""
+    from bench.suite import parse_suite
+
+    if not (run_dir / SUITE_FILE).is_file() or not (run_dir / ENV_FILE).is_file():
+        raise MpbenchError(f"--resume {run_dir}: not an mpbench run directory (no {SUITE_FILE})")
+    stored = parse_suite((run_dir / SUITE_FILE).read_text(encoding="utf-8"), str(run_dir / SUITE_FILE))
+    if suite is not None and suite.fingerprint() != stored.fingerprint():
+        raise MpbenchError(
+            f"--resume {run_dir}: the suite given ({suite.source}, with flags) differs from the one "
+            f"this run started with; run `mpbench run --resume {run_dir}` alone to continue it"
+        )
+    return stored
+
+
+def run_suite(suite: Suite | None, device: Device, out: Path, options: RunOptions = RunOptions()) -> int:
+    """Run every case of `suite` on `device` into `out` (or continue `out`); returns the exit code:
+    0 done, 130 after Ctrl-C, 143 after SIGTERM (finished cases are kept either way)."""
+    from bench.execution import make_executor
+
+    if options.resume:
+        suite = load_resumable(out, suite)
+        env = json.loads((out / ENV_FILE).read_text(encoding="utf-8"))
+        if env.get("device") != device.name:
+            raise MpbenchError(
+                f"--resume {out}: the run was measured on {env.get('device')}, not {device.name}; "
+                f"resume it with --device {env.get('device')}"
+            )
+    else:
+        prepare_run_dir(out)
+        env = capture_env(device, suite.name, suite.source)
+        env["suite_sha256"] = suite.fingerprint()
+        env["isolate"] = options.isolate
+        (out / ENV_FILE).write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+        (out / SUITE_FILE).write_text(suite.to_toml(), encoding="utf-8")
+    previous = _previous_results(out) if options.resume else []  # before the writer mends a torn line
     writer = ResultsWriter(out)
-    runner = CaseRunner(suite, device)
-    with _progress(console, len(cases)) as progress:
-        results = run_cases(runner, cases, writer.append, progress)
+    done_ids = {r.case.id for r in previous}
+    cases = [c for c in suite.cases(device.name) if c.id not in done_ids]
+    console = Console(stderr=True, quiet=options.quiet, width=None if _is_tty() else 160)
+    verb = f"resuming ({len(done_ids)} done, {len(cases)} to go)" if options.resume else f"{len(cases)} cases"
+    console.print(
+        f"mpbench: suite [bold]{suite.name}[/] ({verb}) on {device.name} "
+        f"({env.get('device_name')}) -> {out}"
+    )
+    oom_limits = OomLimits(enabled=options.skip_larger)
+    for result in previous:
+        oom_limits.record(result)
+    executor = make_executor(
+        options.isolate, suite, device, options.case_timeout_s, options.memory_limit_bytes
+    )
+    new_results: list[CaseResult] = []
+    exit_code = EXIT_OK
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with _progress(console, len(cases)) as progress:
+            for case in cases:
+                progress(case, None)
+                result = oom_limits.predict(case) or executor.run(case)
+                writer.append(result)  # durable before the next case starts
+                oom_limits.record(result)
+                new_results.append(result)
+                progress(case, result)
+    except (KeyboardInterrupt, Terminated) as exc:
+        exit_code = 143 if isinstance(exc, Terminated) else 130
+        _abandon(executor)
+        left = len(cases) - len(new_results)
+        console.print(
+            f"[yellow]interrupted[/]: {len(new_results)} case(s) finished and saved, {left} not run; "
+            f"continue with `mpbench run --resume {out}`"
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        executor.close()
+    results = previous + new_results
     console.print(summary_table(results))
-    if render:
+    if any(r.numerics for r in results):
+        from bench.numerics import verdict_table  # speed vs numerics, per model and workload
+
+        console.print(verdict_table(results))
+    if options.render:
         _render_report(out, console)
     console.print(f"results: {out / RESULTS_FILE}")
-    return EXIT_OK
+    return exit_code
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _abandon(executor: object) -> None:
+    abandon = getattr(executor, "abandon", None)
+    if abandon is not None:
+        abandon()
+
+
+def _is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _previous_results(out: Path) -> list[CaseResult]:
+    """Results already in a run directory (for --resume), as CaseResult objects."""
+    from bench.results import read_results_file
+
+    rows, problems = read_results_file(out / RESULTS_FILE) if (out / RESULTS_FILE).exists() else ([], [])
+    for problem in problems:
+        print(f"mpbench: warning: {problem}", file=sys.stderr)
+    return [CaseResult.from_dict(row) for row in rows]
+
+
+class OomLimits:
+    """After a batch size runs out of memory, larger batches of the same model, workload,
+    precision and sequence length are recorded as `oom` without running (predicted, and said so)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._smallest_oom: dict[tuple[str, str, str, int], int] = {}
+
+    @staticmethod
+    def _key(case: Case) -> tuple[str, str, str, int]:
+        return (case.model, case.workload, case.precision, case.seq_len)
+
+    def record(self, result: CaseResult) -> None:
+        """Remember a measured OOM."""
+        if result.status == "oom" and not result.details.get("predicted"):
+            key = self._key(result.case)
+            known = self._smallest_oom.get(key)
+            self._smallest_oom[key] = min(known, result.case.batch_size) if known else result.case.batch_size
+
+    def predict(self, case: Case) -> CaseResult | None:
+        """A predicted-OOM result for `case`, or None to run it."""
+        limit = self._smallest_oom.get(self._key(case))
+        if not self.enabled or limit is None or case.batch_size <= limit:
+            return None
+        reason = (
+            f"predicted, not run: batch size {limit} already ran out of memory for this model, "
+            "workload, precision and sequence length (--no-skip-larger runs it anyway)"
+        )
+        return CaseResult(case, "oom", reason, details={"predicted": True}, wall_s=0.0)
 
 
 class _progress:

@@ -7,6 +7,7 @@ and what is allowed; the CLI prints it and exits 2 before anything runs.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import sys
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -106,6 +107,11 @@ class Suite:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved suite (comments aside): what --resume checks is unchanged."""
+        body = "\n".join(line for line in self.to_toml().splitlines() if not line.startswith("#"))
+        return hashlib.sha256(body.encode()).hexdigest()
 
     def to_toml(self) -> str:
         """The resolved suite as TOML (what ran, flags applied), loadable by load_suite."""

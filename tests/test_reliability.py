@@ -1,0 +1,168 @@
+"""Reliability: isolated workers, crashes, hangs, OOM, interrupts, resume, torn results lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.results import CaseResult, load_run
+from bench.session import OomLimits
+from bench.suite import load_suite
+
+SUITE = """
+[suite]
+name = "rel"
+
+[sweep]
+models = ["gpt2-tiny"]
+workloads = ["train", "infer"]
+precisions = ["fp32", "amp_bf16"]
+batch_sizes = [1, 2]
+seq_lens = [16]
+
+[timing]
+warmup = 1
+iterations = 2
+
+[numerics]
+enabled = false
+"""
+
+
+@pytest.fixture
+def suite_path(tmp_path: Path) -> Path:
+    path = tmp_path / "rel.toml"
+    path.write_text(SUITE)
+    return path
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = start(*args, env=env)
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def statuses(out: Path) -> dict[str, str]:
+    return {r["case"]["id"]: r["status"] for r in load_run(out).results}
+
+
+def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(suite_path: Path, tmp_path: Path) -> None:
+    victim = "gpt2-tiny/train/amp_bf16/bs1/seq16"
+    out = tmp_path / "run"
+    proc = run(str(suite_path), "--out", str(out), "--no-report", env={"MPBENCH_TEST_FAULT": f"kill:{victim}"})
+    assert proc.returncode == 0, proc.stderr
+    got = statuses(out)
+    assert len(got) == 8
+    assert got.pop(victim) == "crashed"
+    assert set(got.values()) == {"ok"}
+    crashed = next(r for r in load_run(out).results if r["case"]["id"] == victim)
+    assert crashed["reason"] == "worker killed by SIGKILL during the case"
+
+
+def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: Path) -> None:
+    victim = "gpt2-tiny/infer/fp32/bs1/seq16"
+    out = tmp_path / "run"
+    proc = run(
+        str(suite_path), "--out", str(out), "--no-report", "--case-timeout", "20",
+        "--workloads", "infer", env={"MPBENCH_TEST_FAULT": f"hang:{victim}"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = statuses(out)
+    assert got.pop(victim) == "timeout"
+    assert set(got.values()) == {"ok"} and len(got) == 3
+
+
+def test_memory_cap_gives_oom_then_larger_batches_are_predicted(tmp_path: Path, suite_path) -> None:
+    out = tmp_path / "run"
+    proc = run(
+        str(suite_path), "--out", str(out), "--no-report", "--workloads", "train",
+        "--precisions", "fp32", "--batch-sizes", "1,512,1024", "--seq-lens", "256",
+        "--memory-limit", "1.5",
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = {r["case"]["batch_size"]: r for r in load_run(out).results}
+    assert results[1]["status"] == "ok"
+    assert results[512]["status"] == "oom"
+    assert "allocate" in results[512]["reason"]
+    assert results[1024]["status"] == "oom"
+    assert results[1024]["reason"].startswith("predicted, not run: batch size 512")
+
+
+def test_oom_prediction_can_be_turned_off() -> None:
+    suite = load_suite("smoke")
+    cases = [c for c in suite.cases("cpu") if c.precision == "fp32" and c.model == "gpt2-tiny" and c.workload == "train"]
+    small, large = cases
+    limits = OomLimits(enabled=True)
+    limits.record(CaseResult(small, "oom", "CUDA out of memory"))
+    assert limits.predict(large).status == "oom"
+    assert OomLimits(enabled=False).predict(large) is None
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_keeps_finished_cases_and_resume_completes(suite_path: Path, tmp_path: Path, sig, code) -> None:
+    out = tmp_path / "run"
+    proc = start(str(suite_path), "--out", str(out))
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if results.exists() and len(results.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert f"mpbench run --resume {out}" in stderr
+    finished = statuses(out)
+    assert 3 <= len(finished) < 8
+    assert set(finished.values()) == {"ok"}
+    assert (out / "index.html").exists()
+
+    again = run("--resume", str(out), "--no-report")
+    assert again.returncode == 0, again.stderr
+    full = [c.id for c in load_suite(suite_path).cases("cpu")]
+    ids = [r["case"]["id"] for r in load_run(out).results]
+    assert sorted(ids) == sorted(full)  # every case exactly once
+
+
+def test_resume_refuses_a_different_suite(suite_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run(str(suite_path), "--out", str(out), "--no-report", "--workloads", "infer", "--batch-sizes", "1").returncode == 0
+    proc = run("--resume", str(out), str(suite_path), "--batch-sizes", "4")
+    assert proc.returncode == 2
+    assert "differs from the one this run started with" in proc.stderr
+    done = run("--resume", str(out), "--no-report")
+    assert done.returncode == 0 and "resuming (2 done, 0 to go)" in done.stderr.replace("\n", " ")
+
+
+def test_resume_after_a_torn_last_line(suite_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run(str(suite_path), "--out", str(out), "--no-report", "--workloads", "infer", "--batch-sizes", "1").returncode == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])  # power cut
+    proc = run("--resume", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "results.jsonl:2: truncated last line" in proc.stderr
+    with pytest.warns(UserWarning, match="results.jsonl:2: unreadable line"):
+        run_back = load_run(out)
+    assert sorted(r["case"]["id"] for r in run_back.results) == sorted(
+        c.id for c in load_suite(out / "suite.toml").cases("cpu")
+    )
+    json.loads((out / "results.jsonl").read_text().splitlines()[-1])  # appended lines are whole
