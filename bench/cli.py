@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display (for CI logs)")
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
 
+    report = sub.add_parser(
+        "report",
+        help="render the HTML report of a run directory (no re-running)",
+        description="Render RUN_DIR/index.html (plus results.csv and summary.md) from "
+        "results.jsonl and env.json alone. Also accepts a pytest-benchmark JSON file.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or results file)")
+    report.add_argument("--out", type=Path, help="HTML file to write (default RUN_DIR/index.html)")
+
     lst = sub.add_parser(
         "list", help="models, workloads and precision modes, and what this device supports"
     )
@@ -239,4 +248,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "env": cmd_env}
+def cmd_report(args: argparse.Namespace) -> int:
+    """`mpbench report`: render the report of an existing run."""
+    from bench.report import render_report
+
+    path = render_report(args.run_dir, args.out)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "env": cmd_env}

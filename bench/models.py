@@ -142,11 +142,11 @@ def resolve_model(name: str, base_dir: Path | None = None) -> ModelSpec:
     if name in PRESETS:
         return PRESETS[name]
     candidate = Path(os.path.expanduser(name))
-    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
+    if not candidate.is_absolute() and base_dir is not None and _exists(base_dir / candidate):
         candidate = base_dir / candidate
-    if candidate.is_dir():
+    if _exists(candidate) and candidate.is_dir():
         return _checkpoint_spec(candidate)
-    if name.startswith((".", "/", "~")) or candidate.exists():
+    if name.startswith((".", "/", "~")) or _exists(candidate):
         raise ModelError(f"model {name!r}: no such checkpoint directory")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         return _hub_cache_spec(name)
@@ -155,6 +155,14 @@ def resolve_model(name: str, base_dir: Path | None = None) -> ModelSpec:
     raise ModelError(
         f"model {name!r} is not a preset or a local directory{hint}; presets: {', '.join(PRESETS)}"
     )
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that answers False for names the OS rejects (too long, NUL bytes)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _checkpoint_spec(path: Path) -> ModelSpec:

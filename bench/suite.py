@@ -149,7 +149,7 @@ def default_suite_name(device_type: str) -> str:
 def find_suite(ref: str) -> Path:
     """A path to a TOML file, or the name of a built-in suite."""
     path = Path(ref)
-    if path.is_file():
+    if _is_file(path):
         return path
     if ref in BUILTIN_SUITES:
         return builtin_suite_path(ref)
@@ -158,6 +158,14 @@ def find_suite(ref: str) -> Path:
     raise SuiteError(
         f"suite {ref!r} is not a file or a built-in suite; built-in: {', '.join(BUILTIN_SUITES)}"
     )
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that answers False for names the OS rejects (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def load_suite(
@@ -219,7 +227,7 @@ def _resolve_data(data: str, source: str, base_dir: Path | None, override: str |
     path = Path(data[5:]).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    if not path.is_file():
+    if not _is_file(path):
         raise SuiteError(f"{where}: text file {str(path)!r} does not exist")
     return f"text:{path.resolve()}"
 

@@ -290,7 +290,8 @@ def summarize_group(model: str, workload: str, rows: Sequence[CaseRow]) -> Group
         tp = row.throughput if row.ok else None
         peak = row.peak_bytes if row.ok else None
         verdict = row.verdict
-        if verdict is None and precision == BASELINE and row.ok:
+        # fp32 is the reference itself: "ok" against itself says nothing, a NaN verdict does.
+        if precision == BASELINE and row.ok and verdict in (None, "ok"):
             verdict = "baseline"
         summaries.append(
             PrecisionSummary(
@@ -357,7 +358,7 @@ def series_vs_batch(
 
 
 def step_samples(summary: GroupSummary) -> dict[str, list[float]]:
-    """Per-step seconds per precision at the comparison point (precisions without steps left out)."""
+    """Per-step seconds per precision at the comparison point (precisions without any left out)."""
     out = {}
     for s in summary.precisions:
         if s.case is not None and s.status == "ok" and s.case.step_s:
@@ -511,12 +512,15 @@ def activation_profiles(rows: Sequence[CaseRow]) -> list[ActivationProfile]:
                 continue
             max_abs = as_float(entry.get("max_abs"))
             headroom = as_float(entry.get("fp16_headroom_log2"))
-            if max_abs is None and headroom is not None:
-                max_abs = FP16_MAX / 2**headroom
-            if headroom is None and max_abs:
-                headroom = math.log2(FP16_MAX / max_abs)
-            if max_abs is None or headroom is None:
+            if headroom is not None and not abs(headroom) < 1000:  # NaN, inf, absurd
+                headroom = None
+            if (max_abs is None or not math.isfinite(max_abs)) and headroom is not None:
+                max_abs = FP16_MAX / 2.0**headroom
+            # A log axis can show neither 0 nor a negative, and neither has a headroom.
+            if max_abs is None or not (0 < max_abs < math.inf):
                 continue
+            if headroom is None:
+                headroom = math.log2(FP16_MAX / max_abs)
             overflow = entry.get("fp16_overflow")
             profile.modules.append(as_str(entry.get("module")) or "?")
             profile.max_abs.append(max_abs)
@@ -553,7 +557,7 @@ def problem_groups(rows: Sequence[CaseRow]) -> list[ProblemGroup]:
 def run_warnings(
     env: dict[str, Any], load_warnings: Sequence[str], rows: Sequence[CaseRow]
 ) -> list[str]:
-    """Warnings for the header: the environment's own, unreadable lines, and failed/skipped cases."""
+    """Header warnings: the environment's own, unreadable lines, failed and skipped cases."""
     out = [str(w) for w in env.get("warnings") or [] if w] if isinstance(env, dict) else []
     out.extend(str(w) for w in load_warnings)
     counts: dict[str, int] = {}

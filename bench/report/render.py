@@ -223,7 +223,8 @@ def step_time_section(summaries: Sequence[GroupSummary], problems: list[str]) ->
     section = Section(
         "step-times",
         "Step-time distributions",
-        "Per-step time of the timed loop at the compared size: box = quartiles, whiskers = 1.5 IQR.",
+        "Per-step time of the timed loop at the compared size: box = quartiles, "
+        "whiskers = 1.5 IQR.",
         empty="No per-step timings in this run.",
     )
     for summary in summaries:
@@ -335,7 +336,7 @@ def render_html(run: Run, csv_name: str | None = CSV_FILE) -> str:
 
 
 def _load(run_dir: str | os.PathLike[str]) -> Run:
-    """load_run, except that a run directory cut short before its first result gives an empty run."""
+    """load_run, except that a run cut short before its first result gives an empty run."""
     path = Path(run_dir)
     if path.is_dir() and not (path / RESULTS_FILE).exists() and (path / ENV_FILE).is_file():
         run = load_run_env_only(path)

@@ -33,15 +33,20 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def _sig3(value: float) -> str:
+    """3 significant figures, trailing zeros kept (4.70), whole numbers from 100 up (1,234)."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:#.3g}".rstrip(".")
+
+
 def fmt_number(value: float | None) -> str:
-    """3 significant figures, thousands separated above 1,000: 12.3, 4,567."""
+    """3 significant figures, thousands separated: 12.3, 4,567."""
     if value is None:
         return MISSING
     if not math.isfinite(value):
         return str(value)
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
+    return _sig3(value)
 
 
 def fmt_bytes(value: float | None) -> str:
@@ -50,8 +55,7 @@ def fmt_bytes(value: float | None) -> str:
         return MISSING
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(value) >= size:
-            scaled = value / size
-            return f"{scaled:.3g} {unit}" if scaled < 100 else f"{scaled:,.0f} {unit}"
+            return f"{_sig3(value / size)} {unit}"
     return f"{value:.0f} B"
 
 
@@ -60,10 +64,10 @@ def fmt_seconds(value: float | None) -> str:
     if not _finite(value):
         return MISSING
     if value >= 1:
-        return f"{value:.3g} s"
+        return f"{_sig3(value)} s"
     if value >= 1e-3:
-        return f"{value * 1e3:.3g} ms"
-    return f"{value * 1e6:.3g} µs"
+        return f"{_sig3(value * 1e3)} ms"
+    return f"{_sig3(value * 1e6)} µs"
 
 
 def fmt_speedup(value: float | None) -> str:
@@ -295,8 +299,19 @@ def environment_items(env: dict[str, Any]) -> list[tuple[str, str]]:
     if tf32:
         tf32_text = ", ".join(f"{k}: {_text(v) or MISSING}" for k, v in tf32.items())
     cpu_text = _text(cpu.get("model"))
-    if cpu_text and _text(cpu.get("threads")):
-        cpu_text += f" ({cpu.get('threads')} threads)"
+    cores = [
+        f"{cpu[key]} {label}"
+        for key, label in (
+            ("logical_cores", "logical cores"),
+            ("threads", "threads"),
+            ("torch_threads", "torch threads"),
+        )
+        if _text(cpu.get(key))
+    ]
+    if cpu_text and cores:
+        cpu_text += f" ({', '.join(cores)})"
+    argv = env.get("argv")
+    command = " ".join(str(a) for a in argv) if isinstance(argv, list) and argv else None
     candidates = [
         ("suite", _text(env.get("suite"))),
         ("started", _text(env.get("started_at"))),
@@ -311,5 +326,10 @@ def environment_items(env: dict[str, Any]) -> list[tuple[str, str]]:
         ("TF32", tf32_text),
     ]
     candidates += [(name, _text(v)) for name, v in versions.items()]
-    candidates.append(("git commit", _text(env.get("git_commit"))))
+    candidates += [
+        ("host", _text(env.get("hostname"))),
+        ("platform", _text(env.get("platform"))),
+        ("git commit", _text(env.get("git_commit"))),
+        ("command", command),
+    ]
     return [(label, value) for label, value in candidates if value]
