@@ -127,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap each worker's memory (CUDA: per-process fraction of the GPU; CPU: address "
         "space over the worker's start-up size), e.g. to see where a smaller GPU would run out",
     )
+    run.add_argument(
+        "--find-max-batch",
+        action="store_true",
+        help="instead of the batch-size sweep, find the largest batch that fits per model, "
+        "workload, precision and sequence length (doubling, then bisection); writes "
+        "RUN_DIR/max_batch.json. On CPU pair it with --memory-limit",
+    )
+    run.add_argument(
+        "--max-batch-cap",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="largest batch size --find-max-batch tries (default 1024)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display (for CI logs)")
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
 
@@ -172,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """`mpbench run`: load the suite, run every case, write results and the report."""
     from bench.device import resolve_device
-    from bench.session import RunOptions, run_suite
+    from bench.session import RunOptions, find_max_batch_sizes, run_suite
     from bench.suite import default_suite_name, load_suite
 
     device = resolve_device(args.device)
@@ -202,6 +216,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite or default_suite_name(device.type), overrides, args.data)
     suite = suite.with_timing(timing)
     out = args.out or Path("reports") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if args.find_max_batch:
+        if args.max_batch_cap < 1:
+            raise MpbenchError(f"--max-batch-cap: must be a positive integer; got {args.max_batch_cap}")
+        return find_max_batch_sizes(suite, device, out, options, args.max_batch_cap)
     return run_suite(suite, device, out, options)
 
 

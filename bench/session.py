@@ -55,6 +55,57 @@ def prepare_run_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def start_run_dir(suite: Suite, device: Device, out: Path, options: RunOptions) -> dict:
+    """Create the run directory with env.json and the resolved suite.toml; returns the env."""
+    prepare_run_dir(out)
+    env = capture_env(device, suite.name, suite.source)
+    env["suite_sha256"] = suite.fingerprint()
+    env["isolate"] = options.isolate
+    (out / ENV_FILE).write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+    (out / SUITE_FILE).write_text(suite.to_toml(), encoding="utf-8")
+    return env
+
+
+def find_max_batch_sizes(suite: Suite, device: Device, out: Path, options: RunOptions, cap: int) -> int:
+    """`mpbench run --find-max-batch`: search each config's largest batch; write max_batch.json."""
+    from bench.execution import make_executor
+    from bench.maxbatch import probe_suite, search_all, with_ratios, write_max_batch
+
+    start_run_dir(suite, device, out, options)
+    probes = probe_suite(suite)
+    console = Console(stderr=True, quiet=options.quiet, width=None if _is_tty() else 160)
+    console.print(f"mpbench: largest batch size per config (cap {cap}) on {device.name} -> {out}")
+    executor = make_executor(
+        options.isolate, probes, device, options.case_timeout_s, options.memory_limit_bytes
+    )
+    exit_code = EXIT_OK
+    found = []
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        found = search_all(probes, device.name, executor.run, cap, lambda m: console.print(
+            f"{m.model}/{m.workload}/{m.precision}/seq{m.seq_len}: max batch "
+            f"{m.max_batch_size if m.max_batch_size else '-'}"
+            f"{' (cap reached)' if m.limit_reached else ''}{f' ({m.reason})' if m.reason else ''}"
+        ))
+    except (KeyboardInterrupt, Terminated) as exc:
+        exit_code = 143 if isinstance(exc, Terminated) else 130
+        _abandon(executor)
+        console.print("[yellow]interrupted[/]: the search was not finished")
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        executor.close()
+    path = write_max_batch(out, found, cap)
+    table = Table("model", "workload", "precision", "seq", "max batch", "vs fp32", title="Largest batch that fits")
+    for row in with_ratios(found):
+        size = row["max_batch_size"]
+        shown = "-" if size is None else f"{size}{'+' if row['limit_reached'] else ''}"
+        ratio = f"{row['vs_fp32']:.2f}x" if row["vs_fp32"] else ""
+        table.add_row(row["model"], row["workload"], row["precision"], str(row["seq_len"]), shown, ratio)
+    console.print(table)
+    console.print(f"max batch sizes: {path}")
+    return exit_code
+
+
 def load_resumable(run_dir: Path, suite: Suite | None) -> Suite:
     """The suite of an interrupted run; a suite given again must be the same one (by hash)."""
     from bench.suite import parse_suite
@@ -84,12 +135,7 @@ def run_suite(suite: Suite | None, device: Device, out: Path, options: RunOption
                 f"resume it with --device {env.get('device')}"
             )
     else:
-        prepare_run_dir(out)
-        env = capture_env(device, suite.name, suite.source)
-        env["suite_sha256"] = suite.fingerprint()
-        env["isolate"] = options.isolate
-        (out / ENV_FILE).write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
-        (out / SUITE_FILE).write_text(suite.to_toml(), encoding="utf-8")
+        env = start_run_dir(suite, device, out, options)
     previous = _previous_results(out) if options.resume else []  # before the writer mends a torn line
     writer = ResultsWriter(out)
     done_ids = {r.case.id for r in previous}

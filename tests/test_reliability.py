@@ -166,3 +166,53 @@ def test_resume_after_a_torn_last_line(suite_path: Path, tmp_path: Path) -> None
         c.id for c in load_suite(out / "suite.toml").cases("cpu")
     )
     json.loads((out / "results.jsonl").read_text().splitlines()[-1])  # appended lines are whole
+
+
+def fake_probe(limit: int, calls: list[int]):
+    """A run_case whose batches fit up to `limit`, recording which batch sizes were tried."""
+
+    def run_case(case):
+        calls.append(case.batch_size)
+        if case.batch_size <= limit:
+            return CaseResult(case, "ok", timing={"median_s": 0.01})
+        return CaseResult(case, "oom", "out of memory")
+
+    return run_case
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 24, 100, 1023])
+def test_find_max_batch_doubles_then_bisects(limit: int) -> None:
+    from bench.maxbatch import find_max_batch
+
+    template = load_suite("smoke").cases("cpu")[0]
+    calls: list[int] = []
+    found = find_max_batch(fake_probe(limit, calls), template, cap=1024)
+    assert found.max_batch_size == limit and not found.limit_reached
+    assert len(calls) <= 2 * limit.bit_length() + 1  # logarithmic, not a linear scan
+    assert [p["batch_size"] for p in found.probes] == calls
+
+
+def test_find_max_batch_cap_and_nothing_fits() -> None:
+    from bench.maxbatch import find_max_batch, with_ratios
+
+    template = load_suite("smoke").cases("cpu")[0]
+    capped = find_max_batch(fake_probe(10_000, []), template, cap=64)
+    assert (capped.max_batch_size, capped.limit_reached) == (64, True)
+    none = find_max_batch(fake_probe(0, []), template, cap=64)
+    assert none.max_batch_size is None
+    rows = with_ratios([capped])
+    assert rows[0]["vs_fp32"] == 1.0
+
+
+def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run(
+        str(suite_path), "--out", str(out), "--find-max-batch", "--workloads", "train",
+        "--precisions", "fp32", "--seq-lens", "256", "--memory-limit", "1.5", "--max-batch-cap", "256",
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "max_batch.json").read_text())
+    (row,) = data["results"]
+    assert 1 <= row["max_batch_size"] < 256  # the cap binds before the search limit
+    statuses_seen = {p["status"] for p in row["probes"]}
+    assert statuses_seen == {"ok", "oom"}
