@@ -97,3 +97,47 @@ def test_help_lists_the_commands() -> None:
     proc = mpbench("--help")
     for command in ("run", "list", "env"):
         assert command in proc.stdout
+
+
+def test_bad_checkpoint_directories_exit_2_without_traceback(tmp_path: Path) -> None:
+    import torch
+
+    from bench.models import PRESETS
+
+    not_model = tmp_path / "not-model"
+    not_model.mkdir()
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    pickled = tmp_path / "pickled"
+    PRESETS["gpt2-tiny"].config().save_pretrained(pickled)
+    torch.save({}, pickled / "pytorch_model.bin")
+    cases = {
+        str(tmp_path / "missing"): "no such checkpoint directory",
+        str(not_model): "not a model directory (no config.json)",
+        str(t5): "model_type 't5' is not supported",
+        str(pickled): "mpbench loads safetensors only (never arbitrary pickle)",
+        "someorg/some-model": "mpbench never downloads",
+    }
+    for model, message in cases.items():
+        proc = mpbench("run", "smoke", "--models", model, cwd=tmp_path)
+        assert proc.returncode == 2, (model, proc.stderr)
+        assert message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_run_with_a_local_checkpoint(tmp_path: Path) -> None:
+    from bench.models import PRESETS
+
+    ckpt = tmp_path / "my-gpt"
+    PRESETS["gpt2-tiny"].build(seed=5).save_pretrained(ckpt, safe_serialization=True)
+    out = tmp_path / "run"
+    proc = mpbench(
+        "run", "smoke", "--models", str(ckpt), "--workloads", "infer", "--precisions", "fp32",
+        "--batch-sizes", "1", "--seq-lens", "16", "--out", str(out), "--no-report",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert line["case"]["id"] == "my-gpt/infer/fp32/bs1/seq16" and line["status"] == "ok"
+    assert line["case"]["family"] == "gpt2"
