@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or results file)")
     report.add_argument("--out", type=Path, help="HTML file to write (default RUN_DIR/index.html)")
 
+    from bench.cli_compare import register
+
+    register(sub)  # compare, check, baseline
+
     lst = sub.add_parser(
         "list", help="models, workloads and precision modes, and what this device supports"
     )
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except MpbenchError as exc:
         print(f"mpbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -191,11 +196,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     if args.case_timeout <= 0:
-        raise MpbenchError(f"--case-timeout: must be a positive number of seconds; got {args.case_timeout:g}")
+        raise MpbenchError(
+            f"--case-timeout: must be a positive number of seconds; got {args.case_timeout:g}"
+        )
     if args.memory_limit is not None and (args.memory_limit <= 0 or args.isolate == "none"):
-        raise MpbenchError("--memory-limit: needs a positive GiB figure and --isolate model or case")
+        raise MpbenchError(
+            "--memory-limit: needs a positive GiB figure and --isolate model or case"
+        )
     overrides = {k: getattr(args, k) for k in LIST_FLAGS if getattr(args, k) is not None}
-    timing = {k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None}
+    timing = {
+        k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None
+    }
     options = RunOptions(
         quiet=args.quiet,
         render=not args.no_report,
@@ -218,7 +229,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if args.find_max_batch:
         if args.max_batch_cap < 1:
-            raise MpbenchError(f"--max-batch-cap: must be a positive integer; got {args.max_batch_cap}")
+            raise MpbenchError(
+                f"--max-batch-cap: must be a positive integer; got {args.max_batch_cap}"
+            )
         return find_max_batch_sizes(suite, device, out, options, args.max_batch_cap)
     return run_suite(suite, device, out, options)
 

@@ -96,7 +96,9 @@ def apply_memory_limit(device: Device, limit_bytes: int) -> None:
         import torch
 
         total = torch.cuda.get_device_properties(device.torch_device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), device.torch_device)
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, limit_bytes / total), device.torch_device
+        )
         return
     import resource
 

@@ -43,7 +43,9 @@ def probe_suite(suite: Suite) -> Suite:
 
 def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
     """Double, then bisect; `run_case(case) -> CaseResult` runs one probe."""
-    out = MaxBatch(template.model, template.workload, template.precision, template.seq_len, None, False)
+    out = MaxBatch(
+        template.model, template.workload, template.precision, template.seq_len, None, False
+    )
 
     def fits(batch_size: int) -> bool | None:
         result = run_case(replace(template, batch_size=batch_size))
@@ -78,7 +80,9 @@ def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
     return out
 
 
-def search_all(suite: Suite, device_name: str, run_case: Any, cap: int, progress: Any = None) -> list[MaxBatch]:
+def search_all(
+    suite: Suite, device_name: str, run_case: Any, cap: int, progress: Any = None
+) -> list[MaxBatch]:
     """One search per model x workload x precision x seq_len of the suite."""
     found = []
     seen = set()

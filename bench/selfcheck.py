@@ -21,7 +21,9 @@ from bench.suite import load_suite
 from bench.workloads import make_batch, make_optimizer
 
 
-def hand_written_loop(model, batch, optimizer, device: Device, steps: int, train: bool) -> list[float]:
+def hand_written_loop(
+    model, batch, optimizer, device: Device, steps: int, train: bool
+) -> list[float]:
     """The loop a person writes by hand: perf_counter around each step, synchronize before the
     clock is read (nanoGPT bench.py style)."""
     times_s = []
@@ -60,7 +62,9 @@ def overhead(args: argparse.Namespace) -> float:
     with runner.prepare(case) as prepared:
         train = case.workload == "train"
         spec = suite.model(case.model)
-        batch = make_batch(spec, case.workload, case.batch_size, case.seq_len, device.torch_device, 1)
+        batch = make_batch(
+            spec, case.workload, case.batch_size, case.seq_len, device.torch_device, 1
+        )
         optimizer = make_optimizer(prepared.model) if train else None
         measure_steps(prepared.step, args.warmup, 2, device)  # warm both paths' allocations
         hand_written_loop(prepared.model, batch, optimizer, device, args.warmup, train)
@@ -85,8 +89,11 @@ def overhead(args: argparse.Namespace) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m bench.selfcheck`."""
-    parser = argparse.ArgumentParser(prog="python -m bench.selfcheck", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.selfcheck",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="check", required=True)
     ov = sub.add_parser("overhead", help="mpbench's timed loop vs a hand-written loop")
     ov.add_argument("--model", default="gpt2-tiny")

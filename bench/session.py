@@ -66,7 +66,9 @@ def start_run_dir(suite: Suite, device: Device, out: Path, options: RunOptions) 
     return env
 
 
-def find_max_batch_sizes(suite: Suite, device: Device, out: Path, options: RunOptions, cap: int) -> int:
+def find_max_batch_sizes(
+    suite: Suite, device: Device, out: Path, options: RunOptions, cap: int
+) -> int:
     """`mpbench run --find-max-batch`: search each config's largest batch; write max_batch.json."""
     from bench.execution import make_executor
     from bench.maxbatch import probe_suite, search_all, with_ratios, write_max_batch
@@ -82,11 +84,17 @@ def find_max_batch_sizes(suite: Suite, device: Device, out: Path, options: RunOp
     found = []
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        found = search_all(probes, device.name, executor.run, cap, lambda m: console.print(
-            f"{m.model}/{m.workload}/{m.precision}/seq{m.seq_len}: max batch "
-            f"{m.max_batch_size if m.max_batch_size else '-'}"
-            f"{' (cap reached)' if m.limit_reached else ''}{f' ({m.reason})' if m.reason else ''}"
-        ))
+        found = search_all(
+            probes,
+            device.name,
+            executor.run,
+            cap,
+            lambda m: console.print(
+                f"{m.model}/{m.workload}/{m.precision}/seq{m.seq_len}: max batch "
+                f"{m.max_batch_size if m.max_batch_size else '-'}"
+                f"{' (cap reached)' if m.limit_reached else ''}{f' ({m.reason})' if m.reason else ''}"
+            ),
+        )
     except (KeyboardInterrupt, Terminated) as exc:
         exit_code = 143 if isinstance(exc, Terminated) else 130
         _abandon(executor)
@@ -95,12 +103,22 @@ def find_max_batch_sizes(suite: Suite, device: Device, out: Path, options: RunOp
         signal.signal(signal.SIGTERM, previous_term)
         executor.close()
     path = write_max_batch(out, found, cap)
-    table = Table("model", "workload", "precision", "seq", "max batch", "vs fp32", title="Largest batch that fits")
+    table = Table(
+        "model",
+        "workload",
+        "precision",
+        "seq",
+        "max batch",
+        "vs fp32",
+        title="Largest batch that fits",
+    )
     for row in with_ratios(found):
         size = row["max_batch_size"]
         shown = "-" if size is None else f"{size}{'+' if row['limit_reached'] else ''}"
         ratio = f"{row['vs_fp32']:.2f}x" if row["vs_fp32"] else ""
-        table.add_row(row["model"], row["workload"], row["precision"], str(row["seq_len"]), shown, ratio)
+        table.add_row(
+            row["model"], row["workload"], row["precision"], str(row["seq_len"]), shown, ratio
+        )
     console.print(table)
     console.print(f"max batch sizes: {path}")
     return exit_code
@@ -112,7 +130,9 @@ def load_resumable(run_dir: Path, suite: Suite | None) -> Suite:
 
     if not (run_dir / SUITE_FILE).is_file() or not (run_dir / ENV_FILE).is_file():
         raise MpbenchError(f"--resume {run_dir}: not an mpbench run directory (no {SUITE_FILE})")
-    stored = parse_suite((run_dir / SUITE_FILE).read_text(encoding="utf-8"), str(run_dir / SUITE_FILE))
+    stored = parse_suite(
+        (run_dir / SUITE_FILE).read_text(encoding="utf-8"), str(run_dir / SUITE_FILE)
+    )
     if suite is not None and suite.fingerprint() != stored.fingerprint():
         raise MpbenchError(
             f"--resume {run_dir}: the suite given ({suite.source}, with flags) differs from the one "
@@ -121,7 +141,9 @@ def load_resumable(run_dir: Path, suite: Suite | None) -> Suite:
     return stored
 
 
-def run_suite(suite: Suite | None, device: Device, out: Path, options: RunOptions = RunOptions()) -> int:
+def run_suite(
+    suite: Suite | None, device: Device, out: Path, options: RunOptions = RunOptions()
+) -> int:
     """Run every case of `suite` on `device` into `out` (or continue `out`); returns the exit code:
     0 done, 130 after Ctrl-C, 143 after SIGTERM (finished cases are kept either way)."""
     from bench.execution import make_executor
@@ -136,12 +158,18 @@ def run_suite(suite: Suite | None, device: Device, out: Path, options: RunOption
             )
     else:
         env = start_run_dir(suite, device, out, options)
-    previous = _previous_results(out) if options.resume else []  # before the writer mends a torn line
+    previous = (
+        _previous_results(out) if options.resume else []
+    )  # before the writer mends a torn line
     writer = ResultsWriter(out)
     done_ids = {r.case.id for r in previous}
     cases = [c for c in suite.cases(device.name) if c.id not in done_ids]
     console = Console(stderr=True, quiet=options.quiet, width=None if _is_tty() else 160)
-    verb = f"resuming ({len(done_ids)} done, {len(cases)} to go)" if options.resume else f"{len(cases)} cases"
+    verb = (
+        f"resuming ({len(done_ids)} done, {len(cases)} to go)"
+        if options.resume
+        else f"{len(cases)} cases"
+    )
     console.print(
         f"mpbench: suite [bold]{suite.name}[/] ({verb}) on {device.name} "
         f"({env.get('device_name')}) -> {out}"
@@ -205,7 +233,9 @@ def _previous_results(out: Path) -> list[CaseResult]:
     """Results already in a run directory (for --resume), as CaseResult objects."""
     from bench.results import read_results_file
 
-    rows, problems = read_results_file(out / RESULTS_FILE) if (out / RESULTS_FILE).exists() else ([], [])
+    rows, problems = (
+        read_results_file(out / RESULTS_FILE) if (out / RESULTS_FILE).exists() else ([], [])
+    )
     for problem in problems:
         print(f"mpbench: warning: {problem}", file=sys.stderr)
     return [CaseResult.from_dict(row) for row in rows]
@@ -228,7 +258,9 @@ class OomLimits:
         if result.status == "oom" and not result.details.get("predicted"):
             key = self._key(result.case)
             known = self._smallest_oom.get(key)
-            self._smallest_oom[key] = min(known, result.case.batch_size) if known else result.case.batch_size
+            self._smallest_oom[key] = (
+                min(known, result.case.batch_size) if known else result.case.batch_size
+            )
 
     def predict(self, case: Case) -> CaseResult | None:
         """A predicted-OOM result for `case`, or None to run it."""

@@ -12,7 +12,6 @@ from tiny import TINY_SUITE
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-
 @pytest.fixture
 def tiny_suite_path(tmp_path: Path) -> Path:
     """A suite of both families, both workloads, a skipped precision, two batch sizes."""

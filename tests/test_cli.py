@@ -20,8 +20,17 @@ def mpbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_run_writes_env_suite_and_results(tiny_suite_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = mpbench(
-        "run", str(tiny_suite_path), "--out", str(out), "--models", "gpt2-tiny",
-        "--precisions", "fp32,tf32", "--batch-sizes", "2", "--no-report",
+        "run",
+        str(tiny_suite_path),
+        "--out",
+        str(out),
+        "--models",
+        "gpt2-tiny",
+        "--precisions",
+        "fp32,tf32",
+        "--batch-sizes",
+        "2",
+        "--no-report",
     )
     assert proc.returncode == 0, proc.stderr
     env = json.loads((out / "env.json").read_text())
@@ -49,10 +58,22 @@ def test_run_refuses_to_overwrite_results(tiny_suite_path: Path, tmp_path: Path)
     ("args", "message"),
     [
         (["run", "missing.toml"], "missing.toml: no such suite file"),
-        (["run", "smoke", "--precisions", "fp32,fp64"], "--precisions: must be a non-empty list from"),
-        (["run", "smoke", "--batch-sizes", "0"], "--batch-sizes: must be a non-empty list of positive integers; got 0"),
-        (["run", "smoke", "--batch-sizes", "two"], "argument --batch-sizes: expected comma-separated integers, got 'two'"),
-        (["run", "smoke", "--seq-lens", "100000"], "100000 is longer than gpt2-tiny's 256 positions"),
+        (
+            ["run", "smoke", "--precisions", "fp32,fp64"],
+            "--precisions: must be a non-empty list from",
+        ),
+        (
+            ["run", "smoke", "--batch-sizes", "0"],
+            "--batch-sizes: must be a non-empty list of positive integers; got 0",
+        ),
+        (
+            ["run", "smoke", "--batch-sizes", "two"],
+            "argument --batch-sizes: expected comma-separated integers, got 'two'",
+        ),
+        (
+            ["run", "smoke", "--seq-lens", "100000"],
+            "100000 is longer than gpt2-tiny's 256 positions",
+        ),
         (["run", "smoke", "--models", "gpt3"], "sweep.models[0]: model 'gpt3' is not a preset"),
         (["run", "smoke", "--device", "tpu"], "--device: 'tpu' is not valid"),
         (["run", "smoke", "--iterations", "1"], "--iterations: must be an integer >= 2; got 1"),
@@ -60,7 +81,9 @@ def test_run_refuses_to_overwrite_results(tiny_suite_path: Path, tmp_path: Path)
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
-def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_one_clear_line(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
     proc = mpbench(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
@@ -82,7 +105,10 @@ def test_list_shows_support_and_reasons() -> None:
     proc = mpbench("list", "--device", "cpu")
     assert proc.returncode == 0
     assert "amp_bf16" in proc.stdout and "supported" in proc.stdout
-    assert "tf32 needs a CUDA GPU" in proc.stdout.replace("\n", " ").replace("│", " ") or "tf32 needs" in proc.stdout
+    assert (
+        "tf32 needs a CUDA GPU" in proc.stdout.replace("\n", " ").replace("│", " ")
+        or "tf32 needs" in proc.stdout
+    )
     assert "gpt2-124m" in proc.stdout and "bert-large" in proc.stdout
 
 
@@ -134,8 +160,21 @@ def test_run_with_a_local_checkpoint(tmp_path: Path) -> None:
     PRESETS["gpt2-tiny"].build(seed=5).save_pretrained(ckpt, safe_serialization=True)
     out = tmp_path / "run"
     proc = mpbench(
-        "run", "smoke", "--models", str(ckpt), "--workloads", "infer", "--precisions", "fp32",
-        "--batch-sizes", "1", "--seq-lens", "16", "--out", str(out), "--no-report",
+        "run",
+        "smoke",
+        "--models",
+        str(ckpt),
+        "--workloads",
+        "infer",
+        "--precisions",
+        "fp32",
+        "--batch-sizes",
+        "1",
+        "--seq-lens",
+        "16",
+        "--out",
+        str(out),
+        "--no-report",
     )
     assert proc.returncode == 0, proc.stderr
     (line,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

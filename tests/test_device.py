@@ -136,7 +136,9 @@ def test_resolve_device() -> None:
 
 def test_compute_capability_comes_from_torch(monkeypatch) -> None:
     monkeypatch.setattr(
-        torch, "cuda", SimpleNamespace(get_device_capability=lambda d: (9, 0), get_device_name=lambda d: "H100")
+        torch,
+        "cuda",
+        SimpleNamespace(get_device_capability=lambda d: (9, 0), get_device_name=lambda d: "H100"),
     )
     dev = Device(torch.device("cuda", 0))
     assert dev.compute_capability() == (9, 0)

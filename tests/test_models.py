@@ -60,7 +60,9 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     pickled = tmp_path / "pickled"
     PRESETS["gpt2-tiny"].config().save_pretrained(pickled)
     torch.save({}, pickled / "pytorch_model.bin")
-    with pytest.raises(ModelError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors only"):
+    with pytest.raises(
+        ModelError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors only"
+    ):
         resolve_model(str(pickled))
 
 

@@ -34,12 +34,20 @@ def test_cpu_support_and_reasons() -> None:
     reasons = {name: mode.unsupported_reason(CPU) for name, mode in PRECISION_MODES.items()}
     assert reasons["tf32"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
     assert "fp8 is declared but not implemented" in reasons["fp8"]
-    assert {n for n, r in reasons.items() if r is None} == {"fp32", "amp_fp16", "amp_bf16", "bf16", "fp16"}
+    assert {n for n, r in reasons.items() if r is None} == {
+        "fp32",
+        "amp_fp16",
+        "amp_bf16",
+        "bf16",
+        "fp16",
+    }
 
 
 def test_gpu_gates_by_compute_capability(monkeypatch) -> None:
     volta = fake_gpu(monkeypatch, (7, 0), bf16=False)
-    assert "tf32 needs compute capability >= 8.0; Fake GPU has 7.0" == PRECISION_MODES["tf32"].unsupported_reason(volta)
+    assert "tf32 needs compute capability >= 8.0; Fake GPU has 7.0" == PRECISION_MODES[
+        "tf32"
+    ].unsupported_reason(volta)
     assert "native bfloat16" in PRECISION_MODES["amp_bf16"].unsupported_reason(volta)
     assert PRECISION_MODES["amp_fp16"].unsupported_reason(volta) is None
     hopper = fake_gpu(monkeypatch, (9, 0))
@@ -48,7 +56,12 @@ def test_gpu_gates_by_compute_capability(monkeypatch) -> None:
 
 
 def test_prepare_model_casts_only_pure_modes() -> None:
-    for name, dtype in [("fp32", torch.float32), ("amp_bf16", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)]:
+    for name, dtype in [
+        ("fp32", torch.float32),
+        ("amp_bf16", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("fp16", torch.float16),
+    ]:
         model = PRECISION_MODES[name].prepare_model(torch.nn.Linear(4, 4))
         assert model.weight.dtype == dtype, name
 
@@ -67,7 +80,10 @@ def test_grad_scaler_only_for_amp_fp16() -> None:
     scaler = PRECISION_MODES["amp_fp16"].make_grad_scaler(CPU)
     assert isinstance(scaler, torch.amp.GradScaler)
     assert scaler.get_scale() == 2.0**16
-    assert all(PRECISION_MODES[n].make_grad_scaler(CPU) is None for n in ("fp32", "amp_bf16", "bf16", "fp16"))
+    assert all(
+        PRECISION_MODES[n].make_grad_scaler(CPU) is None
+        for n in ("fp32", "amp_bf16", "bf16", "fp16")
+    )
 
 
 def test_global_state_sets_tf32_and_restores_everything() -> None:

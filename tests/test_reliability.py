@@ -63,10 +63,18 @@ def statuses(out: Path) -> dict[str, str]:
     return {r["case"]["id"]: r["status"] for r in load_run(out).results}
 
 
-def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(suite_path: Path, tmp_path: Path) -> None:
+def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(
+    suite_path: Path, tmp_path: Path
+) -> None:
     victim = "gpt2-tiny/train/amp_bf16/bs1/seq16"
     out = tmp_path / "run"
-    proc = run(str(suite_path), "--out", str(out), "--no-report", env={"MPBENCH_TEST_FAULT": f"kill:{victim}"})
+    proc = run(
+        str(suite_path),
+        "--out",
+        str(out),
+        "--no-report",
+        env={"MPBENCH_TEST_FAULT": f"kill:{victim}"},
+    )
     assert proc.returncode == 0, proc.stderr
     got = statuses(out)
     assert len(got) == 8
@@ -80,8 +88,15 @@ def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: P
     victim = "gpt2-tiny/infer/fp32/bs1/seq16"
     out = tmp_path / "run"
     proc = run(
-        str(suite_path), "--out", str(out), "--no-report", "--case-timeout", "20",
-        "--workloads", "infer", env={"MPBENCH_TEST_FAULT": f"hang:{victim}"},
+        str(suite_path),
+        "--out",
+        str(out),
+        "--no-report",
+        "--case-timeout",
+        "20",
+        "--workloads",
+        "infer",
+        env={"MPBENCH_TEST_FAULT": f"hang:{victim}"},
     )
     assert proc.returncode == 0, proc.stderr
     got = statuses(out)
@@ -92,9 +107,20 @@ def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: P
 def test_memory_cap_gives_oom_then_larger_batches_are_predicted(tmp_path: Path, suite_path) -> None:
     out = tmp_path / "run"
     proc = run(
-        str(suite_path), "--out", str(out), "--no-report", "--workloads", "train",
-        "--precisions", "fp32", "--batch-sizes", "1,512,1024", "--seq-lens", "256",
-        "--memory-limit", "1.5",
+        str(suite_path),
+        "--out",
+        str(out),
+        "--no-report",
+        "--workloads",
+        "train",
+        "--precisions",
+        "fp32",
+        "--batch-sizes",
+        "1,512,1024",
+        "--seq-lens",
+        "256",
+        "--memory-limit",
+        "1.5",
     )
     assert proc.returncode == 0, proc.stderr
     results = {r["case"]["batch_size"]: r for r in load_run(out).results}
@@ -107,7 +133,11 @@ def test_memory_cap_gives_oom_then_larger_batches_are_predicted(tmp_path: Path, 
 
 def test_oom_prediction_can_be_turned_off() -> None:
     suite = load_suite("smoke")
-    cases = [c for c in suite.cases("cpu") if c.precision == "fp32" and c.model == "gpt2-tiny" and c.workload == "train"]
+    cases = [
+        c
+        for c in suite.cases("cpu")
+        if c.precision == "fp32" and c.model == "gpt2-tiny" and c.workload == "train"
+    ]
     small, large = cases
     limits = OomLimits(enabled=True)
     limits.record(CaseResult(small, "oom", "CUDA out of memory"))
@@ -116,7 +146,9 @@ def test_oom_prediction_can_be_turned_off() -> None:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_keeps_finished_cases_and_resume_completes(suite_path: Path, tmp_path: Path, sig, code) -> None:
+def test_interrupt_keeps_finished_cases_and_resume_completes(
+    suite_path: Path, tmp_path: Path, sig, code
+) -> None:
     out = tmp_path / "run"
     proc = start(str(suite_path), "--out", str(out))
     results = out / "results.jsonl"
@@ -144,7 +176,19 @@ def test_interrupt_keeps_finished_cases_and_resume_completes(suite_path: Path, t
 
 def test_resume_refuses_a_different_suite(suite_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run(str(suite_path), "--out", str(out), "--no-report", "--workloads", "infer", "--batch-sizes", "1").returncode == 0
+    assert (
+        run(
+            str(suite_path),
+            "--out",
+            str(out),
+            "--no-report",
+            "--workloads",
+            "infer",
+            "--batch-sizes",
+            "1",
+        ).returncode
+        == 0
+    )
     proc = run("--resume", str(out), str(suite_path), "--batch-sizes", "4")
     assert proc.returncode == 2
     assert "differs from the one this run started with" in proc.stderr
@@ -154,7 +198,19 @@ def test_resume_refuses_a_different_suite(suite_path: Path, tmp_path: Path) -> N
 
 def test_resume_after_a_torn_last_line(suite_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run(str(suite_path), "--out", str(out), "--no-report", "--workloads", "infer", "--batch-sizes", "1").returncode == 0
+    assert (
+        run(
+            str(suite_path),
+            "--out",
+            str(out),
+            "--no-report",
+            "--workloads",
+            "infer",
+            "--batch-sizes",
+            "1",
+        ).returncode
+        == 0
+    )
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])  # power cut
     proc = run("--resume", str(out), "--no-report")
@@ -207,8 +263,20 @@ def test_find_max_batch_cap_and_nothing_fits() -> None:
 def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run(
-        str(suite_path), "--out", str(out), "--find-max-batch", "--workloads", "train",
-        "--precisions", "fp32", "--seq-lens", "256", "--memory-limit", "1.5", "--max-batch-cap", "256",
+        str(suite_path),
+        "--out",
+        str(out),
+        "--find-max-batch",
+        "--workloads",
+        "train",
+        "--precisions",
+        "fp32",
+        "--seq-lens",
+        "256",
+        "--memory-limit",
+        "1.5",
+        "--max-batch-cap",
+        "256",
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "max_batch.json").read_text())

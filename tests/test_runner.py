@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_SUITE
 
 from bench.device import Device
 from bench.results import Case, ResultsWriter, load_run
 from bench.runner import CaseRunner, measure_steps, run_cases
 from bench.suite import load_suite
 from bench.workloads import make_batch
-from tiny import TINY_SUITE
 
 CPU = Device(torch.device("cpu"))
 
@@ -33,11 +33,22 @@ def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -
     lines = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
     assert len(lines) == len(results) == 32
     for line in lines:
-        assert set(line["case"]) == {"id", "model", "family", "workload", "precision", "batch_size", "seq_len", "device"}
+        assert set(line["case"]) == {
+            "id",
+            "model",
+            "family",
+            "workload",
+            "precision",
+            "batch_size",
+            "seq_len",
+            "device",
+        }
         assert line["status"] in ("ok", "skipped")
         if line["status"] == "skipped":
             assert line["case"]["precision"] == "tf32"
-            assert line["reason"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
+            assert (
+                line["reason"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
+            )
             continue
         timing = line["timing"]
         assert timing["iterations"] == len(timing["step_s"]) == 3
@@ -94,7 +105,9 @@ def test_losses_are_kept_on_device_and_read_after_the_loop() -> None:
 
 
 def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tiny_suite_path, monkeypatch) -> None:
-    suite = load_suite(tiny_suite_path, {"precisions": ["fp32"], "workloads": ["infer"], "models": ["gpt2-tiny"]})
+    suite = load_suite(
+        tiny_suite_path, {"precisions": ["fp32"], "workloads": ["infer"], "models": ["gpt2-tiny"]}
+    )
     runner = CaseRunner(suite, CPU)
     original = runner.prepare
     calls = {"n": 0}
@@ -116,12 +129,16 @@ def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tiny_suite_path, monke
 
 
 def test_generate_workload_times_decoded_tokens(tiny_suite_path) -> None:
-    suite = load_suite(tiny_suite_path, {"workloads": ["generate"], "precisions": ["fp32"], "batch_sizes": [2]})
+    suite = load_suite(
+        tiny_suite_path, {"workloads": ["generate"], "precisions": ["fp32"], "batch_sizes": [2]}
+    )
     results = run_cases(CaseRunner(suite, CPU), suite.cases("cpu"), lambda r: None)
     by_model = {r.case.model: r for r in results}
     gpt = by_model["gpt2-tiny"]
     assert gpt.status == "ok"
-    assert gpt.throughput["tokens_per_s"] == pytest.approx(2 * suite.sweep.generate_new_tokens / gpt.timing["median_s"])
+    assert gpt.throughput["tokens_per_s"] == pytest.approx(
+        2 * suite.sweep.generate_new_tokens / gpt.timing["median_s"]
+    )
     assert by_model["bert-tiny"].status == "skipped"
     assert "causal LM" in by_model["bert-tiny"].reason
 

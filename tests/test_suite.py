@@ -57,24 +57,45 @@ BASE = '[sweep]\nmodels = ["gpt2-tiny"]\n'
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (BASE + "batch_size = [1]\n", "sweep.batch_size: unknown key (did you mean 'batch_sizes'?)"),
+        (
+            BASE + "batch_size = [1]\n",
+            "sweep.batch_size: unknown key (did you mean 'batch_sizes'?)",
+        ),
         ("[sweeps]\nmodels = []\n", "sweeps: unknown key (did you mean 'sweep'?)"),
-        (BASE + 'precisions = ["fp32", "fp64"]\n', "sweep.precisions: must be a non-empty list from: fp32"),
-        (BASE + 'workloads = ["training"]\n', "sweep.workloads: must be a non-empty list from: train"),
-        (BASE + "batch_sizes = [1, 0]\n", "sweep.batch_sizes: must be a non-empty list of positive integers; got 0"),
+        (
+            BASE + 'precisions = ["fp32", "fp64"]\n',
+            "sweep.precisions: must be a non-empty list from: fp32",
+        ),
+        (
+            BASE + 'workloads = ["training"]\n',
+            "sweep.workloads: must be a non-empty list from: train",
+        ),
+        (
+            BASE + "batch_sizes = [1, 0]\n",
+            "sweep.batch_sizes: must be a non-empty list of positive integers; got 0",
+        ),
         (BASE + "batch_sizes = [1.5]\n", "got 1.5"),
-        (BASE + 'batch_sizes = "8"\n', "sweep.batch_sizes: must be a non-empty list of positive integers; got '8'"),
+        (
+            BASE + 'batch_sizes = "8"\n',
+            "sweep.batch_sizes: must be a non-empty list of positive integers; got '8'",
+        ),
         (BASE + "seq_lens = []\n", "sweep.seq_lens: must be a non-empty list"),
         (BASE + "seq_lens = [4096]\n", "4096 is longer than gpt2-tiny's 256 positions"),
         ('[sweep]\nmodels = ["gpt3-huge"]\n', "sweep.models[0]: model 'gpt3-huge' is not a preset"),
         ("[sweep]\nmodels = []\n", "sweep.models: must be a non-empty list"),
         ("[suite]\nname = 'x'\n", "missing [sweep] table"),
         (BASE + "[timing]\niterations = 1\n", "timing.iterations: must be an integer >= 2; got 1"),
-        (BASE + "[timing]\nwarmup = true\n", "timing.warmup: must be a non-negative integer; got True"),
+        (
+            BASE + "[timing]\nwarmup = true\n",
+            "timing.warmup: must be a non-negative integer; got True",
+        ),
         (BASE + "[suite]\nseed = -1\n", "suite.seed: must be a non-negative integer"),
         ("[sweep\nmodels = 1\n", "TOML syntax error"),
         ("sweep = 3\n", "sweep: must be a table"),
-        (BASE + 'workloads = ["generate"]\ngenerate_new_tokens = 250\nseq_lens = [64]\n', "exceeds gpt2-tiny's 256 positions"),
+        (
+            BASE + 'workloads = ["generate"]\ngenerate_new_tokens = 250\nseq_lens = [64]\n',
+            "exceeds gpt2-tiny's 256 positions",
+        ),
     ],
 )
 def test_bad_suites_name_file_key_and_what_is_allowed(text: str, expected: str) -> None:

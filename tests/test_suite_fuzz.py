@@ -10,13 +10,36 @@ from bench.suite import _toml_value, builtin_suite_path, parse_suite
 
 KNOWN_KEYS = {
     "suite": ["name", "description", "seed", "data"],
-    "sweep": ["models", "workloads", "precisions", "batch_sizes", "seq_lens", "generate_new_tokens"],
+    "sweep": [
+        "models",
+        "workloads",
+        "precisions",
+        "batch_sizes",
+        "seq_lens",
+        "generate_new_tokens",
+    ],
     "timing": ["warmup", "iterations"],
     "numerics": ["enabled", "train_steps", "batch_size", "seq_len", "warn_rel_div", "noise_floor"],
     "check": ["throughput", "peak_memory", "divergence"],
 }
-WORDS = ["gpt2-tiny", "bert-tiny", "train", "infer", "generate", "fp32", "bf16", "fp8", "random",
-         "text:nope.txt", "text:" + "b" * 300, "./missing", "org/model", "", "\x00", "a" * 300]
+WORDS = [
+    "gpt2-tiny",
+    "bert-tiny",
+    "train",
+    "infer",
+    "generate",
+    "fp32",
+    "bf16",
+    "fp8",
+    "random",
+    "text:nope.txt",
+    "text:" + "b" * 300,
+    "./missing",
+    "org/model",
+    "",
+    "\x00",
+    "a" * 300,
+]
 
 scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -27,7 +50,9 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -38,7 +63,10 @@ def documents(draw) -> str:
     lines = []
     tables = draw(st.lists(st.sampled_from([*KNOWN_KEYS, "extra"]), unique=True, max_size=5))
     if draw(st.booleans()):  # half the documents have a valid sweep to get deeper
-        lines += ["[sweep]", f"models = {_toml_value(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=2)))}"]
+        lines += [
+            "[sweep]",
+            f"models = {_toml_value(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=2)))}",
+        ]
         tables = [t for t in tables if t != "sweep"]
     for table in tables:
         lines.append(f"[{table}]")
