@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.compare import DeviceIdentity
 from bench.errors import ResultsError
-from bench.results import RESULTS_FILE, Run
+from bench.results import RESULTS_FILE, Run, read_json_file
 
 BASELINE_FORMAT = 1
 BASELINE_KEY = "mpbench_baseline"  # marks a baseline file (its value is the format version)
@@ -105,12 +105,7 @@ def run_from_baseline(data: dict[str, Any], path: Path) -> Run:
 def load_baseline(path: str | os.PathLike[str]) -> Run:
     """Read a baseline file."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ResultsError(f"{p}: cannot read baseline ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{p}: not valid JSON ({exc})") from None
+    data = read_json_file(p, "baseline")
     if not is_baseline_document(data):
         raise ResultsError(f"{p}: not an mpbench baseline file")
     return run_from_baseline(data, p)

@@ -23,34 +23,15 @@ from matplotlib.patches import Patch
 from bench.check import Assessment
 from bench.cli_compare import TABLE_HEADERS, device_lines, headline, table_rows
 from bench.compare import METRICS, CaseComparison
+from bench.report.plots import PRECISION_COLORS
+from bench.report.plots import STYLE as REPORT_STYLE
 
 PLOTTED_METRICS = ("throughput", "peak_memory", "divergence")
 PRECISION_ORDER = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8")
 # Same hues as the run report, so a precision looks the same on both pages.
-PRECISION_COLORS = {
-    "fp32": "#222222",
-    "tf32": "#8c8c8c",
-    "amp_fp16": "#1f77b4",
-    "fp16": "#6baed6",
-    "amp_bf16": "#2ca02c",
-    "bf16": "#98df8a",
-    "fp8": "#9467bd",
-}
 OTHER_COLOR = "#ff7f0e"
-STYLE = {
-    "svg.fonttype": "none",  # text stays text
-    "svg.hashsalt": "mpbench-compare",  # deterministic ids
-    "font.size": 8.5,
-    "font.family": "sans-serif",
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.titlesize": 9.5,
-    "axes.titleweight": "bold",
-    "legend.fontsize": 7.5,
-    "legend.frameon": False,
-}
+# The report's look, so a precision has the same colour on both pages; own ids for the SVGs.
+STYLE = {**REPORT_STYLE, "svg.hashsalt": "mpbench-compare"}
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ without them only the summary statistics are known and significance cannot be te
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from bench.errors import ResultsError
-from bench.results import SCHEMA_VERSION, Run
+from bench.results import SCHEMA_VERSION, Run, read_json_file
 from bench.stats import quantile
 
 # extra_info keys that hold the case fields (written by bench.pytest_plugin.case_extra_info).
@@ -139,12 +138,7 @@ def env_from_machine_info(machine_info: Any, when: Any = None) -> dict[str, Any]
 def load_pytest_benchmark(path: str | os.PathLike[str]) -> Run:
     """Load a pytest-benchmark JSON file as a Run (an mpbench baseline file is accepted too)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ResultsError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{p}: not valid JSON ({exc})") from None
+    data = read_json_file(p, "file")
     from bench.baseline import is_baseline_document, run_from_baseline
 
     if is_baseline_document(data):

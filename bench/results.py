@@ -133,6 +133,16 @@ class Run:
         return {r["case"]["id"]: r for r in self.results}
 
 
+def read_json_file(path: Path, what: str = "file") -> Any:
+    """Parse a JSON file; unreadable or invalid JSON is a ResultsError naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+
+
 def read_results_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Parse results.jsonl; a torn or corrupt line is skipped with a warning naming it."""
     path = Path(path)
