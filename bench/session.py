@@ -203,6 +203,12 @@ def run_suite(
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         executor.close()
+    startup_s = getattr(executor, "startup_s", [])
+    if startup_s:
+        console.print(
+            f"{len(startup_s)} worker process(es) started, {sum(startup_s) / len(startup_s):.1f} s "
+            "each on average (--isolate none skips this cost, and the crash protection)"
+        )
     results = previous + new_results
     console.print(summary_table(results))
     if any(r.numerics for r in results):

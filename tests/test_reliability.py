@@ -284,3 +284,42 @@ def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path:
     assert 1 <= row["max_batch_size"] < 256  # the cap binds before the search limit
     statuses_seen = {p["status"] for p in row["probes"]}
     assert statuses_seen == {"ok", "oom"}
+
+
+def test_cuda_errors_that_poison_the_context_replace_the_worker() -> None:
+    from bench.execution import poisons_context
+
+    case = load_suite("smoke").cases("cpu")[0]
+    sticky = CaseResult(
+        case, "error", "RuntimeError: CUDA error: an illegal memory access was encountered"
+    )
+    assert poisons_context(sticky)
+    assert not poisons_context(CaseResult(case, "error", "ValueError: bad shape"))
+    assert not poisons_context(CaseResult(case, "oom", "CUDA out of memory"))
+
+
+@pytest.mark.parametrize("isolate", ["none", "case"])
+def test_other_isolation_modes_run_the_same_cases(
+    suite_path: Path, tmp_path: Path, isolate: str
+) -> None:
+    out = tmp_path / "run"
+    proc = run(
+        str(suite_path),
+        "--out",
+        str(out),
+        "--no-report",
+        "--isolate",
+        isolate,
+        "--workloads",
+        "infer",
+        "--batch-sizes",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert statuses(out) == {
+        "gpt2-tiny/infer/fp32/bs1/seq16": "ok",
+        "gpt2-tiny/infer/amp_bf16/bs1/seq16": "ok",
+    }
+    assert ("worker process(es) started" in proc.stderr) == (isolate == "case")
+    if isolate == "case":
+        assert "2 worker process(es) started" in proc.stderr
