@@ -53,6 +53,14 @@ def default_runner_factory(suite: Suite, device: Device) -> CaseRunner:
     return runner
 
 
+def quiet_transformers() -> None:
+    """transformers' config and generation notices would break the progress display; mpbench
+    owns this process, so keep only its errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
 def poisons_context(result: CaseResult) -> bool:
     """True for an error after which this process's CUDA context is unusable."""
     return result.status == "error" and any(s in (result.reason or "") for s in _POISONING_ERRORS)
@@ -74,6 +82,7 @@ class InProcessExecutor:
     """Runs cases in this process (`--isolate none`): fastest start, no protection from crashes."""
 
     def __init__(self, suite: Suite, device: Device, factory: RunnerFactory) -> None:
+        quiet_transformers()
         self.runner = factory(suite, device)
 
     def run(self, case: Case) -> CaseResult:
@@ -118,6 +127,7 @@ def _worker_main(
     """The worker process: build a runner, then answer case after case until told to stop."""
     # The parent handles Ctrl-C and decides what to abandon; the worker must not die of it first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_transformers()
     device = resolve_device(device_name)
     runner = factory(suite, device)
     if memory_limit_bytes is not None:

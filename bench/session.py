@@ -317,7 +317,8 @@ class _progress:
         self.bar.advance(self.task)
         line = f"[{self.done}/{self.total}] {case.id}: {_describe(result)}"
         if self.live:
-            self.bar.console.log(line, markup=False) if result.status != "ok" else None
+            # Above the bar, every finished case, so a long sweep's history stays on screen.
+            self.bar.console.print(line, markup=False, highlight=False)
         elif not self.console.quiet:
             print(line, file=sys.stderr, flush=True)
 
