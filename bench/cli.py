@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -195,11 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.suite import default_suite_name, load_suite
 
     device = resolve_device(args.device)
-    if args.case_timeout <= 0:
+    if not math.isfinite(args.case_timeout) or args.case_timeout <= 0:
         raise MpbenchError(
             f"--case-timeout: must be a positive number of seconds; got {args.case_timeout:g}"
         )
-    if args.memory_limit is not None and (args.memory_limit <= 0 or args.isolate == "none"):
+    if args.memory_limit is not None and (
+        not math.isfinite(args.memory_limit) or args.memory_limit <= 0 or args.isolate == "none"
+    ):
         raise MpbenchError(
             "--memory-limit: needs a positive GiB figure and --isolate model or case"
         )
@@ -222,7 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = args.suite or overrides or timing or args.data
         suite = None
         if given:
-            suite = load_suite(args.suite or "smoke", overrides, args.data).with_timing(timing)
+            name = args.suite or default_suite_name(device.type)
+            suite = load_suite(name, overrides, args.data).with_timing(timing)
         return run_suite(suite, device, args.resume, options)
     suite = load_suite(args.suite or default_suite_name(device.type), overrides, args.data)
     suite = suite.with_timing(timing)

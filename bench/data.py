@@ -14,14 +14,13 @@ sees the same masks (METHODS rule 9).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from bench.models import ModelSpec
-from bench.workloads import MLM_PROBABILITY
+from bench.workloads import mask_for_mlm, stable_seed  # noqa: F401 (re-exported)
 
 RANDOM = "random"
 TEXT_PREFIX = "text:"
@@ -46,11 +45,6 @@ class TokenStream:
         if wrapped:
             stream = stream.repeat((needed + stream.numel() - 1) // stream.numel())
         return stream[:needed].reshape(count, seq_len).clone(), wrapped
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed from its parts, stable across processes (unlike hash())."""
-    return zlib.crc32("/".join(str(p) for p in parts).encode())
 
 
 def random_stream(spec: ModelSpec, length: int, seed: int) -> TokenStream:
@@ -99,25 +93,6 @@ def token_stream(data: str, spec: ModelSpec, length: int, seed: int) -> TokenStr
     if data.startswith(TEXT_PREFIX):
         return text_stream(spec, Path(data[len(TEXT_PREFIX) :]), length)
     raise ValueError(f'data {data!r}: expected "random" or "text:PATH"')
-
-
-def mask_for_mlm(
-    input_ids: torch.Tensor, spec: ModelSpec, seed: int, with_labels: bool
-) -> dict[str, torch.Tensor]:
-    """BERT inputs from token windows: 15% of positions masked (at least one per row), as
-    `workloads.make_batch` does; labels (-100 where unmasked) only for training."""
-    gen = torch.Generator().manual_seed(seed)
-    masked = torch.rand(input_ids.shape, generator=gen) < MLM_PROBABILITY
-    masked[:, 0] |= ~masked.any(dim=1)  # every row predicts at least one token
-    batch = {
-        "input_ids": torch.where(
-            masked, torch.full_like(input_ids, spec.mask_token_id()), input_ids
-        ),
-        "attention_mask": torch.ones_like(input_ids),
-    }
-    if with_labels:
-        batch["labels"] = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
-    return batch
 
 
 @dataclass(frozen=True)

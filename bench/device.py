@@ -238,10 +238,7 @@ class Device:
             return
         before_kib = _proc_status_kib("VmRSS") or 0
         with _RssSampler() as sampler:
-            try:
-                yield reading
-            finally:
-                pass
+            yield reading
         reading.peak_bytes = max(0, sampler.peak_kib - before_kib) * 1024
         reading.method = "rss-sampled"
 

@@ -127,6 +127,9 @@ def _worker_main(
     """The worker process: build a runner, then answer case after case until told to stop."""
     # The parent handles Ctrl-C and decides what to abandon; the worker must not die of it first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A SIGTERM to the whole process group (CI cancel, `timeout`) is the parent's to handle: it
+    # abandons the case and kills this worker, rather than the case being recorded as crashed.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     quiet_transformers()
     device = resolve_device(device_name)
     runner = factory(suite, device)
@@ -214,10 +217,18 @@ class WorkerExecutor:
         """Measure one case in a worker; a dead or hung worker becomes a status, not an exception."""
         if self._proc is not None and (self._model != case.model or not self._proc.is_alive()):
             self._stop()
-        if self._proc is None:
-            self._start()
-            self._model = case.model
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self._proc is None:
+            try:
+                self._start()
+            except (EOFError, OSError, RuntimeError) as exc:
+                if self._proc is not None:
+                    self._proc.join(5)
+                exitcode = self._proc.exitcode if self._proc is not None else None
+                self._stop(kill=True)
+                reason = f"worker failed to start ({_death_reason(exitcode)}; {type(exc).__name__})"
+                return CaseResult(case, "crashed", reason, started_at=started_at, wall_s=0.0)
+            self._model = case.model
         t0 = time.perf_counter()
         try:
             self._conn.send(case.to_dict())

@@ -59,17 +59,18 @@ def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
         return None  # skipped or error: no answer to find
 
     good, bad, batch = 0, None, 1
-    while batch <= cap:
+    while True:  # double up to the cap (the cap itself is probed too)
         answer = fits(batch)
         if answer is None:
             return out
         if not answer:
             bad = batch
             break
-        good, batch = batch, batch * 2
-    if bad is None:
-        out.max_batch_size, out.limit_reached = good, True
-        return out
+        good = batch
+        if batch >= cap:
+            out.max_batch_size, out.limit_reached = good, True
+            return out
+        batch = min(batch * 2, cap)
     while bad - good > 1:
         middle = (good + bad) // 2
         answer = fits(middle)
@@ -81,10 +82,15 @@ def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
 
 
 def search_all(
-    suite: Suite, device_name: str, run_case: Any, cap: int, progress: Any = None
+    suite: Suite,
+    device_name: str,
+    run_case: Any,
+    cap: int,
+    found: list[MaxBatch],
+    progress: Any = None,
 ) -> list[MaxBatch]:
-    """One search per model x workload x precision x seq_len of the suite."""
-    found = []
+    """One search per model x workload x precision x seq_len, appended to `found` as each ends
+    (so an interrupted search keeps the finished ones)."""
     seen = set()
     for case in suite.cases(device_name):
         key = (case.model, case.workload, case.precision, case.seq_len)

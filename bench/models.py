@@ -30,6 +30,7 @@ class ModelSpec:
     config_kwargs: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # checkpoint directory, when not a preset
     summary: str = ""
+    ref: str = ""  # what the suite said (a hub id stays a hub id in the resolved suite.toml)
 
     @property
     def max_positions(self) -> int:
@@ -206,7 +207,7 @@ def _hub_cache_spec(hub_id: str) -> ModelSpec:
             f"downloads. Fetch it once with `hf download {hub_id} --local-dir DIR` and pass DIR"
         ) from None
     spec = _checkpoint_spec(Path(local))
-    return ModelSpec(_slug(hub_id), spec.family, path=spec.path, summary=hub_id)
+    return ModelSpec(_slug(hub_id), spec.family, path=spec.path, summary=hub_id, ref=hub_id)
 
 
 def load_checkpoint(cls: type, path: Path) -> torch.nn.Module:

@@ -9,8 +9,8 @@ each of N steps and keep every per-step time.
 from __future__ import annotations
 
 import copy
+import math
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +41,11 @@ class PreparedCase:
 
 
 def measure_steps(
-    step: Callable[[], Any], warmup: int, iterations: int, device: Device
+    step: Callable[[], Any],
+    warmup: int,
+    iterations: int,
+    device: Device,
+    after_warmup: Callable[[], None] | None = None,
 ) -> tuple[list[float], list[Any]]:
     """Run `warmup` untimed steps, then time `iterations` steps one by one.
 
@@ -51,6 +55,8 @@ def measure_steps(
     for _ in range(warmup):
         step()
     device.synchronize()
+    if after_warmup is not None:
+        after_warmup()
     timer = device.step_timer(iterations)
     outputs: list[Any] = []
     for i in range(iterations):
@@ -94,8 +100,9 @@ class CaseRunner:
 
     def input_seed(self, case: Case, batch_index: int = 0) -> int:
         """Seed of a case's inputs: same for every precision, different per shape and batch."""
-        key = f"{self.suite.info.seed}/{case.model}/{case.batch_size}/{case.seq_len}/{batch_index}"
-        return zlib.crc32(key.encode())  # stable across processes, unlike hash()
+        return workloads.stable_seed(
+            self.suite.info.seed, case.model, case.batch_size, case.seq_len, batch_index
+        )
 
     def skip_reason(self, case: Case) -> str | None:
         """Why a case cannot run here (precision or workload unsupported), or None."""
@@ -110,9 +117,10 @@ class CaseRunner:
         spec = self.suite.model(case.model)
         mode = PRECISION_MODES[case.precision]
         torch_device = self.device.torch_device
-        model = copy.deepcopy(self.pristine_model(spec))
-        mode.prepare_model(model)
+        model = copy_in_dtype(self.pristine_model(spec), mode.param_dtype)
         model.to(torch_device)
+        # Dropout draws from the global RNG: seed it so every precision sees the same masks.
+        torch.manual_seed(self.suite.info.seed)
         batch = workloads.make_batch(
             spec, case.workload, case.batch_size, case.seq_len, torch_device, self.input_seed(case)
         )
@@ -146,14 +154,20 @@ class CaseRunner:
         mode = PRECISION_MODES[case.precision]
         timing = self.suite.timing
         try:
+            # Built (once per model) outside the window: it is not this case's memory.
+            self.pristine_model(self.suite.model(case.model))
             with mode.global_state(self.device), self.device.memory_window() as memory:
                 with self.prepare(case) as prepared:
+                    scales: list[float] = []
+                    after_warmup = None
+                    if prepared.scaler is not None:
+                        after_warmup = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
                     step_s, outputs = measure_steps(
-                        prepared.step, timing.warmup, timing.iterations, self.device
+                        prepared.step, timing.warmup, timing.iterations, self.device, after_warmup
                     )
                     details = {**mode.describe(), "parameters": prepared.parameters}
                     if prepared.scaler is not None:
-                        details["grad_scaler_final_scale"] = float(prepared.scaler.get_scale())
+                        details.update(_scaler_details(scales[0], prepared.scaler.get_scale()))
                     losses = _losses(outputs) if case.workload == "train" else None
                     del outputs
         except Exception as exc:  # one case's failure must not end the sweep
@@ -190,6 +204,35 @@ class CaseRunner:
             started_at=started_at,
             wall_s=time.perf_counter() - t0,
         )
+
+
+def copy_in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy whose floating-point parameters and buffers are made directly in `dtype`, so a
+    bf16/fp16 copy never holds a transient fp32 copy (which would inflate its peak memory). Tied
+    weights stay tied: deepcopy's memo maps each shared tensor to one new tensor."""
+    memo: dict[int, Any] = {}
+    if dtype != torch.float32:
+        for p in model.parameters():
+            if p.is_floating_point() and id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(
+                    p.detach().to(dtype), requires_grad=p.requires_grad
+                )
+        for b in model.buffers():
+            if b.is_floating_point() and id(b) not in memo:
+                memo[id(b)] = b.detach().to(dtype)
+    return copy.deepcopy(model, memo)
+
+
+def _scaler_details(scale_after_warmup: float, final_scale: float) -> dict[str, Any]:
+    """GradScaler state: the scale halves on each skipped step and cannot grow within the default
+    2000-step interval, so log2 of the drop counts the timed steps that skipped the optimizer
+    (those are faster than real steps; METHODS rules 4 and 14)."""
+    skipped = round(math.log2(scale_after_warmup / final_scale)) if final_scale > 0 else None
+    return {
+        "grad_scaler_scale_after_warmup": float(scale_after_warmup),
+        "grad_scaler_final_scale": float(final_scale),
+        "grad_scaler_timed_skipped_steps": skipped,
+    }
 
 
 def _losses(outputs: list[Any]) -> list[float]:

@@ -22,13 +22,22 @@ from rich.table import Table
 from bench.device import Device
 from bench.env import capture_env
 from bench.errors import MpbenchError
-from bench.results import ENV_FILE, RESULTS_FILE, SUITE_FILE, Case, CaseResult, ResultsWriter
+from bench.maxbatch import MAX_BATCH_FILE
+from bench.results import (
+    ENV_FILE,
+    RESULTS_FILE,
+    SUITE_FILE,
+    Case,
+    CaseResult,
+    ResultsWriter,
+    read_json_file,
+)
 from bench.suite import Suite
 
 EXIT_OK = 0
 
 
-class Terminated(Exception):
+class Terminated(BaseException):
     """SIGTERM arrived: stop like Ctrl-C, exit 143."""
 
 
@@ -47,12 +56,18 @@ class RunOptions:
 
 def prepare_run_dir(out: Path) -> None:
     """Create the run directory; refuse one that already holds results (nothing is overwritten)."""
-    if (out / RESULTS_FILE).exists():
+    for name in (RESULTS_FILE, ENV_FILE, MAX_BATCH_FILE):
+        if (out / name).exists():
+            raise MpbenchError(
+                f"--out {out}: already holds {name}; choose a new directory (or continue an "
+                f"interrupted run with `mpbench run --resume {out}`)"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise MpbenchError(
-            f"--out {out}: already holds {RESULTS_FILE}; choose a new directory, or continue it "
-            f"with `mpbench run --resume {out}`"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+            f"--out {out}: cannot create the run directory ({exc.strerror})"
+        ) from None
 
 
 def start_run_dir(suite: Suite, device: Device, out: Path, options: RunOptions) -> dict:
@@ -81,14 +96,15 @@ def find_max_batch_sizes(
         options.isolate, probes, device, options.case_timeout_s, options.memory_limit_bytes
     )
     exit_code = EXIT_OK
-    found = []
+    found: list = []  # filled as each search ends, so an interrupt keeps the finished ones
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        found = search_all(
+        search_all(
             probes,
             device.name,
             executor.run,
             cap,
+            found,
             lambda m: console.print(
                 f"{m.model}/{m.workload}/{m.precision}/seq{m.seq_len}: max batch "
                 f"{m.max_batch_size if m.max_batch_size else '-'}"
@@ -150,7 +166,9 @@ def run_suite(
 
     if options.resume:
         suite = load_resumable(out, suite)
-        env = json.loads((out / ENV_FILE).read_text(encoding="utf-8"))
+        env = read_json_file(out / ENV_FILE, "env.json")
+        if not isinstance(env, dict):
+            raise MpbenchError(f"--resume {out}: {ENV_FILE} is not a JSON object")
         if env.get("device") != device.name:
             raise MpbenchError(
                 f"--resume {out}: the run was measured on {env.get('device')}, not {device.name}; "

@@ -380,6 +380,8 @@ def _check_lengths(models: tuple[ModelSpec, ...], sweep: Sweep, source: str) -> 
 
 
 def _model_ref(spec: ModelSpec) -> str:
+    if spec.ref:
+        return spec.ref
     return str(spec.path) if spec.path is not None else spec.name
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,30 @@ def unsupported_reason(workload: str, spec: ModelSpec) -> str | None:
     return None
 
 
+def stable_seed(*parts: object) -> int:
+    """A seed from its parts, stable across processes (unlike hash())."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode())
+
+
+def mask_for_mlm(
+    input_ids: torch.Tensor, spec: ModelSpec, seed: int, with_labels: bool
+) -> dict[str, torch.Tensor]:
+    """BERT inputs from token windows: 15% of positions masked (at least one per row), as
+    `make_batch` does (and the numerics passes, via bench.data); labels (-100 where unmasked) only for training."""
+    gen = torch.Generator().manual_seed(seed)
+    masked = torch.rand(input_ids.shape, generator=gen) < MLM_PROBABILITY
+    masked[:, 0] |= ~masked.any(dim=1)  # every row predicts at least one token
+    batch = {
+        "input_ids": torch.where(
+            masked, torch.full_like(input_ids, spec.mask_token_id()), input_ids
+        ),
+        "attention_mask": torch.ones_like(input_ids),
+    }
+    if with_labels:
+        batch["labels"] = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
+    return batch
+
+
 def make_batch(
     spec: ModelSpec,
     workload: str,
@@ -47,18 +72,12 @@ def make_batch(
     """
     gen = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen)
-    batch: dict[str, torch.Tensor] = {"input_ids": input_ids}
     if spec.family == "bert":
-        masked = torch.rand((batch_size, seq_len), generator=gen) < MLM_PROBABILITY
-        masked[:, 0] |= ~masked.any(dim=1)  # every row predicts at least one token
-        batch["attention_mask"] = torch.ones_like(input_ids)
+        batch = mask_for_mlm(input_ids, spec, stable_seed(seed, "mlm"), workload == "train")
+    else:
+        batch = {"input_ids": input_ids}
         if workload == "train":
-            batch["labels"] = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
-        batch["input_ids"] = torch.where(
-            masked, torch.full_like(input_ids, spec.mask_token_id()), input_ids
-        )
-    elif workload == "train":
-        batch["labels"] = input_ids.clone()
+            batch["labels"] = input_ids.clone()
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -78,6 +78,9 @@ def test_run_refuses_to_overwrite_results(tiny_suite_path: Path, tmp_path: Path)
         (["run", "smoke", "--device", "tpu"], "--device: 'tpu' is not valid"),
         (["run", "smoke", "--iterations", "1"], "--iterations: must be an integer >= 2; got 1"),
         (["run", "smoke", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "smoke", "--memory-limit", "inf"], "--memory-limit: needs a positive GiB figure"),
+        (["run", "smoke", "--case-timeout", "nan"], "--case-timeout: must be a positive number"),
+        (["run", "smoke", "--out", "/proc/version/x"], "cannot create the run directory"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )

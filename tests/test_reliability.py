@@ -145,12 +145,15 @@ def test_oom_prediction_can_be_turned_off() -> None:
     assert OomLimits(enabled=False).predict(large) is None
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code", "isolate"),
+    [(signal.SIGINT, 130, "model"), (signal.SIGTERM, 143, "model"), (signal.SIGTERM, 143, "none")],
+)
 def test_interrupt_keeps_finished_cases_and_resume_completes(
-    suite_path: Path, tmp_path: Path, sig, code
+    suite_path: Path, tmp_path: Path, sig, code, isolate
 ) -> None:
     out = tmp_path / "run"
-    proc = start(str(suite_path), "--out", str(out))
+    proc = start(str(suite_path), "--out", str(out), "--isolate", isolate)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -236,14 +239,16 @@ def fake_probe(limit: int, calls: list[int]):
     return run_case
 
 
-@pytest.mark.parametrize("limit", [1, 2, 5, 24, 100, 1023])
+@pytest.mark.parametrize("limit", [1, 2, 5, 24, 90, 100, 1023])
 def test_find_max_batch_doubles_then_bisects(limit: int) -> None:
     from bench.maxbatch import find_max_batch
 
     template = load_suite("smoke").cases("cpu")[0]
     calls: list[int] = []
-    found = find_max_batch(fake_probe(limit, calls), template, cap=1024)
-    assert found.max_batch_size == limit and not found.limit_reached
+    cap = 100 if limit <= 100 else 1024  # a cap that is not a power of two is probed too
+    found = find_max_batch(fake_probe(limit, calls), template, cap=cap)
+    assert found.max_batch_size == limit
+    assert found.limit_reached == (limit == cap)
     assert len(calls) <= 2 * limit.bit_length() + 1  # logarithmic, not a linear scan
     assert [p["batch_size"] for p in found.probes] == calls
 
