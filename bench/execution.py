@@ -93,6 +93,9 @@ class InProcessExecutor:
     def close(self) -> None:
         """Nothing to stop."""
 
+    def abandon(self) -> None:
+        """Nothing to kill: the interrupt already left the case."""
+
 
 def apply_memory_limit(device: Device, limit_bytes: int) -> None:
     """Cap what this (worker) process may allocate, to find OOM behaviour on purpose.

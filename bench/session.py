@@ -85,24 +85,18 @@ def find_max_batch_sizes(
     suite: Suite, device: Device, out: Path, options: RunOptions, cap: int
 ) -> int:
     """`mpbench run --find-max-batch`: search each config's largest batch; write max_batch.json."""
-    from bench.execution import make_executor
     from bench.maxbatch import probe_suite, search_all, with_ratios, write_max_batch
 
     start_run_dir(suite, device, out, options)
     probes = probe_suite(suite)
     console = Console(stderr=True, quiet=options.quiet, width=None if _is_tty() else 160)
     console.print(f"mpbench: largest batch size per config (cap {cap}) on {device.name} -> {out}")
-    executor = make_executor(
-        options.isolate, probes, device, options.case_timeout_s, options.memory_limit_bytes
-    )
-    exit_code = EXIT_OK
     found: list = []  # filled as each search ends, so an interrupt keeps the finished ones
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
+    with InterruptibleSweep(probes, device, options) as sweep:
         search_all(
             probes,
             device.name,
-            executor.run,
+            sweep.executor.run,
             cap,
             found,
             lambda m: console.print(
@@ -111,13 +105,8 @@ def find_max_batch_sizes(
                 f"{' (cap reached)' if m.limit_reached else ''}{f' ({m.reason})' if m.reason else ''}"
             ),
         )
-    except (KeyboardInterrupt, Terminated) as exc:
-        exit_code = 143 if isinstance(exc, Terminated) else 130
-        _abandon(executor)
+    if sweep.exit_code != EXIT_OK:
         console.print("[yellow]interrupted[/]: the search was not finished")
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        executor.close()
     path = write_max_batch(out, found, cap)
     table = Table(
         "model",
@@ -137,7 +126,7 @@ def find_max_batch_sizes(
         )
     console.print(table)
     console.print(f"max batch sizes: {path}")
-    return exit_code
+    return sweep.exit_code
 
 
 def load_resumable(run_dir: Path, suite: Suite | None) -> Suite:
@@ -162,8 +151,6 @@ def run_suite(
 ) -> int:
     """Run every case of `suite` on `device` into `out` (or continue `out`); returns the exit code:
     0 done, 130 after Ctrl-C, 143 after SIGTERM (finished cases are kept either way)."""
-    from bench.execution import make_executor
-
     if options.resume:
         suite = load_resumable(out, suite)
         env = read_json_file(out / ENV_FILE, "env.json")
@@ -195,33 +182,25 @@ def run_suite(
     oom_limits = OomLimits(enabled=options.skip_larger)
     for result in previous:
         oom_limits.record(result)
-    executor = make_executor(
-        options.isolate, suite, device, options.case_timeout_s, options.memory_limit_bytes
-    )
     new_results: list[CaseResult] = []
-    exit_code = EXIT_OK
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        with _progress(console, len(cases)) as progress:
-            for case in cases:
-                progress(case, None)
-                result = oom_limits.predict(case) or executor.run(case)
-                writer.append(result)  # durable before the next case starts
-                oom_limits.record(result)
-                new_results.append(result)
-                progress(case, result)
-    except (KeyboardInterrupt, Terminated) as exc:
-        exit_code = 143 if isinstance(exc, Terminated) else 130
-        _abandon(executor)
+    with (
+        InterruptibleSweep(suite, device, options) as sweep,
+        _progress(console, len(cases)) as progress,
+    ):
+        for case in cases:
+            progress(case, None)
+            result = oom_limits.predict(case) or sweep.executor.run(case)
+            writer.append(result)  # durable before the next case starts
+            oom_limits.record(result)
+            new_results.append(result)
+            progress(case, result)
+    if sweep.exit_code != EXIT_OK:
         left = len(cases) - len(new_results)
         console.print(
             f"[yellow]interrupted[/]: {len(new_results)} case(s) finished and saved, {left} not run; "
             f"continue with `mpbench run --resume {out}`"
         )
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        executor.close()
-    startup_s = getattr(executor, "startup_s", [])
+    startup_s = getattr(sweep.executor, "startup_s", [])
     if startup_s:
         console.print(
             f"{len(startup_s)} worker process(es) started, {sum(startup_s) / len(startup_s):.1f} s "
@@ -236,17 +215,37 @@ def run_suite(
     if options.render:
         _render_report(out, console)
     console.print(f"results: {out / RESULTS_FILE}")
-    return exit_code
+    return sweep.exit_code
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _abandon(executor: object) -> None:
-    abandon = getattr(executor, "abandon", None)
-    if abandon is not None:
-        abandon()
+class InterruptibleSweep:
+    """The executor of a sweep, with Ctrl-C and SIGTERM turned into an exit code (130 / 143):
+    the case in flight is abandoned (its worker killed), everything finished stays."""
+
+    def __init__(self, suite: Suite, device: Device, options: RunOptions) -> None:
+        from bench.execution import make_executor
+
+        self.executor = make_executor(
+            options.isolate, suite, device, options.case_timeout_s, options.memory_limit_bytes
+        )
+        self.exit_code = EXIT_OK
+
+    def __enter__(self) -> InterruptibleSweep:
+        self._previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        signal.signal(signal.SIGTERM, self._previous_term)
+        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, Terminated))
+        if interrupted:
+            self.exit_code = 143 if issubclass(exc_type, Terminated) else 130
+            self.executor.abandon()
+        self.executor.close()
+        return interrupted  # swallow only the interrupt; any other error propagates
 
 
 def _is_tty() -> bool:
