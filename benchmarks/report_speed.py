@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import render_report
-from bench.results import ENV_FILE, RESULTS_FILE, Case, CaseResult
-from bench.stats import summarize_seconds
+from bench.results.samples import summarize_seconds
+from bench.results.schema import ENV_FILE, RESULTS_FILE, Case, CaseResult
+from bench.views.report import render_report
 
 MODELS = [(f"gpt2-{i}", "gpt2") for i in range(3)] + [(f"bert-{i}", "bert") for i in range(3)]
 WORKLOADS = ("train", "infer", "generate")

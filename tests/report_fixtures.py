@@ -1,4 +1,4 @@
-"""Fixture runs for the report tests, written through the results contract (bench.results)."""
+"""Fixture runs for the report tests, written through the results contract (bench.results.schema)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.results import ENV_FILE, Case, CaseResult, ResultsWriter
-from bench.stats import summarize_seconds
+from bench.results.samples import summarize_seconds
+from bench.results.schema import ENV_FILE, Case, CaseResult, ResultsWriter
 
 OK_PRECISIONS = ("fp32", "amp_fp16", "amp_bf16", "bf16", "fp16")
 SKIPPED = {

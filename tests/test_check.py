@@ -22,7 +22,7 @@ from test_compare import (
     write_run,
 )
 
-from bench.check import (
+from bench.analysis.check import (
     CheckConfig,
     assess,
     compatibility,
@@ -30,10 +30,10 @@ from bench.check import (
     parse_threshold_flag,
     validate_table,
 )
-from bench.compare import DeviceIdentity, compare_runs
+from bench.analysis.compare import DeviceIdentity, compare_runs
+from bench.engine.suite import parse_suite
 from bench.errors import SuiteError
-from bench.results import load_run
-from bench.suite import parse_suite
+from bench.results.schema import load_run
 
 SUITE_WITH_CHECK = """
 [suite]

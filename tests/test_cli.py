@@ -131,7 +131,7 @@ def test_help_lists_the_commands() -> None:
 def test_bad_checkpoint_directories_exit_2_without_traceback(tmp_path: Path) -> None:
     import torch
 
-    from bench.models import PRESETS
+    from bench.engine.models import PRESETS
 
     not_model = tmp_path / "not-model"
     not_model.mkdir()
@@ -157,7 +157,7 @@ def test_bad_checkpoint_directories_exit_2_without_traceback(tmp_path: Path) -> 
 
 
 def test_run_with_a_local_checkpoint(tmp_path: Path) -> None:
-    from bench.models import PRESETS
+    from bench.engine.models import PRESETS
 
     ckpt = tmp_path / "my-gpt"
     PRESETS["gpt2-tiny"].build(seed=5).save_pretrained(ckpt, safe_serialization=True)

@@ -1,4 +1,4 @@
-"""bench.compare (statistics, matching), bench.pbjson, the compare CLI views and the HTML page.
+"""bench.analysis.compare (statistics, matching), bench.results.pytest_benchmark, the compare CLI views and the HTML page.
 
 The helpers at the top write run directories through the results contract; test_check.py and
 test_pytest_plugin.py import them.
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.compare import (
+from bench.analysis.compare import (
     CompareOptions,
     DeviceIdentity,
     bootstrap_median_ratio_ci,
@@ -28,8 +28,16 @@ from bench.compare import (
     mann_whitney_p,
     smallest_p_value,
 )
-from bench.results import ENV_FILE, SUITE_FILE, Case, CaseResult, ResultsWriter, Run, load_run
-from bench.stats import summarize_seconds
+from bench.results.samples import summarize_seconds
+from bench.results.schema import (
+    ENV_FILE,
+    SUITE_FILE,
+    Case,
+    CaseResult,
+    ResultsWriter,
+    Run,
+    load_run,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Fixture runs
@@ -416,7 +424,7 @@ def pytest_benchmark_json(with_extra: bool = True, with_data: bool = True) -> di
 def test_pytest_benchmark_json_becomes_a_run(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(pytest_benchmark_json()))
-    run = load_run(path)  # load_run dispatches .json files to bench.pbjson
+    run = load_run(path)  # load_run dispatches .json files to bench.results.pytest_benchmark
     (result,) = run.results
     assert result["case"]["id"] == "gpt2-tiny/train/fp32/bs2/seq16"
     assert result["case"]["batch_size"] == 2 and result["status"] == "ok"
@@ -494,8 +502,8 @@ def test_compare_json_and_markdown_to_stdout(
 
 
 def test_html_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
-    from bench.check import CheckConfig, assess
-    from bench.compare_html import render_page
+    from bench.analysis.check import CheckConfig, assess
+    from bench.views.compare_page import render_page
 
     cases = fixture_cases()
     base = write_run(tmp_path / "base", cases)

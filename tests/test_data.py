@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.data import (
+from bench.engine.data import (
     has_tokenizer,
     make_batches,
     mask_for_mlm,
@@ -15,7 +15,7 @@ from bench.data import (
     stable_seed,
     token_stream,
 )
-from bench.models import PRESETS, ModelSpec
+from bench.engine.models import PRESETS, ModelSpec
 
 GPT = PRESETS["gpt2-tiny"]
 BERT = PRESETS["bert-tiny"]

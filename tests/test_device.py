@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import device as device_mod
-from bench.device import CpuStepTimer, Device, resolve_device
+from bench.engine import device as device_mod
+from bench.engine.device import CpuStepTimer, Device, resolve_device
 from bench.errors import MpbenchError
 
 CPU = Device(torch.device("cpu"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.engine.models import PRESETS, resolve_model
 from bench.errors import ModelError
-from bench.models import PRESETS, resolve_model
 
 
 def test_presets_cover_both_families_and_sizes() -> None:

@@ -12,14 +12,20 @@ import pytest
 import torch
 from rich.console import Console
 
-from bench.device import Device
+from bench.engine.device import Device
+from bench.engine.models import PRESETS, ModelSpec
+from bench.engine.numerics import (
+    NumericsAnalyzer,
+    NumericsConfig,
+    metrics,
+    validate_table,
+    verdict_table,
+)
+from bench.engine.numerics.activations import FP16_MAX, activation_summary
+from bench.engine.runner import CaseRunner
+from bench.engine.suite import parse_suite
 from bench.errors import SuiteError
-from bench.models import PRESETS, ModelSpec
-from bench.numerics import NumericsAnalyzer, NumericsConfig, metrics, validate_table, verdict_table
-from bench.numerics.activations import FP16_MAX, activation_summary
-from bench.results import Case, CaseResult
-from bench.runner import CaseRunner
-from bench.suite import parse_suite
+from bench.results.schema import Case, CaseResult
 
 CPU = Device(torch.device("cpu"))
 STEPS = 30
@@ -220,7 +226,7 @@ def test_amp_fp16_stays_within_tolerance(gpt_train: dict[str, dict[str, Any]]) -
 def test_pure_fp16_training_fails(gpt_train: dict[str, dict[str, Any]]) -> None:
     """Micikevicius et al. 2018. Here the first AdamW step already fails: (1 - beta2) * g^2
     underflows to 0 in fp16 for most entries, and eps = 1e-8 rounds to 0 in fp16, so the update
-    divides by zero and the weights become inf/NaN (see the analysis notes in bench.numerics)."""
+    divides by zero and the weights become inf/NaN (see the analysis notes in bench.engine.numerics)."""
     fp16 = gpt_train["fp16"]
     assert fp16["verdict"] in ("nan", "diverged")
     assert fp16["verdict"] == "nan"

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.device import Device
-from bench.precision import PRECISION_MODES
+from bench.engine.device import Device
+from bench.engine.precision import PRECISION_MODES
 
 CPU = Device(torch.device("cpu"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_compare import mpbench
 
-from bench.pytest_plugin import storage_per_device, synchronizing_timer
+from bench.integrations.pytest_plugin import storage_per_device, synchronizing_timer
 
 TINY_SUITE = """
 [suite]
@@ -45,8 +45,10 @@ MEASURED = [
 def plugin_args() -> list[str]:
     """Load the plugin explicitly until the pytest11 entry point is installed (loading it twice
     is an error)."""
-    installed = any(ep.value == "bench.pytest_plugin" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "bench.pytest_plugin"]
+    installed = any(
+        ep.value == "bench.integrations.pytest_plugin" for ep in entry_points(group="pytest11")
+    )
+    return [] if installed else ["-p", "bench.integrations.pytest_plugin"]
 
 
 def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +64,7 @@ def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_importing_the_plugin_imports_no_torch() -> None:
-    code = "import sys, bench.pytest_plugin; print('torch' in sys.modules)"
+    code = "import sys, bench.integrations.pytest_plugin; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import CaseResult, load_run
-from bench.session import OomLimits
-from bench.suite import load_suite
+from bench.engine.session import OomLimits
+from bench.engine.suite import load_suite
+from bench.results.schema import CaseResult, load_run
 
 SUITE = """
 [suite]
@@ -241,7 +241,7 @@ def fake_probe(limit: int, calls: list[int]):
 
 @pytest.mark.parametrize("limit", [1, 2, 5, 24, 90, 100, 1023])
 def test_find_max_batch_doubles_then_bisects(limit: int) -> None:
-    from bench.maxbatch import find_max_batch
+    from bench.engine.maxbatch import find_max_batch
 
     template = load_suite("smoke").cases("cpu")[0]
     calls: list[int] = []
@@ -254,7 +254,7 @@ def test_find_max_batch_doubles_then_bisects(limit: int) -> None:
 
 
 def test_find_max_batch_cap_and_nothing_fits() -> None:
-    from bench.maxbatch import find_max_batch, with_ratios
+    from bench.engine.maxbatch import find_max_batch, with_ratios
 
     template = load_suite("smoke").cases("cpu")[0]
     capped = find_max_batch(fake_probe(10_000, []), template, cap=64)
@@ -292,7 +292,7 @@ def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path:
 
 
 def test_cuda_errors_that_poison_the_context_replace_the_worker() -> None:
-    from bench.execution import poisons_context
+    from bench.engine.executors import poisons_context
 
     case = load_suite("smoke").cases("cpu")[0]
     sticky = CaseResult(

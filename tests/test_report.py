@@ -1,4 +1,4 @@
-"""The HTML report (bench.report): content, escaping, self-containment, degenerate runs."""
+"""The HTML report (bench.views.report): content, escaping, self-containment, degenerate runs."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ from report_fixtures import (
     write_run,
 )
 
-from bench.report import analysis, render_report, results_frame, summary_markdown, tables
-from bench.report.render import render_html
-from bench.results import ENV_FILE, RESULTS_FILE, Case, CaseResult, Run, load_run
+from bench.analysis import summary as analysis
+from bench.results.schema import ENV_FILE, RESULTS_FILE, Case, CaseResult, Run, load_run
+from bench.views import tables
+from bench.views.report import render_html, render_report, summary_markdown
+from bench.views.tables import results_frame
 
 PLOT_SECTIONS = ("throughput", "memory", "speedup", "loss", "tradeoff", "step-times", "activations")
 HOSTILE = '<script>alert(1)</script>" onmouseover="alert(2)'
@@ -321,7 +323,7 @@ def test_a_failing_plot_is_reported_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A plotting error costs one figure (with a note), not the report."""
-    from bench.report import plots
+    from bench.views import plots
 
     def broken(*args: object, **kwargs: object) -> str:
         raise ValueError("boom")

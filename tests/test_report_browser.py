@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from report_fixtures import realistic_run
 
-from bench.report import render_report
+from bench.views.report import render_report
 
 pytestmark = pytest.mark.browser
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from tiny import TINY_SUITE
 
-from bench.device import Device
-from bench.results import Case, ResultsWriter, load_run
-from bench.runner import CaseRunner, measure_steps, run_cases
-from bench.suite import load_suite
-from bench.workloads import make_batch
+from bench.engine.device import Device
+from bench.engine.runner import CaseRunner, measure_steps, run_cases
+from bench.engine.suite import load_suite
+from bench.engine.workloads import make_batch
+from bench.results.schema import Case, ResultsWriter, load_run
 
 CPU = Device(torch.device("cpu"))
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.engine.suite import BUILTIN_SUITES, builtin_suite_path, load_suite, parse_suite
 from bench.errors import SuiteError
-from bench.suite import BUILTIN_SUITES, builtin_suite_path, load_suite, parse_suite
 
 REPO = Path(__file__).resolve().parent.parent
 

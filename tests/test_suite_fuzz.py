@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.engine.suite import _toml_value, builtin_suite_path, parse_suite
 from bench.errors import SuiteError
-from bench.suite import _toml_value, builtin_suite_path, parse_suite
 
 KNOWN_KEYS = {
     "suite": ["name", "description", "seed", "data"],

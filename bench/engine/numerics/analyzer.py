@@ -1,0 +1,344 @@
+"""NumericsAnalyzer: runs the divergence passes for the cases of a sweep, once per
+(model, workload, precision), and caches the fp32 reference of each (model, workload)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from bench.engine.data import Batches, make_batches, stable_seed
+from bench.engine.device import Device
+from bench.engine.models import ModelSpec, count_parameters
+from bench.engine.numerics import metrics
+from bench.engine.numerics.activations import activation_summary
+from bench.engine.numerics.config import NumericsConfig
+from bench.engine.numerics.passes import (
+    FP64_REFERENCE,
+    TrainingTrace,
+    fp32_activation_ranges,
+    run_inference,
+    run_training,
+)
+from bench.engine.numerics.verdicts import inference_verdict, training_verdict
+from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.suite import Suite
+from bench.results.schema import Case
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # deterministic cuBLAS (METHODS rule 11)
+FP16_MODES = ("fp16", "amp_fp16")  # cases that carry an activation_summary
+INFER_BATCHES = 1  # forward passes compared per inference check
+
+
+class NumericsAnalyzer:
+    """`for_case(case)` is the CaseRunner's `numerics` callable: it never raises."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        device: Device,
+        pristine_model: Callable[[ModelSpec], torch.nn.Module] | None = None,
+    ) -> None:
+        self.suite = suite
+        self.device = device
+        self.config = NumericsConfig.from_table(suite.tables.get("numerics", {}), suite.source)
+        # The runner's pristine_model when wired in session.py, so numerics and timing start from
+        # the very same fp32 weights; otherwise built here from the suite's seed.
+        self.pristine_model = pristine_model or self._own_pristine
+        self._own: tuple[str, torch.nn.Module] | None = None
+        self._model: str | None = None  # the model whose passes are cached
+        self._cache: dict[tuple[str, ...], Any] = {}
+        if device.is_cuda and self.config.enabled:
+            # Read by cuBLAS when its workspace is first made: set before any case runs.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+
+    @property
+    def enabled(self) -> bool:
+        """False when the suite's [numerics] says enabled = false."""
+        return self.config.enabled
+
+    def for_case(self, case: Case) -> dict[str, Any] | None:
+        """The case's numerics dict; a failure becomes {"verdict": None, "error": ...}."""
+        if not self.config.enabled:
+            return None
+        try:
+            return copy.deepcopy(self.analyze(case))
+        except Exception as exc:  # a numerics failure must never lose the case's timing
+            message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+            return {"verdict": None, "error": message}
+        # No free_memory() here: each pass's copies die with it, and the next case's memory
+        # window collects and empties the cache first (a gc.collect costs ~0.2 s on a CPU).
+
+    def shape(self, spec: ModelSpec) -> tuple[int, int]:
+        """(batch_size, seq_len) of the numerics pass: the config's, else the sweep's smallest."""
+        batch_size = self.config.batch_size or min(self.suite.sweep.batch_sizes)
+        seq_len = self.config.seq_len or min(self.suite.sweep.seq_lens)
+        if seq_len > spec.max_positions:
+            raise ValueError(
+                f"numerics.seq_len {seq_len} exceeds {spec.name}'s {spec.max_positions} positions"
+            )
+        return batch_size, seq_len
+
+    def analyze(self, case: Case) -> dict[str, Any]:
+        """Numerics of a case (shared by every case of its model, workload and precision)."""
+        spec = self.suite.model(case.model)
+        if case.model != self._model:
+            self._cache.clear()  # one model's references at a time: they can be large
+            self._model = case.model
+        kind = "train" if case.workload == "train" else "infer"
+        out = dict(
+            self._memo(
+                ("numerics", kind, case.precision),
+                lambda: self._numerics(spec, kind, case.precision),
+            )
+        )
+        if case.workload == "generate":
+            out["outputs"] = "prompt (prefill) logits"
+        if self.config.activations and case.precision in ("fp32", *FP16_MODES):
+            entries = self._memo(("activations",), lambda: self._activations(spec))
+            if case.precision == "fp32":
+                out["activations"] = entries
+            else:
+                out["activation_summary"] = activation_summary(entries)
+        return out
+
+    # -- caching and pass context ------------------------------------------------------------
+
+    def _memo(self, key: tuple[str, ...], compute: Callable[[], Any]) -> Any:
+        """Compute once per key; a failure is cached too and raised again for every case."""
+        if key not in self._cache:
+            try:
+                self._cache[key] = compute()
+            except Exception as exc:
+                exc.__traceback__ = None  # keep the message, not the frames (and their tensors)
+                self._cache[key] = exc
+        value = self._cache[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def _own_pristine(self, spec: ModelSpec) -> torch.nn.Module:
+        if self._own is None or self._own[0] != spec.name:
+            self._own = None
+            self._own = (spec.name, spec.build(self.suite.info.seed))
+        return self._own[1]
+
+    @contextlib.contextmanager
+    def _pass(self, mode: PrecisionMode) -> Iterator[None]:
+        """The mode's global state plus deterministic algorithms and a fixed seed; everything,
+        global RNG included, is restored afterwards (precision.global_state restores the flags)."""
+        devices = [self.device.torch_device.index or 0] if self.device.is_cuda else []
+        with mode.global_state(self.device), torch.random.fork_rng(devices=devices):
+            # warn_only: an op without a deterministic kernel should not end the pass.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+            torch.manual_seed(self.suite.info.seed)
+            yield
+
+    def _batches(self, spec: ModelSpec, kind: str) -> Batches:
+        def build() -> Batches:
+            batch_size, seq_len = self.shape(spec)
+            count = self.config.train_steps if kind == "train" else INFER_BATCHES
+            seed = stable_seed(self.suite.info.seed, spec.name, "numerics", kind)
+            return make_batches(
+                self.suite.info.data, spec, kind == "train", batch_size, seq_len, count, seed
+            )
+
+        return self._memo(("batches", kind), build)
+
+    def _fp64_affordable(self, spec: ModelSpec) -> bool:
+        return self.config.noise_floor and (
+            count_parameters(self.pristine_model(spec)) <= self.config.fp64_max_parameters
+        )
+
+    def _optional_fp64(self, run: Callable[[], Any], spec: ModelSpec) -> tuple[Any, str | None]:
+        """The fp64 reference where affordable; out of memory, the floor goes without it."""
+        if not self._fp64_affordable(spec):
+            return None, None
+        try:
+            return run(), None
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+    def _common(self, spec: ModelSpec, kind: str) -> dict[str, Any]:
+        """Keys every case of this kind records: the pass's shape and settings."""
+        batch_size, seq_len = self.shape(spec)
+        batches = self._batches(spec, kind)
+        return {
+            "kind": kind,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "steps": self.config.train_steps if kind == "train" else INFER_BATCHES,
+            "data": batches.source,
+            "tokenizer": batches.tokenizer,
+            "data_wrapped": batches.wrapped,
+            "reference": "fp32 (TF32 off, deterministic algorithms, dropout off)",
+            "deterministic_algorithms": True,
+            "thresholds": self.config.thresholds(),
+        }
+
+    def _numerics(self, spec: ModelSpec, kind: str, precision: str) -> dict[str, Any]:
+        if kind == "train":
+            return self._training_numerics(spec, precision)
+        return self._inference_numerics(spec, precision)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _train(self, spec: ModelSpec, mode: PrecisionMode) -> TrainingTrace:
+        batches = self._batches(spec, "train").batches
+        with self._pass(mode):
+            return run_training(self.pristine_model(spec), mode, self.device, batches)
+
+    def _training_reference(self, spec: ModelSpec) -> dict[str, Any]:
+        """fp32 run (the baseline), a second fp32 run and an fp64 run (the noise floor)."""
+        fp32 = PRECISION_MODES["fp32"]
+        reference = self._train(spec, fp32)
+        repeat = self._train(spec, fp32) if self.config.noise_floor else None
+        fp64, fp64_error = self._optional_fp64(lambda: self._train(spec, FP64_REFERENCE), spec)
+        floor: dict[str, Any] = {
+            "fp32_runs_identical": None,
+            "fp32_repeat_max_rel_div": None,
+            "fp64_reference": fp64 is not None,
+            "fp64_error": fp64_error,
+            "fp32_vs_fp64_max_rel_div": None,
+            "fp32_vs_fp64_final_rel_div": None,
+            "fp32_vs_fp64_grad_sqnr_db": None,
+        }
+        if repeat is not None:
+            div = metrics.loss_divergence(repeat.loss, reference.loss)
+            floor["fp32_runs_identical"] = repeat.loss == reference.loss and _same_grads(
+                repeat, reference
+            )
+            floor["fp32_repeat_max_rel_div"] = div["max_rel_div"]
+        if fp64 is not None:
+            # fp32's own error: the fp64 run is the reference here.
+            div = metrics.loss_divergence(reference.loss, fp64.loss)
+            floor["fp32_vs_fp64_max_rel_div"] = div["max_rel_div"]
+            floor["fp32_vs_fp64_final_rel_div"] = div["final_rel_div"]
+            floor["fp32_vs_fp64_grad_sqnr_db"] = metrics.grad_sqnr_db(
+                fp64.grads, reference.grads, fp64.names
+            )["overall"]
+        candidates = [
+            v
+            for v in (floor["fp32_repeat_max_rel_div"], floor["fp32_vs_fp64_max_rel_div"])
+            if v is not None
+        ]
+        floor["max_rel_div"] = max(candidates) if candidates else None
+        return {"trace": reference, "repeat": repeat, "noise_floor": floor}
+
+    def _training_numerics(self, spec: ModelSpec, precision: str) -> dict[str, Any]:
+        reference = self._memo(("reference", "train"), lambda: self._training_reference(spec))
+        base: TrainingTrace = reference["trace"]
+        mode = PRECISION_MODES[precision]
+        if precision == "fp32":
+            # fp32 against itself is the repeat run (METHODS rule 11); without one, itself.
+            trace = reference["repeat"] or base
+        else:
+            trace = self._train(spec, mode)
+        div = metrics.loss_divergence(trace.loss, base.loss)
+        if trace.first_nan_step is not None:
+            # Stopped on NaN/inf weights or gradients: the divergence from here on is unbounded,
+            # even where the losses recorded so far were close.
+            div.update(max_rel_div=math.nan, mean_rel_div=math.nan, final_rel_div=math.nan)
+        floor = reference["noise_floor"]
+        out: dict[str, Any] = {
+            **self._common(spec, "train"),
+            "loss": trace.loss,
+            "baseline_loss": base.loss,
+            **div,
+            "tolerance": self.config.warn_rel_div,
+            "first_exceed_step": metrics.first_exceeding(div["rel_div"], self.config.warn_rel_div),
+            "first_nan_step": trace.first_nan_step,
+            "nan_source": trace.nan_source,
+            "baseline_nan_step": base.first_nan_step,
+            "grad_sqnr_db": metrics.grad_sqnr_db(base.grads, trace.grads, base.names),
+            "scaler": None,
+            "noise_floor": floor,
+            "floor_ratio": _ratio(div["max_rel_div"], floor["max_rel_div"]),
+        }
+        if trace.scale is not None:
+            out["scaler"] = {
+                "scale": trace.scale,
+                "skipped_steps": len(trace.skipped_at),
+                "skipped_at": trace.skipped_at,
+            }
+        out["verdict"], out["reasons"] = training_verdict(out, self.config)
+        return out
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def _forward(self, spec: ModelSpec, mode: PrecisionMode) -> torch.Tensor:
+        batches = self._batches(spec, "infer").batches
+        with self._pass(mode):
+            return run_inference(self.pristine_model(spec), mode, self.device, batches, spec.family)
+
+    def _inference_reference(self, spec: ModelSpec) -> dict[str, Any]:
+        fp32 = PRECISION_MODES["fp32"]
+        logits = self._forward(spec, fp32)
+        repeat = self._forward(spec, fp32) if self.config.noise_floor else None
+        fp64, fp64_error = self._optional_fp64(lambda: self._forward(spec, FP64_REFERENCE), spec)
+        floor: dict[str, Any] = {
+            "fp32_runs_identical": None,
+            "fp32_repeat_max_abs_err": None,
+            "fp64_reference": fp64 is not None,
+            "fp64_error": fp64_error,
+            "fp32_vs_fp64_max_abs_err": None,
+            "fp32_vs_fp64_rel_rmse": None,
+            "fp32_vs_fp64_sqnr_db": None,
+            "sqnr_db": None,
+        }
+        if repeat is not None:
+            floor["fp32_runs_identical"] = bool(torch.equal(repeat, logits))
+            floor["fp32_repeat_max_abs_err"] = float((repeat - logits).abs().max())
+            floor["sqnr_db"] = metrics.compare_outputs(logits, repeat)["sqnr_db"]
+        if fp64 is not None:
+            own = metrics.compare_outputs(fp64, logits)
+            floor["fp32_vs_fp64_max_abs_err"] = own["max_abs_err"]
+            floor["fp32_vs_fp64_rel_rmse"] = own["rel_rmse"]
+            floor["fp32_vs_fp64_sqnr_db"] = own["sqnr_db"]
+            repeat_sqnr = floor["sqnr_db"] if floor["sqnr_db"] is not None else math.inf
+            floor["sqnr_db"] = min(own["sqnr_db"], repeat_sqnr)  # the larger error is the floor
+        return {"logits": logits, "repeat": repeat, "fp64": fp64, "noise_floor": floor}
+
+    def _inference_numerics(self, spec: ModelSpec, precision: str) -> dict[str, Any]:
+        reference = self._memo(("reference", "infer"), lambda: self._inference_reference(spec))
+        if precision == "fp32":
+            logits = reference["repeat"] if reference["repeat"] is not None else reference["logits"]
+        else:
+            logits = self._forward(spec, PRECISION_MODES[precision])
+        out: dict[str, Any] = {
+            **self._common(spec, "infer"),
+            **metrics.compare_outputs(reference["logits"], logits, reference["fp64"]),
+            "baseline_finite": bool(torch.isfinite(reference["logits"]).all()),
+            "noise_floor": reference["noise_floor"],
+        }
+        out["verdict"], out["reasons"] = inference_verdict(out, self.config)
+        return out
+
+    # -- activations -------------------------------------------------------------------------
+
+    def _activations(self, spec: ModelSpec) -> list[dict[str, Any]]:
+        batch = self._batches(spec, "infer").batches[0]
+        with self._pass(PRECISION_MODES["fp32"]):
+            return fp32_activation_ranges(
+                self.pristine_model(spec), self.device, batch, spec.family
+            )
+
+
+def _same_grads(a: TrainingTrace, b: TrainingTrace) -> bool:
+    return a.grads.keys() == b.grads.keys() and all(
+        torch.equal(a.grads[k], b.grads[k]) for k in a.grads
+    )
+
+
+def _ratio(value: float, floor: float | None) -> float | None:
+    """How many times the noise floor a divergence is (None where the floor is 0 or unknown)."""
+    if floor is None or floor == 0 or math.isnan(value):
+        return None
+    return value / floor

@@ -1,0 +1,212 @@
+"""The deterministic numerics passes: a short training run and a forward pass per precision.
+
+Both start from a copy of the model's pristine fp32 state, cast as the precision requires, and
+see the same batches in the same order (METHODS rule 9). The training step is
+`bench.engine.workloads.train_step_fn` itself (AdamW from `make_optimizer`, GradScaler from the mode).
+Dropout is switched off in these copies: its masks would make two precisions differ by their
+random streams, not by their arithmetic.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench.engine import workloads
+from bench.engine.device import Device
+from bench.engine.numerics.activations import activation_ranges
+from bench.engine.precision import PRECISION_MODES, PrecisionMode
+
+# The reference fp32 is judged against where it is affordable (METHODS rule 12: PyTorch's same()).
+FP64_REFERENCE = PrecisionMode(
+    "fp64", "fp64 weights and math: the reference for fp32's own error", param_dtype=torch.float64
+)
+# GradScaler backs off by halving; the gradient check does the same, at most this many times.
+_MAX_BACKOFFS = 64
+
+
+def working_copy(pristine: torch.nn.Module, mode: PrecisionMode, device: Device) -> torch.nn.Module:
+    """A copy of the pristine fp32 model with dropout off, cast for `mode`, on the device."""
+    model = copy.deepcopy(pristine)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    mode.prepare_model(model)
+    return model.to(device.torch_device)
+
+
+def parameter_names(model: torch.nn.Module) -> dict[str, tuple[str, ...]]:
+    """Each parameter's first name -> all its names (tied weights have several)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {group[0]: tuple(group) for group in names.values()}
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: Device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device.torch_device) for k, v in batch.items()}
+
+
+def _gradients_cpu(model: torch.nn.Module, divide_by: float = 1.0) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient on the CPU in at least fp32, divided by the loss scale."""
+    out = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            dtype = torch.float64 if param.grad.dtype == torch.float64 else torch.float32
+            out[name] = param.grad.detach().to("cpu", dtype) / divide_by
+    return out
+
+
+def _all_finite(tensors: Any) -> bool:
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def first_step_gradients(
+    model: torch.nn.Module,
+    mode: PrecisionMode,
+    device: Device,
+    batch: dict[str, torch.Tensor],
+    scaler: torch.amp.GradScaler | None,
+) -> dict[str, torch.Tensor]:
+    """Gradients of the first batch at the initial weights, as the mode's training computes them.
+
+    With a GradScaler the loss is scaled by its initial scale and halved until the gradients are
+    finite, as the scaler's first steps would; the result is unscaled (powers of two: exact).
+    Leaves the model's gradients cleared.
+    """
+    scale = float(scaler.get_scale()) if scaler is not None else 1.0
+    for _ in range(_MAX_BACKOFFS):
+        with mode.autocast(device):
+            loss = model(**batch).loss
+        (loss * scale if scaler is not None else loss).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if scaler is None or _all_finite(grads):
+            break
+        model.zero_grad(set_to_none=True)
+        scale /= 2.0
+    out = _gradients_cpu(model, scale)
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+@dataclass
+class TrainingTrace:
+    """What one precision's training pass produced (losses read once per step, after it)."""
+
+    loss: list[float] = field(default_factory=list)
+    first_nan_step: int | None = None
+    nan_source: str | None = None  # "loss", "gradients" or "weights" (after the optimizer step)
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)  # first step, CPU, unscaled
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    scale: list[float] | None = None  # GradScaler scale used at each step
+    skipped_at: list[int] = field(default_factory=list)  # steps the GradScaler skipped
+
+
+def run_training(
+    pristine: torch.nn.Module,
+    mode: PrecisionMode,
+    device: Device,
+    batches: list[dict[str, torch.Tensor]],
+    gradients: bool = True,
+) -> TrainingTrace:
+    """Train a copy for len(batches) steps, one batch per step; stop at the first NaN/inf.
+
+    NaN/inf in the loss, in the gradients (modes without a GradScaler: with one, a non-finite
+    gradient is a skipped step, which is the scaler's job) or in the weights after the optimizer
+    step ends the pass and is recorded with its step.
+    """
+    model = working_copy(pristine, mode, device)
+    model.train()
+    optimizer = workloads.make_optimizer(model)
+    scaler = mode.make_grad_scaler(device)
+    trace = TrainingTrace(names=parameter_names(model))
+    device_batches = [_to_device(b, device) for b in batches]
+    if gradients:
+        trace.grads = first_step_gradients(model, mode, device, device_batches[0], scaler)
+    grad_flags: list[torch.Tensor] = []
+
+    def check_grad(param: torch.Tensor) -> None:
+        # Runs inside backward as each gradient is complete; flags stay on the device (no sync).
+        if param.grad is not None:
+            grad_flags.append(torch.isfinite(param.grad).all())
+
+    params = list(model.parameters())
+    handles = [p.register_post_accumulate_grad_hook(check_grad) for p in params]
+    # train_step_fn closes over this dict: refilling it feeds the next batch to the same step.
+    current: dict[str, torch.Tensor] = {}
+    step = workloads.train_step_fn(model, current, optimizer, lambda: mode.autocast(device), scaler)
+    if scaler is not None:
+        trace.scale = []
+    try:
+        for index, batch in enumerate(device_batches):
+            current.clear()
+            current.update(batch)
+            grad_flags.clear()
+            scale_before = float(scaler.get_scale()) if scaler is not None else None
+            loss = float(step().float())
+            trace.loss.append(loss)
+            if scaler is not None and scale_before is not None:
+                trace.scale.append(scale_before)
+                if float(scaler.get_scale()) < scale_before:
+                    trace.skipped_at.append(index)
+            source = _nan_source(loss, grad_flags, scaler is None, params)
+            if source is not None:
+                trace.first_nan_step, trace.nan_source = index, source
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+    return trace
+
+
+def _nan_source(
+    loss: float, grad_flags: list[torch.Tensor], check_grads: bool, params: list[torch.Tensor]
+) -> str | None:
+    """Where a step first went non-finite, or None."""
+    if not math.isfinite(loss):
+        return "loss"
+    if check_grads and grad_flags and not bool(torch.stack(grad_flags).all()):
+        return "gradients"
+    if not _all_finite(p.detach() for p in params):
+        return "weights"
+    return None
+
+
+def forward_kwargs(family: str) -> dict[str, Any]:
+    """Extra forward arguments: GPT-2 runs without its KV cache, as the infer workload does."""
+    return {"use_cache": False} if family == "gpt2" else {}
+
+
+def run_inference(
+    pristine: torch.nn.Module,
+    mode: PrecisionMode,
+    device: Device,
+    batches: list[dict[str, torch.Tensor]],
+    family: str,
+) -> torch.Tensor:
+    """Logits of every batch (concatenated on the batch dimension), fp32 (fp64 for the fp64
+    reference) on the CPU, from a forward under the mode's autocast and inference_mode."""
+    model = working_copy(pristine, mode, device)
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for batch in batches:
+            with mode.autocast(device):
+                logits = model(**_to_device(batch, device), **forward_kwargs(family)).logits
+            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+            outputs.append(logits.to("cpu", dtype))
+    return torch.cat(outputs)
+
+
+def fp32_activation_ranges(
+    pristine: torch.nn.Module, device: Device, batch: dict[str, torch.Tensor], family: str
+) -> list[dict[str, Any]]:
+    """The activation range analysis on an fp32 copy (eval mode, fp32 math)."""
+    model = working_copy(pristine, PRECISION_MODES["fp32"], device)
+    model.eval()
+    return activation_ranges(model, _to_device(batch, device), forward_kwargs(family))

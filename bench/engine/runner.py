@@ -1,0 +1,276 @@
+"""The runner: turns a Case into a CaseResult. Read it top to bottom like nanoGPT's bench.py.
+
+For each case: skip with a reason if the device cannot run the precision; otherwise, inside the
+precision's global-state guard and a peak-memory window, copy the model's pristine fp32 weights,
+prepare them for the precision, build inputs once on the device, run warm-up steps, then time
+each of N steps and keep every per-step time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from bench.engine import workloads
+from bench.engine.device import Device
+from bench.engine.models import ModelSpec, count_parameters
+from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.suite import Suite
+from bench.results.samples import summarize_seconds
+from bench.results.schema import Case, CaseResult
+
+
+@dataclass
+class PreparedCase:
+    """A case ready to time: `step()` runs one step; everything else is already on the device."""
+
+    case: Case
+    mode: PrecisionMode
+    model: torch.nn.Module
+    step: Callable[[], Any]
+    scaler: torch.amp.GradScaler | None
+    parameters: int
+
+
+def measure_steps(
+    step: Callable[[], Any],
+    warmup: int,
+    iterations: int,
+    device: Device,
+    after_warmup: Callable[[], None] | None = None,
+) -> tuple[list[float], list[Any]]:
+    """Run `warmup` untimed steps, then time `iterations` steps one by one.
+
+    Returns the per-step seconds and what each timed step returned (losses stay on the device as
+    tensors: reading them here would add a host sync per step, METHODS rule 2).
+    """
+    for _ in range(warmup):
+        step()
+    device.synchronize()
+    if after_warmup is not None:
+        after_warmup()
+    timer = device.step_timer(iterations)
+    outputs: list[Any] = []
+    for i in range(iterations):
+        timer.start(i)
+        out = step()
+        timer.stop(i)
+        outputs.append(out)
+    return timer.elapsed_s(), outputs
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OutOfMemoryError, Python MemoryError, or the CPU allocator's failure message."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+class CaseRunner:
+    """Runs cases of one suite on one device; keeps each model's pristine fp32 weights."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        device: Device,
+        numerics: Callable[[Case], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self.suite = suite
+        self.device = device
+        # Divergence vs fp32 for a case (bench.engine.numerics); runs after timing, outside its window.
+        self.numerics = numerics
+        self._pristine: tuple[str, torch.nn.Module] | None = None
+
+    def pristine_model(self, spec: ModelSpec) -> torch.nn.Module:
+        """The model's fp32 initial state on the CPU, built once from the seed and reused by every
+        case of that model, so all precisions start from identical weights (METHODS rule 9)."""
+        if self._pristine is None or self._pristine[0] != spec.name:
+            self._pristine = None  # drop the previous model before building the next
+            self.device.free_memory()
+            self._pristine = (spec.name, spec.build(self.suite.info.seed))
+        return self._pristine[1]
+
+    def input_seed(self, case: Case, batch_index: int = 0) -> int:
+        """Seed of a case's inputs: same for every precision, different per shape and batch."""
+        return workloads.stable_seed(
+            self.suite.info.seed, case.model, case.batch_size, case.seq_len, batch_index
+        )
+
+    def skip_reason(self, case: Case) -> str | None:
+        """Why a case cannot run here (precision or workload unsupported), or None."""
+        mode = PRECISION_MODES[case.precision]
+        return mode.unsupported_reason(self.device) or workloads.unsupported_reason(
+            case.workload, self.suite.model(case.model)
+        )
+
+    @contextmanager
+    def prepare(self, case: Case) -> Iterator[PreparedCase]:
+        """Build the case's model, optimizer and inputs on the device; free them on exit."""
+        spec = self.suite.model(case.model)
+        mode = PRECISION_MODES[case.precision]
+        torch_device = self.device.torch_device
+        model = copy_in_dtype(self.pristine_model(spec), mode.param_dtype)
+        model.to(torch_device)
+        # Dropout draws from the global RNG: seed it so every precision sees the same masks.
+        torch.manual_seed(self.suite.info.seed)
+        batch = workloads.make_batch(
+            spec, case.workload, case.batch_size, case.seq_len, torch_device, self.input_seed(case)
+        )
+        scaler = None
+
+        def autocast() -> Any:
+            return mode.autocast(self.device)
+
+        if case.workload == "train":
+            model.train()
+            optimizer = workloads.make_optimizer(model)
+            scaler = mode.make_grad_scaler(self.device)
+            step = workloads.train_step_fn(model, batch, optimizer, autocast, scaler)
+        elif case.workload == "infer":
+            model.eval()
+            step = workloads.infer_step_fn(model, batch, autocast, spec.family)
+        else:
+            model.eval()
+            step = workloads.generate_step_fn(
+                model, batch, autocast, self.suite.sweep.generate_new_tokens
+            )
+        yield PreparedCase(case, mode, model, step, scaler, count_parameters(model))
+
+    def run(self, case: Case) -> CaseResult:
+        """Measure one case; never raises for a failure inside the case (it becomes a status)."""
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        reason = self.skip_reason(case)
+        if reason is not None:
+            return CaseResult(case, "skipped", reason, started_at=started_at, wall_s=0.0)
+        mode = PRECISION_MODES[case.precision]
+        timing = self.suite.timing
+        try:
+            # Built (once per model) outside the window: it is not this case's memory.
+            self.pristine_model(self.suite.model(case.model))
+            with mode.global_state(self.device), self.device.memory_window() as memory:
+                with self.prepare(case) as prepared:
+                    scales: list[float] = []
+                    after_warmup = None
+                    if prepared.scaler is not None:
+                        after_warmup = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
+                    step_s, outputs = measure_steps(
+                        prepared.step, timing.warmup, timing.iterations, self.device, after_warmup
+                    )
+                    details = {**mode.describe(), "parameters": prepared.parameters}
+                    if prepared.scaler is not None:
+                        details.update(_scaler_details(scales[0], prepared.scaler.get_scale()))
+                    losses = _losses(outputs) if case.workload == "train" else None
+                    del outputs
+        except Exception as exc:  # one case's failure must not end the sweep
+            status = "oom" if is_out_of_memory(exc) else "error"
+            message = _first_line(f"{type(exc).__name__}: {exc}".strip())
+            failed = CaseResult(case, status, message, started_at=started_at)
+        else:
+            failed = None
+        # Freed here, after the except block has dropped the traceback that pins the tensors.
+        self.device.free_memory()
+        if failed is not None:
+            failed.wall_s = time.perf_counter() - t0
+            return failed
+        stats = summarize_seconds(step_s)
+        numerics = self.numerics(case) if self.numerics is not None else None
+        return CaseResult(
+            case,
+            "ok",
+            timing={
+                "warmup": timing.warmup,
+                "iterations": timing.iterations,
+                "step_s": step_s,
+                **stats,
+            },
+            throughput=_throughput(case, stats["median_s"], self.suite.sweep.generate_new_tokens),
+            memory={
+                "peak_bytes": memory.peak_bytes,
+                "reserved_bytes": memory.reserved_bytes,
+                "method": memory.method,
+            },
+            losses=losses,
+            numerics=numerics,
+            details=details,
+            started_at=started_at,
+            wall_s=time.perf_counter() - t0,
+        )
+
+
+def copy_in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy whose floating-point parameters and buffers are made directly in `dtype`, so a
+    bf16/fp16 copy never holds a transient fp32 copy (which would inflate its peak memory). Tied
+    weights stay tied: deepcopy's memo maps each shared tensor to one new tensor."""
+    memo: dict[int, Any] = {}
+    if dtype != torch.float32:
+        for p in model.parameters():
+            if p.is_floating_point() and id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(
+                    p.detach().to(dtype), requires_grad=p.requires_grad
+                )
+        for b in model.buffers():
+            if b.is_floating_point() and id(b) not in memo:
+                memo[id(b)] = b.detach().to(dtype)
+    return copy.deepcopy(model, memo)
+
+
+def _scaler_details(scale_after_warmup: float, final_scale: float) -> dict[str, Any]:
+    """GradScaler state: the scale halves on each skipped step and cannot grow within the default
+    2000-step interval, so log2 of the drop counts the timed steps that skipped the optimizer
+    (those are faster than real steps; METHODS rules 4 and 14)."""
+    skipped = round(math.log2(scale_after_warmup / final_scale)) if final_scale > 0 else None
+    return {
+        "grad_scaler_scale_after_warmup": float(scale_after_warmup),
+        "grad_scaler_final_scale": float(final_scale),
+        "grad_scaler_timed_skipped_steps": skipped,
+    }
+
+
+def _losses(outputs: list[Any]) -> list[float]:
+    """Per-step losses read once, after the timed loop (one host sync)."""
+    return torch.stack([o.float() for o in outputs]).cpu().tolist()
+
+
+def _throughput(case: Case, median_s: float, new_tokens: int) -> dict[str, float]:
+    """samples/s and tokens/s from the median step (METHODS rule 5); generate counts new tokens."""
+    tokens_per_sample = new_tokens if case.workload == "generate" else case.seq_len
+    return {
+        "samples_per_s": case.batch_size / median_s,
+        "tokens_per_s": case.batch_size * tokens_per_sample / median_s,
+    }
+
+
+def _first_line(message: str, limit: int = 500) -> str:
+    line = message.splitlines()[0] if message else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+ProgressCallback = Callable[[Case, CaseResult | None], None]
+
+
+def run_cases(
+    runner: CaseRunner,
+    cases: list[Case],
+    on_result: Callable[[CaseResult], None],
+    progress: ProgressCallback | None = None,
+) -> list[CaseResult]:
+    """Run cases in order; `on_result` (the results writer) sees each result as it finishes."""
+    results = []
+    for case in cases:
+        if progress is not None:
+            progress(case, None)
+        result = runner.run(case)
+        on_result(result)
+        results.append(result)
+        if progress is not None:
+            progress(case, result)
+    return results

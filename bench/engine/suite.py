@@ -1,0 +1,406 @@
+"""Suite files (TOML): a sweep of models x workloads x precisions x batch sizes x sequence lengths.
+
+Every problem is a SuiteError naming the file, the key path (and TOML's line where it gives one)
+and what is allowed; the CLI prints it and exits 2 before anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import sys
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bench.engine.models import ModelSpec, resolve_model
+from bench.engine.precision import PRECISION_MODES
+from bench.engine.workloads import WORKLOADS
+from bench.errors import MpbenchError, SuiteError
+from bench.results.schema import Case
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+BUILTIN_SUITES = ("smoke", "standard", "ci")
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    """[suite]: identity of the sweep."""
+
+    name: str = "suite"
+    description: str = ""
+    seed: int = 0
+    data: str = "random"  # or "text:PATH": a local text file for the numerics passes
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """[sweep]: the cross product that becomes cases."""
+
+    models: tuple[str, ...] = ()
+    workloads: tuple[str, ...] = ("train", "infer")
+    precisions: tuple[str, ...] = tuple(PRECISION_MODES)
+    batch_sizes: tuple[int, ...] = (1,)
+    seq_lens: tuple[int, ...] = (128,)
+    generate_new_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class Timing:
+    """[timing]: warm-up steps (excluded) and timed steps per case."""
+
+    warmup: int = 2
+    iterations: int = 10
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite, with its models resolved."""
+
+    info: SuiteInfo
+    sweep: Sweep
+    timing: Timing
+    models: tuple[ModelSpec, ...]
+    source: str = "<suite>"
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # [numerics], [check] as given
+
+    @property
+    def name(self) -> str:
+        """The suite's name (used in run directory names)."""
+        return self.info.name
+
+    def cases(self, device: str) -> list[Case]:
+        """Every case, ordered model > workload > seq_len > batch size > precision, so precisions
+        being compared run back to back (drift hits them alike) and batch sizes grow."""
+        out = []
+        for spec in self.models:
+            for workload in self.sweep.workloads:
+                for seq_len in self.sweep.seq_lens:
+                    for batch_size in self.sweep.batch_sizes:
+                        for precision in self.sweep.precisions:
+                            out.append(
+                                Case(
+                                    spec.name,
+                                    spec.family,
+                                    workload,
+                                    precision,
+                                    batch_size,
+                                    seq_len,
+                                    device,
+                                )
+                            )
+        return out
+
+    def with_timing(self, values: dict[str, int]) -> Suite:
+        """A copy with [timing] keys replaced (from --warmup/--iterations), validated."""
+        clean = {k: _check_field(Timing, k, v, f"--{k}") for k, v in values.items()}
+        return replace(self, timing=replace(self.timing, **clean))
+
+    def model(self, name: str) -> ModelSpec:
+        """The resolved spec of a model named in this suite."""
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved suite (comments aside): what --resume checks is unchanged."""
+        body = "\n".join(line for line in self.to_toml().splitlines() if not line.startswith("#"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def to_toml(self) -> str:
+        """The resolved suite as TOML (what ran, flags applied), loadable by load_suite."""
+        lines = [f"# resolved from {self.source}", "[suite]"]
+        lines += _toml_items(self.info)
+        lines += ["", "[sweep]"]
+        sweep = replace(self.sweep, models=tuple(_model_ref(s) for s in self.models))
+        lines += _toml_items(sweep)
+        lines += ["", "[timing]"]
+        lines += _toml_items(self.timing)
+        for table, values in self.tables.items():
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+_TABLES: dict[str, type] = {"suite": SuiteInfo, "sweep": Sweep, "timing": Timing}
+# Tables whose keys are validated by the feature that owns them (numerics, check).
+_FREE_TABLES = ("numerics", "check")
+
+
+def builtin_suite_path(name: str) -> Path:
+    """Path of a suite shipped inside the package (works from any working directory)."""
+    return Path(str(resources.files("bench.engine") / "suites" / f"{name}.toml"))
+
+
+def default_suite_name(device_type: str) -> str:
+    """smoke on CPU, standard on a GPU."""
+    return "standard" if device_type == "cuda" else "smoke"
+
+
+def find_suite(ref: str) -> Path:
+    """A path to a TOML file, or the name of a built-in suite."""
+    path = Path(ref)
+    if _is_file(path):
+        return path
+    if ref in BUILTIN_SUITES:
+        return builtin_suite_path(ref)
+    if path.suffix == ".toml" or "/" in ref:
+        raise SuiteError(f"{ref}: no such suite file")
+    raise SuiteError(
+        f"suite {ref!r} is not a file or a built-in suite; built-in: {', '.join(BUILTIN_SUITES)}"
+    )
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that answers False for names the OS rejects (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def load_suite(
+    ref: str | Path, overrides: dict[str, Any] | None = None, data_override: str | None = None
+) -> Suite:
+    """Read, validate and resolve a suite; `overrides` (from CLI flags) replace sweep lists."""
+    path = find_suite(str(ref))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{path}: cannot read suite file ({exc})") from None
+    return parse_suite(text, str(path), path.parent, overrides, data_override)
+
+
+def parse_suite(
+    text: str,
+    source: str = "<suite>",
+    base_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    data_override: str | None = None,
+) -> Suite:
+    """Validate a suite document (TOML text); every problem raises SuiteError."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{source}: TOML syntax error: {exc}") from None
+    _reject_unknown(doc, list(_TABLES) + list(_FREE_TABLES), source, "")
+    for table in _FREE_TABLES:
+        if table in doc and not isinstance(doc[table], dict):
+            raise SuiteError(f"{source}: {table}: must be a table ([{table}])")
+    parsed = {name: _parse_table(doc, name, cls, source) for name, cls in _TABLES.items()}
+    sweep: Sweep = parsed["sweep"]
+    for key, value in (overrides or {}).items():
+        sweep = replace(
+            sweep, **{key: _check_field(Sweep, key, value, f"--{key.replace('_', '-')}")}
+        )
+    info: SuiteInfo = parsed["suite"]
+    timing: Timing = parsed["timing"]
+    if "sweep" not in doc and not overrides:
+        raise SuiteError(f"{source}: missing [sweep] table; it needs at least `models = [...]`")
+    if not sweep.models:
+        raise SuiteError(f"{source}: sweep.models: the sweep is empty; name at least one model")
+    models = tuple(_resolve_models(sweep.models, source, base_dir))
+    _check_lengths(models, sweep, source)
+    info = replace(info, data=_resolve_data(info.data, source, base_dir, data_override))
+    tables = {t: dict(doc[t]) for t in _FREE_TABLES if t in doc}
+    _validate_feature_tables(tables, source)
+    return Suite(info, sweep, timing, models, source=source, tables=tables)
+
+
+def _resolve_data(data: str, source: str, base_dir: Path | None, override: str | None) -> str:
+    """Check a text data file exists; relative paths are relative to the suite file."""
+    where = f"{source}: suite.data"
+    if override is not None:
+        where, data = "--data", _check_field(SuiteInfo, "data", override, "--data")
+        base_dir = Path.cwd()
+    if data == "random":
+        return data
+    path = Path(data[5:]).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not _is_file(path):
+        raise SuiteError(f"{where}: text file {str(path)!r} does not exist")
+    return f"text:{path.resolve()}"
+
+
+def _validate_feature_tables(tables: dict[str, dict[str, Any]], source: str) -> None:
+    """[numerics] and [check] belong to the features that read them: each validates its own."""
+    from importlib import import_module
+
+    for table, values in tables.items():
+        module = import_module(
+            {"numerics": "bench.engine.numerics", "check": "bench.analysis.check"}[table]
+        )
+        module.validate_table(values, source)
+
+
+def _reject_unknown(doc: dict[str, Any], allowed: list[str], source: str, prefix: str) -> None:
+    for key in doc:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SuiteError(
+                f"{source}: {prefix}{key}: unknown key{hint}; allowed: {', '.join(allowed)}"
+            )
+
+
+def _parse_table(doc: dict[str, Any], name: str, cls: type, source: str) -> Any:
+    raw = doc.get(name, {})
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: {name}: must be a table ([{name}])")
+    allowed = [f.name for f in fields(cls)]
+    _reject_unknown(raw, allowed, source, f"{name}.")
+    values = {k: _check_field(cls, k, v, f"{source}: {name}.{k}") for k, v in raw.items()}
+    return cls(**values)
+
+
+# What each key accepts: (description for the message, validator returning the clean value).
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _non_negative_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _data_source(value: Any) -> str | None:
+    if value == "random" or (isinstance(value, str) and value.startswith("text:") and value[5:]):
+        return value
+    return None
+
+
+def _list_of(item_check: Any, choices: tuple[str, ...] | None = None) -> Any:
+    def check(value: Any) -> tuple | None:
+        if not isinstance(value, list) or not value:
+            return None
+        clean = [item_check(v) for v in value]
+        if any(c is None for c in clean):
+            return None
+        if choices is not None and any(c not in choices for c in clean):
+            return None
+        return tuple(dict.fromkeys(clean))  # drop repeats, keep order
+
+    return check
+
+
+_FIELD_RULES: dict[tuple[type, str], tuple[str, Any]] = {
+    (SuiteInfo, "name"): ("a string", _string),
+    (SuiteInfo, "description"): ("a string", _string),
+    (SuiteInfo, "seed"): ("a non-negative integer", _non_negative_int),
+    (SuiteInfo, "data"): ('"random" or "text:PATH" (a local text file)', _data_source),
+    (Sweep, "models"): ("a non-empty list of preset names or checkpoint paths", _list_of(_string)),
+    (Sweep, "workloads"): (
+        f"a non-empty list from: {', '.join(WORKLOADS)}",
+        _list_of(_string, tuple(WORKLOADS)),
+    ),
+    (Sweep, "precisions"): (
+        f"a non-empty list from: {', '.join(PRECISION_MODES)}",
+        _list_of(_string, tuple(PRECISION_MODES)),
+    ),
+    (Sweep, "batch_sizes"): ("a non-empty list of positive integers", _list_of(_positive_int)),
+    (Sweep, "seq_lens"): ("a non-empty list of positive integers", _list_of(_positive_int)),
+    (Sweep, "generate_new_tokens"): ("a positive integer", _positive_int),
+    (Timing, "warmup"): ("a non-negative integer", _non_negative_int),
+    (Timing, "iterations"): (
+        "an integer >= 2",
+        lambda v: v if _positive_int(v) and v >= 2 else None,
+    ),
+}
+
+
+def _check_field(cls: type, key: str, value: Any, where: str) -> Any:
+    description, check = _FIELD_RULES[(cls, key)]
+    clean = check(value)
+    if clean is None:
+        bad = _first_bad_item(value, check) if isinstance(value, list) else value
+        raise SuiteError(f"{where}: must be {description}; got {bad!r}")
+    return clean
+
+
+def _first_bad_item(values: list[Any], check: Any) -> Any:
+    if not values:
+        return values
+    for value in values:
+        if check([value]) is None:
+            return value
+    return values
+
+
+def _resolve_models(names: tuple[str, ...], source: str, base_dir: Path | None) -> list[ModelSpec]:
+    specs = []
+    for i, name in enumerate(names):
+        try:
+            specs.append(resolve_model(name, base_dir))
+        except MpbenchError as exc:
+            raise SuiteError(f"{source}: sweep.models[{i}]: {exc}") from None
+    seen: dict[str, str] = {}
+    for name, spec in zip(names, specs):
+        if spec.name in seen:
+            raise SuiteError(
+                f"{source}: sweep.models: {seen[spec.name]!r} and {name!r} both have the case "
+                f"name {spec.name!r}; rename one checkpoint directory"
+            )
+        seen[spec.name] = name
+    return specs
+
+
+def _check_lengths(models: tuple[ModelSpec, ...], sweep: Sweep, source: str) -> None:
+    for spec in models:
+        limit = spec.max_positions
+        for seq_len in sweep.seq_lens:
+            if seq_len > limit:
+                raise SuiteError(
+                    f"{source}: sweep.seq_lens: {seq_len} is longer than {spec.name}'s "
+                    f"{limit} positions; use at most {limit}"
+                )
+            if "generate" in sweep.workloads and spec.family == "gpt2":
+                total = seq_len + sweep.generate_new_tokens
+                if total > limit:
+                    raise SuiteError(
+                        f"{source}: sweep.generate_new_tokens: prompt {seq_len} + "
+                        f"{sweep.generate_new_tokens} new tokens exceeds {spec.name}'s {limit} "
+                        "positions"
+                    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (resolved suite.toml in the run directory)
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_ref(spec: ModelSpec) -> str:
+    if spec.ref:
+        return spec.ref
+    return str(spec.path) if spec.path is not None else spec.name
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_items(obj: Any) -> list[str]:
+    return [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in fields(obj)]

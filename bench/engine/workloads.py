@@ -1,0 +1,152 @@
+"""Workloads: the inputs of a case and the one step that gets timed.
+
+- train:    forward with labels, backward, AdamW step, zero_grad
+- infer:    forward under torch.inference_mode() (GPT: prefill over the whole sequence)
+- generate: greedy token-by-token decode with the KV cache (causal LMs only)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench.engine.models import ModelSpec
+
+WORKLOADS: dict[str, str] = {
+    "train": "forward with labels, backward, AdamW step, zero_grad",
+    "infer": "forward pass under torch.inference_mode() (GPT: prefill of the whole sequence)",
+    "generate": "greedy decode of new tokens with the KV cache, after a prefill (GPT only)",
+}
+
+MLM_PROBABILITY = 0.15  # BERT pre-training masks 15% of positions
+LEARNING_RATE = 1e-4
+
+
+def unsupported_reason(workload: str, spec: ModelSpec) -> str | None:
+    """Why `workload` cannot run on this model family, or None."""
+    if workload == "generate" and spec.family != "gpt2":
+        return f"generate needs a causal LM; {spec.name} is a masked LM ({spec.family})"
+    return None
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from its parts, stable across processes (unlike hash())."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode())
+
+
+def mask_for_mlm(
+    input_ids: torch.Tensor, spec: ModelSpec, seed: int, with_labels: bool
+) -> dict[str, torch.Tensor]:
+    """BERT inputs from token windows: 15% of positions masked (at least one per row), as
+    `make_batch` does (and the numerics passes, via bench.engine.data); labels (-100 where unmasked) only for training."""
+    gen = torch.Generator().manual_seed(seed)
+    masked = torch.rand(input_ids.shape, generator=gen) < MLM_PROBABILITY
+    masked[:, 0] |= ~masked.any(dim=1)  # every row predicts at least one token
+    batch = {
+        "input_ids": torch.where(
+            masked, torch.full_like(input_ids, spec.mask_token_id()), input_ids
+        ),
+        "attention_mask": torch.ones_like(input_ids),
+    }
+    if with_labels:
+        batch["labels"] = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
+    return batch
+
+
+def make_batch(
+    spec: ModelSpec,
+    workload: str,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Seeded random tokens (same for every precision), built on the CPU then moved once.
+
+    BERT: 15% of positions masked by the seeded generator, labels -100 elsewhere; GPT: labels are
+    the inputs (the model shifts them). Inference inputs carry no labels.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen)
+    if spec.family == "bert":
+        batch = mask_for_mlm(input_ids, spec, stable_seed(seed, "mlm"), workload == "train")
+    else:
+        batch = {"input_ids": input_ids}
+        if workload == "train":
+            batch["labels"] = input_ids.clone()
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over all parameters; its state takes the parameters' dtype (pure bf16/fp16 too)."""
+    return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+
+
+def train_step_fn(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    scaler: torch.amp.GradScaler | None,
+) -> Callable[[], torch.Tensor]:
+    """One training step returning the loss as a detached tensor (no host sync to read it)."""
+
+    def step() -> torch.Tensor:
+        with autocast():
+            loss = model(**batch).loss
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def infer_step_fn(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    family: str,
+) -> Callable[[], None]:
+    """One forward pass; logits are dropped so a step holds no memory after it ends."""
+    kwargs = {"use_cache": False} if family == "gpt2" else {}
+
+    def step() -> None:
+        with torch.inference_mode(), autocast():
+            model(**batch, **kwargs)
+
+    return step
+
+
+def generate_step_fn(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    new_tokens: int,
+) -> Callable[[], None]:
+    """Greedy decode of exactly `new_tokens` tokens after the prompt, with the KV cache."""
+    pad_id = model.config.eos_token_id
+    attention_mask = torch.ones_like(batch["input_ids"])
+
+    def step() -> None:
+        with torch.inference_mode(), autocast():
+            model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=attention_mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=pad_id,
+            )
+
+    return step
