@@ -1,5 +1,5 @@
 """`python -m bench` runs the mpbench CLI."""
 
-from bench.cli import main
+from bench.cli.main import main
 
 raise SystemExit(main())

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.results.samples import summarize_seconds
-from bench.results.schema import ENV_FILE, RESULTS_FILE, Case, CaseResult
+from bench.results.rundir import ENV_FILE, RESULTS_FILE
+from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 from bench.views.report import render_report
 
 MODELS = [(f"gpt2-{i}", "gpt2") for i in range(3)] + [(f"bert-{i}", "bert") for i in range(3)]
@@ -104,6 +104,7 @@ def synthetic_results(seed: int = 0) -> list[CaseResult]:
                             continue
                         median = 1e-4 * batch_size * seq_len**0.7 / SPEED[precision]
                         step_s = [median * rng.uniform(0.95, 1.15) for _ in range(50)]
+                        timing = Timing.from_samples(step_s, 5, "cuda-events")
                         numerics = None
                         if precision != "fp32":
                             numerics = _numerics(workload, precision, rng)
@@ -113,22 +114,16 @@ def synthetic_results(seed: int = 0) -> list[CaseResult]:
                             CaseResult(
                                 case,
                                 "ok",
-                                timing={
-                                    "warmup": 5,
-                                    "iterations": 50,
-                                    "step_s": step_s,
-                                    **summarize_seconds(step_s),
-                                },
-                                throughput={
-                                    "samples_per_s": batch_size / median,
-                                    "tokens_per_s": batch_size * seq_len / median,
-                                },
-                                memory={
-                                    "peak_bytes": int(
-                                        2**20 * batch_size * seq_len / SPEED[precision]
-                                    )
-                                },
-                                losses=[4 - 0.05 * i for i in range(50)]
+                                timing=timing,
+                                throughput=Throughput.from_median(
+                                    batch_size, seq_len, timing.median_s
+                                ),
+                                memory=Memory(
+                                    int(2**20 * batch_size * seq_len / SPEED[precision]),
+                                    None,
+                                    "cuda-max-allocated",
+                                ),
+                                losses=tuple(4 - 0.05 * i for i in range(50))
                                 if workload == "train"
                                 else None,
                                 numerics=numerics,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_compare import (
+from runs import (
     A100,
     H100,
     edit_results,
@@ -30,10 +30,11 @@ from bench.analysis.check import (
     parse_threshold_flag,
     validate_table,
 )
-from bench.analysis.compare import DeviceIdentity, compare_runs
-from bench.engine.suite import parse_suite
+from bench.analysis.compare import compare_runs
 from bench.errors import SuiteError
-from bench.results.schema import load_run
+from bench.results.identity import DeviceIdentity
+from bench.results.inputs import load_input
+from bench.results.rundir import load_run
 
 SUITE_WITH_CHECK = """
 [suite]
@@ -122,17 +123,68 @@ def test_ok_to_oom_fails(
     assert victim in out and "ok -> oom" in out
 
 
-def test_verdict_change_for_the_worse_fails(base_run: Path, tmp_path: Path) -> None:
+def edit_numerics(run: Path, victim: str, numerics: Any) -> None:
+    """Replace the numerics of one case (numerics: a dict, or None for none at all)."""
+    edit_results(run, lambda r: {**r, "numerics": numerics} if r["case"]["id"] == victim else r)
+
+
+@pytest.mark.parametrize("verdict", ["warn", "diverged", "nan"])
+def test_verdict_change_for_the_worse_fails(
+    base_run: Path, tmp_path: Path, verdict: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     current = copy_run(base_run, tmp_path / "cur")
     victim = fixture_cases()[1].id  # amp_bf16 with numerics
-
-    def diverge(r: dict[str, Any]) -> dict[str, Any]:
-        if r["case"]["id"] == victim:
-            r["numerics"]["verdict"] = "diverged"
-        return r
-
-    edit_results(current, diverge)
+    edit_numerics(current, victim, {"verdict": verdict, "reasons": ["for the test"]})
     assert mpbench("check", str(current), "--baseline", str(base_run)) == 1
+    assert f"numerics verdict ok -> {verdict}" in capsys.readouterr().out
+
+
+def test_errored_numerics_fail(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A numerics pass that broke in CURRENT is a regression, though no verdict got worse."""
+    current = copy_run(base_run, tmp_path / "cur")
+    victim = fixture_cases()[1].id
+    edit_numerics(current, victim, {"verdict": None, "error": "RuntimeError: boom"})
+    assert mpbench("check", str(current), "--baseline", str(base_run)) == 1
+    out = capsys.readouterr().out
+    assert "numerics pass errored: RuntimeError: boom" in out and victim in out
+
+
+def test_missing_numerics_fail_unless_turned_off_on_purpose(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    current = copy_run(base_run, tmp_path / "cur")
+    edit_results(current, lambda r: {**r, "numerics": None})
+    assert mpbench("check", str(current), "--baseline", str(base_run)) == 1
+    assert "numerics missing in CURRENT" in capsys.readouterr().out
+    # The same run, but its suite says so: numerics are not gated, and the output says why.
+    (current / "suite.toml").write_text(
+        '[sweep]\nmodels = ["gpt2-tiny"]\n[numerics]\nenabled = false\n'
+    )
+    assert mpbench("check", str(current), "--baseline", str(base_run)) == 0
+    assert "numerics not gated: CURRENT's suite turned them off" in capsys.readouterr().out
+    # Or the flag, with numerics on in the suite.
+    (current / "suite.toml").unlink()
+    assert mpbench("check", str(current), "--baseline", str(base_run), "--ignore-numerics") == 0
+    assert "numerics not gated: --ignore-numerics" in capsys.readouterr().out
+
+
+def test_no_case_in_common_is_an_input_error(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = write_run(tmp_path / "other", fixture_cases(models=["gpt2-small"]))
+    assert mpbench("check", str(other), "--baseline", str(base_run)) == 2
+    assert "no case in common" in capsys.readouterr().err
+
+
+def test_timings_from_different_methods_are_refused(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    current = copy_run(base_run, tmp_path / "cur")
+    edit_results(current, lambda r: {**r, "timing": {**r["timing"], "method": "pytest-benchmark"}})
+    assert mpbench("check", str(current), "--baseline", str(base_run)) == 2
+    assert "timed by different methods" in capsys.readouterr().err
 
 
 def test_missing_case_fails_and_new_case_does_not(base_run: Path, tmp_path: Path) -> None:
@@ -234,7 +286,7 @@ def test_baseline_save_and_pick_by_device(
     err = capsys.readouterr().err
     assert "no baseline for NVIDIA H100 80GB HBM3" in err and "nvidia-a100-sxm4-40gb.json" in err
     # A baseline file reads as a run anywhere a run is accepted.
-    assert len(load_run(saved).results) == 12
+    assert len(load_input(saved, "BASE").results) == 12
     assert mpbench("baseline", "list", str(store)) == 0
     assert "NVIDIA A100-SXM4-40GB" in capsys.readouterr().out
 
@@ -317,10 +369,15 @@ def test_valid_table_and_suite_integration() -> None:
     config = config_from_table({"throughput": -7, "peak_memory": False, "memory_floor_mib": 4}, "x")
     assert config.thresholds_pct["throughput"] == 7 and config.thresholds_pct["peak_memory"] is None
     assert config.options.memory_floor_bytes == 4 * 2**20
-    suite = parse_suite('[sweep]\nmodels = ["gpt2-tiny"]\n[check]\nthroughput = -5\n', "s.toml")
-    assert suite.tables["check"] == {"throughput": -5}
-    with pytest.raises(SuiteError, match="s.toml: check.speed: unknown key"):
-        parse_suite('[sweep]\nmodels = ["gpt2-tiny"]\n[check]\nspeed = 1\n', "s.toml")
+
+
+def test_run_refuses_a_bad_check_table_before_running(tmp_path: Path) -> None:
+    """`mpbench run` validates [check] up front (the engine itself never reads it)."""
+    suite = tmp_path / "s.toml"
+    suite.write_text('[sweep]\nmodels = ["gpt2-tiny"]\n[check]\nspeed = 1\n')
+    proc = run_cli("run", str(suite), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "s.toml: check.speed: unknown key" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_parse_threshold_flag() -> None:
@@ -343,44 +400,3 @@ def test_assess_without_samples_uses_the_threshold_alone(tmp_path: Path) -> None
     result = assess(compare_runs(load_run(base), load_run(current)), CheckConfig())
     assert result.failed
     assert "significance not tested" in result.regressions[0].message
-
-
-# ---------------------------------------------------------------------------------------------
-# Real runs: noise is not a regression
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_two_real_back_to_back_runs_pass_check(tmp_path: Path) -> None:
-    """Two reduced smoke runs on this (noisy) machine pass check with the default thresholds."""
-    # 20 timed steps (smoke has 10): a burst of load from elsewhere then hits a minority of a
-    # case's samples, which the rank test shrugs off.
-    flags = ["-q", "--precisions", "fp32,amp_bf16", "--batch-sizes", "2", "--iterations", "20"]
-    flags.append("--no-report")
-    for name in ("first", "second"):
-        proc = subprocess.run(
-            [*mpbench_run_command(), "run", "smoke", "--out", str(tmp_path / name), *flags],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-    proc = run_cli(
-        "check",
-        str(tmp_path / "second"),
-        "--baseline",
-        str(tmp_path / "first"),
-        "--json",
-        str(tmp_path / "check.json"),
-    )
-    report = json.loads((tmp_path / "check.json").read_text())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert report["counts"]["compared"] == 8 and report["passed"]
-
-
-def mpbench_run_command() -> list[str]:
-    """argv prefix of `mpbench` for `run` (always wired)."""
-    import sys
-
-    return [sys.executable, "-m", "bench"]

@@ -1,8 +1,5 @@
-"""bench.analysis.compare (statistics, matching), bench.results.pytest_benchmark, the compare CLI views and the HTML page.
-
-The helpers at the top write run directories through the results contract; test_check.py and
-test_pytest_plugin.py import them.
-"""
+"""bench.analysis.compare (statistics, matching), bench.results.pytest_benchmark, the compare
+CLI views and the HTML page. Run directories come from tests/runs.py."""
 
 from __future__ import annotations
 
@@ -11,180 +8,31 @@ import math
 import random
 import re
 import shutil
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from bench.analysis.compare import (
-    CompareOptions,
-    DeviceIdentity,
-    bootstrap_median_ratio_ci,
-    compare_runs,
-    mann_whitney_p,
-    smallest_p_value,
-)
-from bench.results.samples import summarize_seconds
-from bench.results.schema import (
-    ENV_FILE,
-    SUITE_FILE,
-    Case,
-    CaseResult,
-    ResultsWriter,
-    Run,
-    load_run,
+from runs import (
+    A100,
+    CPU_MODEL,
+    H100,
+    edit_results,
+    fixture_cases,
+    load,
+    make_env,
+    mpbench,
+    scale_timing,
+    write_run,
 )
 
-# ---------------------------------------------------------------------------------------------
-# Fixture runs
-# ---------------------------------------------------------------------------------------------
-
-A100 = {
-    "name": "NVIDIA A100-SXM4-40GB",
-    "compute_capability": "8.0",
-    "driver": "550.54.15",
-    "cuda": "12.4",
-    "memory_total_bytes": 40 * 2**30,
-    "uuid": "GPU-1234",
-}
-H100 = {
-    "name": "NVIDIA H100 80GB HBM3",
-    "compute_capability": "9.0",
-    "driver": "550.54.15",
-    "cuda": "12.4",
-    "memory_total_bytes": 80 * 2**30,
-    "uuid": "GPU-5678",
-}
-CPU_MODEL = "AMD EPYC 7742 64-Core Processor"
-PRECISIONS = ("fp32", "amp_bf16", "bf16")
-
-
-def make_env(gpu: dict[str, Any] | None = A100, **versions: str) -> dict[str, Any]:
-    """An env.json as the engine writes it (GPU, or CPU with gpu=None)."""
-    return {
-        "suite": "fixture",
-        "started_at": "2026-11-29T12:00:00+00:00",
-        "device": "cuda:0" if gpu else "cpu",
-        "device_name": gpu["name"] if gpu else CPU_MODEL,
-        "hostname": "node1",
-        "cpu": {"model": CPU_MODEL, "logical_cores": 16, "torch_threads": 16},
-        "gpu": dict(gpu) if gpu else None,
-        "versions": {
-            "python": "3.11.7",
-            "torch": "2.13.0",
-            "transformers": "5.24.0",
-            "mpbench": "0.1.0",
-            **versions,
-        },
-    }
-
-
-def fixture_cases(models: Iterable[str] = ("gpt2-tiny", "bert-tiny")) -> list[Case]:
-    """Cases of two models x train/infer x three precisions at one shape."""
-    return [
-        Case(model, "gpt2" if model.startswith("gpt2") else "bert", workload, p, 8, 64, "cuda:0")
-        for model in models
-        for workload in ("train", "infer")
-        for p in PRECISIONS
-    ]
-
-
-def ok_result(
-    case: Case,
-    median_s: float,
-    rng: random.Random,
-    steps: int = 12,
-    peak_bytes: int = 512 * 2**20,
-    numerics: dict[str, Any] | None = None,
-) -> CaseResult:
-    """A measured case: per-step times jittered +-3% around median_s."""
-    step_s = [median_s * rng.uniform(0.97, 1.03) for _ in range(steps)]
-    stats = summarize_seconds(step_s)
-    return CaseResult(
-        case,
-        "ok",
-        timing={"warmup": 2, "iterations": steps, "step_s": step_s, **stats},
-        throughput={
-            "samples_per_s": case.batch_size / stats["median_s"],
-            "tokens_per_s": case.batch_size * case.seq_len / stats["median_s"],
-        },
-        memory={"peak_bytes": peak_bytes, "reserved_bytes": peak_bytes, "method": "cuda"},
-        numerics=numerics,
-    )
-
-
-def default_numerics(case: Case) -> dict[str, Any] | None:
-    """fp32 has no divergence; the others a small one with verdict ok."""
-    if case.precision == "fp32":
-        return None
-    return {"verdict": "ok", "max_rel_div": 4e-3 if case.precision == "amp_bf16" else 2e-2}
-
-
-def write_run(
-    path: Path,
-    cases: Iterable[Case] | None = None,
-    env: dict[str, Any] | None = None,
-    seed: int = 0,
-    suite_toml: str | None = None,
-    status: dict[str, str] | None = None,
-    steps: int = 12,
-) -> Path:
-    """Write a run directory: env.json, suite.toml, results.jsonl."""
-    rng = random.Random(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / ENV_FILE).write_text(json.dumps(env or make_env()), encoding="utf-8")
-    if suite_toml is not None:
-        (path / SUITE_FILE).write_text(suite_toml, encoding="utf-8")
-    writer = ResultsWriter(path)
-    for i, case in enumerate(cases if cases is not None else fixture_cases()):
-        forced = (status or {}).get(case.id)
-        if forced is not None:
-            writer.append(CaseResult(case, forced, reason=f"{forced} for the test"))
-            continue
-        median = 0.010 * (1 + i % 5) * (0.5 if case.precision != "fp32" else 1.0)
-        writer.append(ok_result(case, median, rng, steps, numerics=default_numerics(case)))
-    return path
-
-
-def edit_results(path: Path, edit: Any) -> None:
-    """Rewrite results.jsonl of a run directory, passing each result dict through `edit`."""
-    results_path = path / "results.jsonl"
-    lines = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
-    out = [edit(r) for r in lines]
-    results_path.write_text("".join(json.dumps(r) + "\n" for r in out if r is not None))
-
-
-def scale_timing(result: dict[str, Any], factor: float) -> dict[str, Any]:
-    """Multiply every step time (and the stats) by factor; throughput follows."""
-    timing = result.get("timing")
-    if timing:
-        timing["step_s"] = [s * factor for s in timing["step_s"]]
-        timing.update(summarize_seconds(timing["step_s"]))
-        for key in ("samples_per_s", "tokens_per_s"):
-            result["throughput"][key] /= factor
-    return result
-
-
-def mpbench(*argv: str) -> int:
-    """Run an mpbench command in-process, as the console script does."""
-    from bench import cli
-
-    return cli.main(list(argv))
-
-
-def mpbench_command() -> list[str]:
-    """argv prefix that runs the mpbench CLI in a subprocess."""
-    return [sys.executable, "-m", "bench"]
-
-
-def load(path: Path) -> Run:
-    """A fixture run read back."""
-    return load_run(path)
-
+from bench.analysis.compare import CompareOptions, compare_runs
+from bench.analysis.stats import bootstrap_median_ratio_ci, mann_whitney_p, smallest_p_value
+from bench.results.identity import DeviceIdentity
+from bench.results.inputs import load_input
+from bench.results.rundir import Run
+from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 
 # ---------------------------------------------------------------------------------------------
 # Statistics
@@ -228,20 +76,15 @@ def test_slower_steps_are_worse_in_both_timing_metrics(factor: float, samples: l
     """Direction: longer steps are worse step time and worse (lower) throughput, by the same
     ratio, with the same p-value."""
     case = Case("m", "gpt2", "train", "fp32", 4, 16, "cpu")
-    stats = summarize_seconds(samples)
-    base = {
-        "case": case.to_dict(),
-        "status": "ok",
-        "timing": {"step_s": samples, **stats},
-    }
+
+    def result(step_s: list[float]) -> CaseResult:
+        timing = Timing.from_samples(step_s, 1, "perf-counter")
+        throughput = Throughput.from_median(4, 16, timing.median_s)
+        return CaseResult(case, "ok", timing=timing, throughput=throughput, memory=Memory(1))
+
     slow = [s * factor for s in samples]
-    current = {
-        "case": case.to_dict(),
-        "status": "ok",
-        "timing": {"step_s": slow, **summarize_seconds(slow)},
-    }
     comp = compare_runs(
-        Run(Path("b"), {}, [base], []), Run(Path("c"), {}, [current], []), CompareOptions()
+        Run(Path("b"), {}, [result(samples)]), Run(Path("c"), {}, [result(slow)]), CompareOptions()
     )
     m = comp.cases[0].metrics
     assert m["step_time"].worse_pct > 0 and m["step_time"].direction == "worse"
@@ -334,7 +177,7 @@ def test_divergence_from_zero_has_no_ratio(tmp_path: Path) -> None:
     case = fixture_cases()[1]
     base = write_run(tmp_path / "base", [case])
     current = write_run(tmp_path / "cur", [case])
-    edit_results(base, lambda r: {**r, "numerics": {"verdict": "ok", "max_rel_div": 0.0}})
+    edit_results(base, lambda r: {**r, "numerics": {**r["numerics"], "max_rel_div": 0.0}})
     delta = compare_runs(load(base), load(current)).cases[0].metrics["divergence"]
     assert delta.ratio is None and delta.worse_pct == math.inf and delta.significant
 
@@ -421,29 +264,32 @@ def pytest_benchmark_json(with_extra: bool = True, with_data: bool = True) -> di
     }
 
 
-def test_pytest_benchmark_json_becomes_a_run(tmp_path: Path) -> None:
+def test_legacy_plugin_json_becomes_a_run(tmp_path: Path) -> None:
+    """A file written by mpbench 0.1's plugin (case fields in extra_info) still reads."""
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(pytest_benchmark_json()))
-    run = load_run(path)  # load_run dispatches .json files to bench.results.pytest_benchmark
+    run = load_input(path, "BASE")
     (result,) = run.results
-    assert result["case"]["id"] == "gpt2-tiny/train/fp32/bs2/seq16"
-    assert result["case"]["batch_size"] == 2 and result["status"] == "ok"
-    assert result["timing"]["step_s"] == pytest_benchmark_json()["benchmarks"][0]["stats"]["data"]
-    assert result["throughput"]["samples_per_s"] == pytest.approx(2 / 0.01015)
-    assert result["throughput"]["tokens_per_s"] == pytest.approx(32 / 0.01015)
-    assert result["memory"]["peak_bytes"] == 123456789
-    assert result["numerics"]["verdict"] == "ok"
-    identity = DeviceIdentity.from_env(run.env)
-    assert identity.name == A100["name"] and identity.driver == A100["driver"]
+    assert result.case.id == "gpt2-tiny/train/fp32/bs2/seq16"
+    assert result.case.batch_size == 2 and result.status == "ok"
+    assert list(result.step_s) == pytest_benchmark_json()["benchmarks"][0]["stats"]["data"]
+    assert result.timing.method == "pytest-benchmark"  # its own timer: not comparable to events
+    assert result.samples_per_s == pytest.approx(2 / 0.01015)
+    assert result.throughput.tokens_per_s == pytest.approx(32 / 0.01015)
+    assert result.peak_bytes == 123456789
+    assert result.verdict == "ok"
+    assert run.identity.name == A100["name"] and run.identity.driver == A100["driver"]
 
 
 def test_plain_pytest_benchmark_json_uses_the_test_name(tmp_path: Path) -> None:
     path = tmp_path / "plain.json"
     path.write_text(json.dumps(pytest_benchmark_json(with_extra=False, with_data=False)))
-    (result,) = load_run(path).results
-    assert result["case"]["id"] == "suite.toml::case[gpt2-tiny/train/fp32/bs2/seq16]"
-    assert result["timing"]["step_s"] == [] and result["timing"]["median_s"] == 0.01015
-    assert load_run(path).env["cpu"]["model"] == "Intel Core i7"
+    run = load_input(path, "BASE")
+    (result,) = run.results
+    assert result.case.id == "suite.toml::case[gpt2-tiny/train/fp32/bs2/seq16]"
+    assert result.step_s == () and result.median_s == 0.01015
+    assert result.samples_per_s is None  # no batch size: nothing to derive it from
+    assert run.env["cpu"]["model"] == "Intel Core i7"
 
 
 def test_json_that_is_not_pytest_benchmark_is_an_input_error(tmp_path: Path) -> None:
@@ -452,10 +298,24 @@ def test_json_that_is_not_pytest_benchmark_is_an_input_error(tmp_path: Path) -> 
     path = tmp_path / "other.json"
     path.write_text('{"hello": 1}')
     with pytest.raises(ResultsError, match="not a pytest-benchmark JSON file"):
-        load_run(path)
+        load_input(path, "BASE")
     path.write_text("{not json")
     with pytest.raises(ResultsError, match="not valid JSON"):
-        load_run(path)
+        load_input(path, "BASE")
+
+
+def test_mixing_timing_methods_is_flagged(tmp_path: Path) -> None:
+    """A plain pytest-benchmark timing is not compared with CUDA events: the comparison keeps
+    memory and numerics, drops the timing metrics and says why."""
+    case = fixture_cases()[0]
+    base = write_run(tmp_path / "base", [case])
+    current = write_run(tmp_path / "cur", [case])
+    edit_results(current, lambda r: {**r, "timing": {**r["timing"], "method": "pytest-benchmark"}})
+    comp = compare_runs(load(base), load(current))
+    (matched,) = comp.cases
+    assert matched.timing_methods == ("cuda-events", "pytest-benchmark")
+    assert "throughput" not in matched.metrics and "peak_memory" in matched.metrics
+    assert any("timed by different methods" in w for w in comp.warnings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +393,7 @@ def test_resident_set_peaks_count_only_when_they_double(tmp_path: Path) -> None:
         shutil.copytree(path, out)
 
         def edit(r: dict[str, Any]) -> dict[str, Any]:
-            r["memory"] = {"peak_bytes": r["memory"]["peak_bytes"] * factor, "method": method}
+            r["memory"] = {"peak_bytes": int(r["memory"]["peak_bytes"] * factor), "method": method}
             return r
 
         edit_results(out, edit)

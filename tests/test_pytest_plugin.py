@@ -9,9 +9,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from test_compare import mpbench
+from runs import mpbench
 
-from bench.integrations.pytest_plugin import storage_per_device, synchronizing_timer
+from bench.integrations.pytest_plugin import ReplayClock, storage_per_device
+from bench.results.inputs import load_input
 
 TINY_SUITE = """
 [suite]
@@ -86,11 +87,18 @@ def test_bad_suite_is_a_usage_error(tmp_path: Path) -> None:
     assert "--mpbench-suite: nope.toml: no such suite file" in proc.stderr
 
 
-def test_synchronizing_timer_waits_for_the_device() -> None:
-    calls: list[str] = []
-    timer = synchronizing_timer(lambda: calls.append("sync"))
-    first, second = timer(), timer()
-    assert calls == ["sync", "sync"] and second >= first
+def test_replay_clock_gives_each_round_exactly_one_engine_step() -> None:
+    """pytest-benchmark reads the clock before and after each round: the difference is the
+    engine's step time, bit for bit."""
+    clock = ReplayClock()
+    steps = [0.0123456789, 1e-7, 0.3]
+    clock.load(steps)
+    durations = []
+    for _ in steps:
+        start = clock()
+        clock.advance()
+        durations.append(clock() - start)
+    assert durations == steps
 
 
 def test_storage_per_device() -> None:
@@ -132,9 +140,18 @@ def test_suite_as_benchmarks_and_compare_fail(tmp_path: Path) -> None:
     assert bench["group"] == "gpt2-tiny/train/bs2/seq16"
     assert bench["stats"]["rounds"] == 8 and len(bench["stats"]["data"]) == 8
     extra = bench["extra_info"]
-    assert extra["case_id"] == "gpt2-tiny/train/fp32/bs2/seq16" and extra["batch_size"] == 2
+    assert extra["case_id"] == "gpt2-tiny/train/fp32/bs2/seq16"
     assert extra["samples_per_s"] == pytest.approx(2 / bench["stats"]["median"])
-    assert extra["peak_bytes"] > 0 and "numerics" in extra
+    assert extra["peak_bytes"] > 0 and extra["numerics_verdict"] == "ok"
+    # The engine's result, whole: pytest-benchmark's samples are its step times, exactly.
+    result = extra["mpbench_result"]
+    assert result["timing"]["step_s"] == bench["stats"]["data"]
+    assert result["timing"]["method"] == "perf-counter"
+    assert result["memory"]["method"] in ("vmhwm", "rss-sampled")
+    (read_back,) = [
+        r for r in load_input(tmp_path / "out.json", "X").results if r.case.id == bench["param"]
+    ]
+    assert read_back.to_dict() == result
     mp = data["machine_info"]["mpbench"]
     assert mp["device"] == "cpu" and mp["suite"] == "plugin-tiny" and "temperature_c" not in mp
 

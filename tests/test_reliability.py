@@ -12,9 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from bench.engine.session import OomLimits
+from bench.engine.oom import OomLimits
 from bench.engine.suite import load_suite
-from bench.results.schema import CaseResult, load_run
+from bench.results.rundir import load_run
+from bench.results.schema import CaseResult, Timing
+
+TESTS_DIR = Path(__file__).parent
+
+
+def with_fault(fault: str) -> dict[str, str]:
+    """Environment that makes the worker kill or hang itself on one case (tests/faults.py)."""
+    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {
+        "MPBENCH_RUNNER_FACTORY": "faults:faulty_runner",
+        "MPBENCH_TEST_FAULT": fault,
+        "PYTHONPATH": path,
+    }
+
 
 SUITE = """
 [suite]
@@ -60,7 +74,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def statuses(out: Path) -> dict[str, str]:
-    return {r["case"]["id"]: r["status"] for r in load_run(out).results}
+    return {r.case.id: r.status for r in load_run(out).results}
 
 
 def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(
@@ -73,15 +87,15 @@ def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(
         "--out",
         str(out),
         "--no-report",
-        env={"MPBENCH_TEST_FAULT": f"kill:{victim}"},
+        env=with_fault(f"kill:{victim}"),
     )
     assert proc.returncode == 0, proc.stderr
     got = statuses(out)
     assert len(got) == 8
     assert got.pop(victim) == "crashed"
     assert set(got.values()) == {"ok"}
-    crashed = next(r for r in load_run(out).results if r["case"]["id"] == victim)
-    assert crashed["reason"] == "worker killed by SIGKILL during the case"
+    crashed = next(r for r in load_run(out).results if r.case.id == victim)
+    assert crashed.reason == "worker killed by SIGKILL during the case"
 
 
 def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: Path) -> None:
@@ -96,7 +110,7 @@ def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: P
         "20",
         "--workloads",
         "infer",
-        env={"MPBENCH_TEST_FAULT": f"hang:{victim}"},
+        env=with_fault(f"hang:{victim}"),
     )
     assert proc.returncode == 0, proc.stderr
     got = statuses(out)
@@ -123,12 +137,12 @@ def test_memory_cap_gives_oom_then_larger_batches_are_predicted(tmp_path: Path, 
         "1.5",
     )
     assert proc.returncode == 0, proc.stderr
-    results = {r["case"]["batch_size"]: r for r in load_run(out).results}
-    assert results[1]["status"] == "ok"
-    assert results[512]["status"] == "oom"
-    assert "allocate" in results[512]["reason"]
-    assert results[1024]["status"] == "oom"
-    assert results[1024]["reason"].startswith("predicted, not run: batch size 512")
+    results = {r.case.batch_size: r for r in load_run(out).results}
+    assert results[1].status == "ok"
+    assert results[512].status == "oom"
+    assert "allocate" in results[512].reason
+    assert results[1024].status == "oom"
+    assert results[1024].reason.startswith("predicted, not run: batch size 512")
 
 
 def test_oom_prediction_can_be_turned_off() -> None:
@@ -173,7 +187,7 @@ def test_interrupt_keeps_finished_cases_and_resume_completes(
     again = run("--resume", str(out), "--no-report")
     assert again.returncode == 0, again.stderr
     full = [c.id for c in load_suite(suite_path).cases("cpu")]
-    ids = [r["case"]["id"] for r in load_run(out).results]
+    ids = [r.case.id for r in load_run(out).results]
     assert sorted(ids) == sorted(full)  # every case exactly once
 
 
@@ -219,9 +233,9 @@ def test_resume_after_a_torn_last_line(suite_path: Path, tmp_path: Path) -> None
     proc = run("--resume", str(out), "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert "results.jsonl:2: truncated last line" in proc.stderr
-    with pytest.warns(UserWarning, match="results.jsonl:2: unreadable line"):
-        run_back = load_run(out)
-    assert sorted(r["case"]["id"] for r in run_back.results) == sorted(
+    run_back = load_run(out)
+    assert any("results.jsonl:2: unreadable line" in w for w in run_back.warnings)
+    assert sorted(r.case.id for r in run_back.results) == sorted(
         c.id for c in load_suite(out / "suite.toml").cases("cpu")
     )
     json.loads((out / "results.jsonl").read_text().splitlines()[-1])  # appended lines are whole
@@ -233,7 +247,7 @@ def fake_probe(limit: int, calls: list[int]):
     def run_case(case):
         calls.append(case.batch_size)
         if case.batch_size <= limit:
-            return CaseResult(case, "ok", timing={"median_s": 0.01})
+            return CaseResult(case, "ok", timing=Timing.from_samples([0.01], 0, "perf-counter"))
         return CaseResult(case, "oom", "out of memory")
 
     return run_case

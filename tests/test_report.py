@@ -1,19 +1,20 @@
-"""The HTML report (bench.views.report): content, escaping, self-containment, degenerate runs."""
+"""The HTML report (bench.views.report): rendered from a real smoke run (tests/fixtures/smoke-run)
+and from a synthetic GPU run; content, escaping, self-containment, degenerate runs."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import matplotlib
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from report_fixtures import (
+    FIXTURE_RUN,
     GPU_MEMORY_BYTES,
     case_results,
     environment,
@@ -21,12 +22,13 @@ from report_fixtures import (
     realistic_run,
     write_run,
 )
+from runs import mpbench
 
-from bench.analysis import summary as analysis
-from bench.results.schema import ENV_FILE, RESULTS_FILE, Case, CaseResult, Run, load_run
-from bench.views import tables
-from bench.views.report import render_html, render_report, summary_markdown
-from bench.views.tables import results_frame
+from bench.analysis.summary import analyze
+from bench.results.rundir import ENV_FILE, RESULTS_FILE, load_run
+from bench.results.schema import Case, CaseResult
+from bench.views import format as fmt
+from bench.views.report import render_report
 
 PLOT_SECTIONS = ("throughput", "memory", "speedup", "loss", "tradeoff", "step-times", "activations")
 HOSTILE = '<script>alert(1)</script>" onmouseover="alert(2)'
@@ -44,20 +46,53 @@ def figures(section_html: str) -> int:
     return sum("<svg" in block for block in blocks)
 
 
+def summary_cells(html: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(group, precision) -> {speedup, saving} as the page's summary tables show them."""
+    out = {}
+    for group, body in re.findall(
+        r'<table class="summary" data-group="([^"]+)">(.*?)</table>', html, re.S
+    ):
+        for precision, row in re.findall(r'data-precision="([^"]+)">(.*?)</tr>', body, re.S):
+            cells = dict(re.findall(r'data-col="(\w+)">([^<]*)<', row))
+            out[(group, precision)] = cells
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The committed real smoke run, rendered once for the module."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    shutil.copytree(FIXTURE_RUN, run_dir)
+    path = render_report(run_dir)
+    return path, path.read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def realistic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The realistic fixture run, rendered once for the module."""
+    """The synthetic GPU run, rendered once for the module."""
     run_dir = realistic_run(tmp_path_factory.mktemp("realistic"))
     path = render_report(run_dir)
     return path, path.read_text(encoding="utf-8")
 
 
-# --- the realistic report ---------------------------------------------------------------------
+# --- the real smoke run -----------------------------------------------------------------------
 
 
-def test_default_output_and_side_files(realistic: tuple[Path, str]) -> None:
-    """index.html, results.csv and summary.md land in the run directory."""
-    path, html = realistic
+def test_the_fixture_is_a_real_run_that_reads_back() -> None:
+    """Every line validates through the one reader; it is what the engine wrote on a CPU."""
+    run = load_run(FIXTURE_RUN)
+    assert len(run.results) == 56 and not run.warnings
+    assert {r.status for r in run.results} == {"ok", "skipped"}
+    ok = [r for r in run.results if r.ok]
+    assert {r.timing.method for r in ok} == {"perf-counter"}
+    assert {r.memory.method for r in ok} <= {"vmhwm", "rss-sampled"}
+    assert all(r.verdict is not None for r in ok)  # the numerics pass ran for every triple
+    assert run.identity.kind == "cpu" and run.numerics_enabled
+
+
+def test_default_output_and_side_files(smoke: tuple[Path, str]) -> None:
+    """index.html, results.csv and summary.md land in the run directory; no temp file stays."""
+    path, html = smoke
     assert path.name == "index.html"
     assert (path.parent / "results.csv").is_file()
     assert (path.parent / "summary.md").is_file()
@@ -65,9 +100,9 @@ def test_default_output_and_side_files(realistic: tuple[Path, str]) -> None:
     assert not list(path.parent.glob("*.tmp"))
 
 
-def test_every_section_has_its_plots(realistic: tuple[Path, str]) -> None:
+def test_every_section_has_its_plots(smoke: tuple[Path, str]) -> None:
     """One figure per model x workload (or per workload / model) in each plot section."""
-    found = sections(realistic[1])
+    found = sections(smoke[1])
     expected = {
         "throughput": 4,  # 2 models x 2 workloads
         "memory": 4,
@@ -83,37 +118,125 @@ def test_every_section_has_its_plots(realistic: tuple[Path, str]) -> None:
     assert {"summary", "problems", "raw"} <= found.keys()
 
 
-def test_header_shows_environment_and_warnings(realistic: tuple[Path, str]) -> None:
-    """Suite, date, GPU, driver, CUDA, versions, TF32 flags and the warnings are in the header."""
-    header = realistic[1].split("<main>")[0]
+def test_header_shows_the_cpu_environment(smoke: tuple[Path, str]) -> None:
+    header = smoke[1].split("<main>")[0]
+    env = json.loads((FIXTURE_RUN / ENV_FILE).read_text())
+    for text in (env["suite"], env["started_at"], env["cpu"]["model"], env["versions"]["torch"]):
+        assert text in header, text
+    assert "Skipped modes: tf32 (8), fp8 (8)." in header
+
+
+def test_summary_shows_the_analysis(smoke: tuple[Path, str]) -> None:
+    """Every speedup, saving and recommendation on the page is the analysis' own figure."""
+    analysis = analyze(load_run(FIXTURE_RUN).results)
+    cells = summary_cells(smoke[1])
+    summary = sections(smoke[1])["summary"]
+    for group in analysis.groups:
+        key = f"{group.model}/{group.workload}"
+        assert f"({fmt.point_label(group)})" in summary
+        for mode in group.modes:
+            if mode.ok:
+                assert cells[(key, mode.precision)] == {
+                    "speedup": fmt.fmt_speedup(mode.speedup),
+                    "saving": fmt.fmt_saving(mode.memory_saving),
+                }
+    recommended = re.findall(r'data-recommended="([^"]*)"', summary)
+    assert recommended == [g.recommended or "" for g in analysis.groups]
+    assert "skipped: tf32 needs a CUDA GPU" in summary
+
+
+def test_results_csv_is_flat(smoke: tuple[Path, str]) -> None:
+    """One row per case, dotted scalar columns, per-step lists left out."""
+    with open(smoke[0].parent / "results.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 56
+    columns = rows[0].keys()
+    assert list(columns)[:3] == ["case.id", "status", "reason"]
+    assert {"timing.median_s", "timing.method", "throughput.samples_per_s"} <= columns
+    assert {"memory.peak_bytes", "numerics.verdict"} <= columns
+    assert not {"timing.step_s", "losses", "numerics.loss", "numerics.activations"} & columns
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(float(r["timing.median_s"]) > 0 for r in ok)
+
+
+def test_summary_markdown_is_plain_markdown(smoke: tuple[Path, str]) -> None:
+    """summary.md: a table per model x workload, reasons escaped the Markdown way, no HTML."""
+    text = (smoke[0].parent / "summary.md").read_text(encoding="utf-8")
+    assert text.count("| precision |") == 4
+    assert "### gpt2-tiny / train (batch 4, seq 64)" in text
+    assert "\\>= 8.0" in text  # "compute capability >= 8.0", escaped for Markdown, not HTML
+    assert "&gt;" not in text and "&lt;" not in text and "&amp;" not in text
+
+
+def test_no_external_references(smoke: tuple[Path, str], realistic: tuple[Path, str]) -> None:
+    """Nothing is loaded from outside, and no URL appears at all (SVG namespaces included)."""
+    for _, html in (smoke, realistic):
+        assert not re.search(r"https?://", html)
+        assert not re.search(r"@import|<link\b|<iframe\b|<object\b|<embed\b", html, re.I)
+        assert "<!DOCTYPE svg" not in html and "<?xml" not in html
+
+
+def test_svg_ids_are_unique(smoke: tuple[Path, str]) -> None:
+    """Many inline SVGs share one id space: every id must be unique and every reference resolve."""
+    html = smoke[1]
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    refs = set(re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', html))
+    missing = {r for pair in refs for r in pair if r and r not in set(ids)}
+    assert missing == set()
+
+
+def test_render_is_deterministic_and_leaves_matplotlib_alone(tmp_path: Path) -> None:
+    """The same run renders to the same bytes; global rcParams and pyplot are untouched."""
+    before = dict(matplotlib.rcParams)
+    first = render_report(FIXTURE_RUN, tmp_path / "a" / "index.html").read_text(encoding="utf-8")
+    second = render_report(FIXTURE_RUN, tmp_path / "b" / "index.html").read_text(encoding="utf-8")
+    assert first == second
+    assert dict(matplotlib.rcParams) == before
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or pyplot.get_fignums() == []
+
+
+def test_report_json_is_the_analysis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run_dir)
+    assert mpbench("report", str(run_dir), "--json", str(tmp_path / "a.json")) == 0
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data == json.loads(json.dumps(analyze(load_run(run_dir).results).to_dict()))
+    assert {g["recommended"] for g in data["groups"]} <= {"amp_bf16", "bf16", "fp32", None}
+
+
+# --- the synthetic GPU run --------------------------------------------------------------------
+
+
+def test_gpu_header_warnings_and_device_memory(realistic: tuple[Path, str]) -> None:
+    html = realistic[1]
+    header = html.split("<main>")[0]
     for text in (
         "tiny-sweep",
-        "2026-11-29T12:00:00+00:00",
         "NVIDIA A100-SXM4-40GB",
         "550.54.15",
-        "12.4",
-        "2.13.0",
-        "5.24.0",
         "matmul: off, cudnn: on",
-        "GPU clock throttled during 2 cases (thermal)",
         "1 case(s) failed (1 crashed).",
         "1 case(s) ran out of memory.",
-        "Skipped modes: tf32 (8), fp8 (8).",
+        "Skipped modes: fp8 (8).",
     ):
         assert text in header, text
+    assert sections(html)["memory"].count("device memory") >= 4
 
 
 def test_summary_marks_the_recommended_mode(realistic: tuple[Path, str]) -> None:
     """Training recommends amp_fp16 (bf16/fp16 are faster but fail numerics); inference bf16."""
     summary = sections(realistic[1])["summary"]
-    recommended = re.findall(
-        r'<tr class="rec">\s*<td>([^<]+)<span class="badge rec">★ recommended', summary
-    )
-    assert recommended == ["amp_fp16", "bf16", "amp_fp16", "bf16"]
-    assert "(batch 4, seq 32)" in summary  # the largest size common to every precision
-    assert "2.19×" in summary and "50 %" in summary  # speedup and memory saving vs fp32
+    assert re.findall(r'data-recommended="([^"]*)"', summary) == [
+        "amp_fp16",
+        "bf16",
+        "amp_fp16",
+        "bf16",
+    ]
+    assert "(batch 4, seq 32)" in summary  # the headline point: fp32 and every mode ran there
     assert 'class="v-diverged">diverged' in summary
-    assert "skipped: tf32 needs a CUDA GPU" in summary
+    assert 'class="v-baseline">baseline' in summary
 
 
 def test_problems_and_raw_table(realistic: tuple[Path, str]) -> None:
@@ -121,7 +244,7 @@ def test_problems_and_raw_table(realistic: tuple[Path, str]) -> None:
     found = sections(realistic[1])
     problems = found["problems"]
     assert "CUDA out of memory. Tried to allocate 2.00 GiB" in problems
-    assert "worker exited with signal 11 (SIGSEGV)" in problems
+    assert "worker killed by SIGSEGV during the case" in problems
     assert problems.index("crashed") < problems.index("oom") < problems.index("skipped")
     raw = found["raw"]
     assert raw.count("<tr>") == 2 * 2 * 7 * 2 + 2 + 1  # cases + header row
@@ -130,70 +253,10 @@ def test_problems_and_raw_table(realistic: tuple[Path, str]) -> None:
     assert realistic[1].count("<script") == 1  # the inline sort script, nothing else
 
 
-def test_memory_plot_draws_device_memory(realistic: tuple[Path, str]) -> None:
-    """On a GPU run the memory figures carry the device-memory reference line."""
-    memory = sections(realistic[1])["memory"]
-    assert memory.count("device memory") >= 4
-
-
-def test_no_external_references(realistic: tuple[Path, str]) -> None:
-    """Nothing is loaded from outside: only SVG namespace declarations mention http(s)."""
-    html = realistic[1]
-    assert not re.search(r"""(src|href|action)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
-    assert not re.search(r"""url\(\s*["']?\s*(https?:)?//""", html, re.I)
-    assert not re.search(r"@import|<link\b|<iframe\b|<object\b|<embed\b", html, re.I)
-    for match in re.finditer(r"https?://", html):
-        before = html[max(0, match.start() - 20) : match.start()]
-        assert re.search(r'xmlns(:\w+)?="$', before), html[match.start() - 60 : match.end() + 40]
-    assert "<!DOCTYPE svg" not in html and "<?xml" not in html
-
-
-def test_svg_ids_are_unique(realistic: tuple[Path, str]) -> None:
-    """Many inline SVGs share one id space: every id must be unique and every reference resolve."""
-    html = realistic[1]
-    ids = re.findall(r'\bid="([^"]+)"', html)
-    assert len(ids) == len(set(ids))
-    refs = set(re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', html))
-    missing = {r for pair in refs for r in pair if r and r not in set(ids)}
-    assert missing == set()
-
-
-def test_results_csv_is_flat(realistic: tuple[Path, str]) -> None:
-    """One row per case, dotted scalar columns, per-step lists left out."""
-    with open(realistic[0].parent / "results.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 2 * 7 * 2 + 2
-    columns = rows[0].keys()
-    assert list(columns)[:3] == ["case.id", "status", "reason"]
-    assert {"timing.median_s", "throughput.samples_per_s", "memory.peak_bytes"} <= columns
-    assert "numerics.max_rel_div" in columns and "numerics.verdict" in columns
-    assert not {"timing.step_s", "losses", "numerics.loss", "numerics.activations"} & columns
-    ok = [r for r in rows if r["status"] == "ok"]
-    assert all(float(r["timing.median_s"]) > 0 for r in ok)
-
-
-def test_summary_markdown(realistic: tuple[Path, str]) -> None:
-    """summary.md has a table per model x workload with the recommendation marked."""
-    text = (realistic[0].parent / "summary.md").read_text(encoding="utf-8")
-    assert text == summary_markdown(realistic[0].parent)
-    assert text.count("| precision |") == 4
-    assert "### gpt2-tiny / train (batch 4, seq 32)" in text
-    assert "| **amp_fp16** ★ | " in text
-    assert "Recommended: bf16" in text
-    assert "&gt;= 8.0" in text  # angle brackets escaped for PR comments
-
-
-def test_render_is_deterministic_and_leaves_matplotlib_alone(tmp_path: Path) -> None:
-    """The same run renders to the same bytes; global rcParams and pyplot are untouched."""
-    results = case_results(models=[("gpt2-tiny", "gpt2")], workloads=["train"])
-    run_dir = write_run(tmp_path / "run", results, environment())
-    before = dict(matplotlib.rcParams)
-    first = render_report(run_dir, tmp_path / "a.html").read_text(encoding="utf-8")
-    second = render_report(run_dir, tmp_path / "b.html").read_text(encoding="utf-8")
-    assert first == second
-    assert dict(matplotlib.rcParams) == before
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    assert pyplot is None or pyplot.get_fignums() == []
+def test_fixture_reads_back(tmp_path: Path) -> None:
+    """The synthetic fixture goes through the real results contract (guards the fixture)."""
+    run = load_run(realistic_run(tmp_path / "run"))
+    assert len(run.results) == 58 and run.env["gpu"]["memory_total_bytes"] == GPU_MEMORY_BYTES
 
 
 # --- escaping ---------------------------------------------------------------------------------
@@ -206,7 +269,7 @@ def test_untrusted_strings_are_escaped(tmp_path: Path) -> None:
     results.append(
         CaseResult(Case(model, "gpt2", "train", "fp16", 64, 32, "cuda:0"), "error", reason=HOSTILE)
     )
-    env = environment(suite=HOSTILE, device_name=HOSTILE, warnings=[HOSTILE])
+    env = environment(suite=HOSTILE, device_name=HOSTILE)
     run_dir = write_run(tmp_path / "run", results, env)
     html = render_report(run_dir).read_text(encoding="utf-8")
     assert "<script>alert" not in html
@@ -218,7 +281,7 @@ def test_untrusted_strings_are_escaped(tmp_path: Path) -> None:
     assert html.count("<script") == 1
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
     found = sections(html)
-    assert escaped in html.split("<main>")[0]  # suite, device name, warning
+    assert escaped in html.split("<main>")[0]  # suite, device name
     assert escaped in found["problems"]  # the error message
     assert escaped in found["summary"] and escaped in found["raw"]
     # matplotlib escapes text in the SVG figures too (titles carry the model name).
@@ -227,34 +290,30 @@ def test_untrusted_strings_are_escaped(tmp_path: Path) -> None:
     assert "$x^2$" in svg_text  # drawn as text, not parsed as mathtext
     assert "\\mathdefault" not in html  # ...while log axes still typeset their own tick labels
     md = (run_dir / "summary.md").read_text(encoding="utf-8")
-    assert "<script" not in md and "&lt;script&gt;" in md
+    assert "\\<script\\>" in md and not re.search(r"(?<!\\)<", md)  # every < escaped
 
 
 # --- degenerate and partial runs --------------------------------------------------------------
 
 
-def _empty_sections(html: str) -> set[str]:
-    """Plot sections that show their 'no data' note."""
-    return {name for name, body in sections(html).items() if 'class="empty"' in body}
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *argv], capture_output=True, text=True, timeout=120
+    )
 
 
-def test_empty_results_file(tmp_path: Path) -> None:
-    """A run with an empty results.jsonl renders, says so, and draws nothing."""
-    run_dir = write_run(tmp_path / "run", [], environment())
-    html = render_report(run_dir).read_text(encoding="utf-8")
-    assert "This run has no results yet." in html
-    assert "<svg" not in html
-    assert set(PLOT_SECTIONS) <= _empty_sections(html)
-    assert "No results." in (run_dir / "summary.md").read_text(encoding="utf-8")
-
-
-def test_run_stopped_before_first_result(tmp_path: Path) -> None:
-    """env.json but no results.jsonl (cut short at once) still renders an empty report."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / ENV_FILE).write_text(json.dumps(environment()), encoding="utf-8")
-    html = render_report(run_dir).read_text(encoding="utf-8")
-    assert "results.jsonl is missing" in html
+def test_empty_or_foreign_results_exit_2(tmp_path: Path) -> None:
+    """A run with no result, or one another schema wrote, is an input error, not a page."""
+    empty = write_run(tmp_path / "empty", [], environment())
+    proc = run_cli("report", str(empty))
+    assert proc.returncode == 2 and "holds no case result" in proc.stderr
+    assert not (empty / "index.html").exists()
+    future = write_run(tmp_path / "future", case_results()[:1], environment())
+    line = json.loads((future / RESULTS_FILE).read_text())
+    (future / RESULTS_FILE).write_text(json.dumps({**line, "schema": 99}) + "\n")
+    proc = run_cli("report", str(future))
+    assert proc.returncode == 2 and "schema 99 was written by a newer mpbench" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
@@ -274,7 +333,7 @@ def test_only_skipped_cases_without_env(tmp_path: Path) -> None:
     assert "No case completed successfully." in html
     assert "No environment recorded" in html
     assert "No recommendation: no successful case" in html
-    assert "tf32 needs a CUDA GPU" in sections(html)["problems"]
+    assert "compute capability &gt;= 8.9" in sections(html)["problems"]
 
 
 def test_without_numerics_marks_speed_only(tmp_path: Path) -> None:
@@ -287,23 +346,28 @@ def test_without_numerics_marks_speed_only(tmp_path: Path) -> None:
     assert "Fastest: fp16 (speed only: no numerics, so not a recommendation)" in found["summary"]
     assert "no numerics" in found["summary"]
     assert figures(found["loss"]) == 2 and "losses from timed steps" in found["loss"]
-    assert {"tradeoff", "activations"} <= _empty_sections(html)
+    empty = {name for name, body in found.items() if 'class="empty"' in body}
+    assert {"tradeoff", "activations"} <= empty
     assert "speed only" in (run_dir / "summary.md").read_text(encoding="utf-8")
 
 
-def test_nulls_nans_and_torn_lines(tmp_path: Path) -> None:
-    """Missing fields, null blocks, NaN losses and a torn last line degrade, never crash."""
+def test_nan_numerics_and_a_torn_line_degrade(tmp_path: Path) -> None:
+    """NaN divergence and losses, and a torn last line, show as such; nothing fails to draw."""
     results = case_results(models=[("gpt2-tiny", "gpt2")], workloads=["train"])
-    nan_case = next(r for r in results if r.case.precision == "fp16" and r.case.batch_size == 4)
-    nan_case.numerics = {**(nan_case.numerics or {}), "verdict": "nan", "max_rel_div": math.nan}
-    nan_case.numerics["loss"] = [1.0, math.nan, math.inf]
-    bare = CaseResult(Case("bare", "gpt2", "infer", "fp32", 1, 8, "cpu"), "ok")  # every block null
-    run_dir = write_run(tmp_path / "run", [*results, bare], {"versions": None, "gpu": "odd"})
+    for i, result in enumerate(results):  # the pass is shared by every case of the triple
+        if result.case.precision == "fp16":
+            numerics = {
+                **result.numerics,
+                "verdict": "nan",
+                "max_rel_div": float("nan"),
+                "loss": [1.0, float("nan"), float("inf")],
+                "first_nan_step": 1,
+            }
+            results[i] = result.replace(numerics=numerics)
+    run_dir = write_run(tmp_path / "run", results, environment())
     with open(run_dir / RESULTS_FILE, "a", encoding="utf-8") as fh:
-        fh.write('{"schema": 1, "case": {"id": "x"}, "status": "ok"}\n')  # case fields missing
-        fh.write('{"schema": 1, "case": {"id": "torn"')  # interrupted write
-    with pytest.warns(UserWarning, match="truncated last line"):
-        html = render_report(run_dir).read_text(encoding="utf-8")
+        fh.write('{"schema": 2, "case": {"id": "torn"')  # interrupted write
+    html = render_report(run_dir).read_text(encoding="utf-8")
     assert "truncated last line" in html
     assert "NaN/inf" in sections(html)["summary"]
     assert "Could not draw" not in html
@@ -333,183 +397,3 @@ def test_a_failing_plot_is_reported_not_fatal(
     html = render_report(run_dir).read_text(encoding="utf-8")
     assert "Could not draw this figure: ValueError: boom" in sections(html)["step-times"]
     assert figures(sections(html)["throughput"]) == 2
-
-
-# --- statistics -------------------------------------------------------------------------------
-
-
-def _row(
-    precision: str, batch_size: int, status: str = "ok", tp: float = 1.0, verdict: str | None = None
-) -> analysis.CaseRow:
-    """A CaseRow built through the real flattening."""
-    result = CaseResult(
-        Case("m", "gpt2", "train", precision, batch_size, 16, "cpu"),
-        status,
-        throughput={"samples_per_s": tp} if status == "ok" else None,
-        numerics={"verdict": verdict, "max_rel_div": 0.01} if verdict else None,
-    ).to_dict()
-    return analysis.case_row(0, result)
-
-
-def test_comparison_point_is_largest_common_size() -> None:
-    """Largest size every precision ran at; where fp32 OOMs at the largest, one it ran at."""
-    rows = [_row(p, b) for p in ("fp32", "bf16") for b in (2, 4)] + [_row("bf16", 8)]
-    assert analysis.comparison_point(rows) == (4, 16)
-    rows.append(_row("fp32", 8, status="oom"))
-    assert analysis.comparison_point(rows) == (4, 16)
-    assert analysis.comparison_point([_row("fp32", 2, status="skipped")]) is None
-
-
-def test_recommendation_rules() -> None:
-    """Fastest passing mode; nothing when none passes; speed-only without any numerics."""
-    rows = [
-        _row("fp32", 4, tp=1.0),
-        _row("amp_bf16", 4, tp=2.0, verdict="ok"),
-        _row("fp16", 4, tp=3.0, verdict="diverged"),
-    ]
-    summary = analysis.summarize_group("m", "train", rows)
-    assert (summary.recommended, summary.speed_only) == ("amp_bf16", None)
-    assert [s.speedup for s in summary.precisions] == [1.0, 2.0, 3.0]
-    failing = analysis.summarize_group("m", "train", [rows[0], rows[2]])
-    assert failing.recommended == "fp32"  # the baseline always passes against itself
-    no_numerics = analysis.summarize_group("m", "train", [_row("fp32", 4), _row("bf16", 4, tp=2)])
-    assert (no_numerics.recommended, no_numerics.speed_only) == (None, "bf16")
-    assert "speed only" in tables.recommendation_text(no_numerics)
-
-
-def test_pareto_front() -> None:
-    """Faster and closer points survive; dominated ones do not; ties are kept."""
-    points = [(2.0, 1e-3), (1.5, 1e-2), (3.0, 1e-1), (2.5, 1e-1), (2.0, 1e-3)]
-    assert analysis.pareto_front(points) == [0, 2, 4]
-    assert analysis.pareto_front([]) == []
-
-
-def test_relative_divergence_and_duplicates() -> None:
-    """|l - b| / |b| per step; a later result line for the same case wins."""
-    assert analysis.relative_divergence([1.1, 2.0], [1.0, 0.0])[0] == pytest.approx(0.1)
-    assert math.isnan(analysis.relative_divergence([1.0], [0.0])[0])
-    first = CaseResult(Case("m", "gpt2", "train", "fp32", 1, 8, "cpu"), "oom").to_dict()
-    second = CaseResult(Case("m", "gpt2", "train", "fp32", 1, 8, "cpu"), "ok").to_dict()
-    assert [r["status"] for r in analysis.dedupe([first, second])] == ["ok"]
-    assert len(results_frame([first, second])) == 1
-
-
-def test_formatting() -> None:
-    """Units and significant figures as the tables show them."""
-    assert tables.fmt_bytes(1.5 * 2**30) == "1.50 GiB"
-    assert tables.fmt_bytes(819 * 2**20) == "819 MiB"
-    assert tables.fmt_seconds(0.0047) == "4.70 ms"
-    assert tables.fmt_seconds(2.5e-5) == "25.0 µs"
-    assert tables.fmt_number(12345.6) == "12,346"
-    assert tables.fmt_speedup(2.186) == "2.19×"
-    assert tables.fmt_saving(-0.1) == "−10 %"
-    assert tables.fmt_number(None) == tables.MISSING
-    assert tables._md("a|b<c>") == "a\\|b&lt;c&gt;"
-
-
-def test_load_run_roundtrip_of_fixture(tmp_path: Path) -> None:
-    """The fixture goes through the real results contract (guards the fixture itself)."""
-    run = load_run(realistic_run(tmp_path / "run"))
-    assert len(run.results) == 58 and run.env["gpu"]["memory_total_bytes"] == GPU_MEMORY_BYTES
-
-
-# --- any shape of data ------------------------------------------------------------------------
-
-_numbers = st.one_of(
-    st.none(),
-    st.floats(allow_nan=True, allow_infinity=True, width=32),
-    st.integers(-5, 10**12),
-    st.booleans(),
-    st.just("12"),
-)
-_lists = st.one_of(st.none(), st.lists(_numbers, max_size=6), st.just("not a list"))
-
-
-def _maybe(**fields: st.SearchStrategy) -> st.SearchStrategy:
-    """A dict with any subset of the fields, or None."""
-    return st.one_of(st.none(), st.fixed_dictionaries({}, optional=fields))
-
-
-_results = st.lists(
-    st.fixed_dictionaries(
-        {
-            "case": st.fixed_dictionaries(
-                {"id": st.text(max_size=8)},
-                optional={
-                    "model": st.one_of(st.none(), st.sampled_from(["m1", "m$2$", "<b>"])),
-                    "workload": st.sampled_from(["train", "infer", "generate", "other"]),
-                    "precision": st.sampled_from(["fp32", "bf16", "fp16", "odd"]),
-                    "batch_size": st.one_of(st.none(), st.sampled_from([1, 2, 0, -1, 2.5])),
-                    "seq_len": st.one_of(st.none(), st.sampled_from([8, 16])),
-                    "device": st.sampled_from(["cpu", "cuda:0", None]),
-                },
-            ),
-            "status": st.sampled_from(["ok", "ok", "skipped", "oom", "error", "weird"]),
-        },
-        optional={
-            "reason": st.one_of(st.none(), st.text(max_size=10)),
-            "timing": _maybe(median_s=_numbers, p10_s=_numbers, step_s=_lists),
-            "throughput": _maybe(samples_per_s=_numbers, tokens_per_s=_numbers),
-            "memory": _maybe(peak_bytes=_numbers),
-            "losses": _lists,
-            "numerics": _maybe(
-                verdict=st.sampled_from(["ok", "warn", "diverged", "nan", None, 3]),
-                loss=_lists,
-                baseline_loss=_lists,
-                rel_div=_lists,
-                max_rel_div=_numbers,
-                rel_rmse=_numbers,
-                tolerance=_numbers,
-                activations=st.one_of(
-                    st.none(),
-                    st.lists(
-                        _maybe(
-                            module=st.text(max_size=5),
-                            max_abs=_numbers,
-                            fp16_headroom_log2=_numbers,
-                        ),
-                        max_size=4,
-                    ),
-                ),
-            ),
-        },
-    ),
-    max_size=12,
-)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(results=_results, env=st.one_of(st.just({}), st.just({"gpu": None, "warnings": None})))
-def test_statistics_and_tables_accept_any_shape(results: list[dict], env: dict) -> None:
-    """Every step before drawing copes with missing, null, mistyped and non-finite values."""
-    rows = analysis.case_rows(results)
-    summaries = analysis.summarize(rows)
-    groups = analysis.group_rows(rows)
-    for summary in summaries:
-        analysis.loss_data(summary, groups[(summary.model, summary.workload)])
-        analysis.step_samples(summary)
-        tables.summary_cells(summary)
-        for field in ("throughput", "peak_bytes"):
-            analysis.series_vs_batch(
-                groups[(summary.model, summary.workload)], summary.seq_len, field
-            )
-    analysis.tradeoff_points(summaries)
-    analysis.activation_profiles(rows)
-    analysis.problem_groups(rows)
-    analysis.run_warnings(env, [], rows)
-    tables.summary_markdown_text(summaries)
-    tables.raw_table(rows)
-    tables.results_frame(results)
-    tables.environment_items(env)
-
-
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(results=_results)
-def test_rendering_accepts_any_shape(results: list[dict]) -> None:
-    """The whole page, figures included, renders from malformed results without a failed figure."""
-    run = Run(
-        path=Path("run"), env={"gpu": {"memory_total_bytes": 2**30}}, results=results, warnings=[]
-    )
-    html = render_html(run)
-    assert "Could not draw" not in html
-    assert html.rstrip().endswith("</html>")

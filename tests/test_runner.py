@@ -10,10 +10,12 @@ import torch
 from tiny import TINY_SUITE
 
 from bench.engine.device import Device
-from bench.engine.runner import CaseRunner, measure_steps, run_cases
+from bench.engine.executors import default_runner_factory
+from bench.engine.runner import CaseRunner, measure_steps
 from bench.engine.suite import load_suite
 from bench.engine.workloads import make_batch
-from bench.results.schema import Case, ResultsWriter, load_run
+from bench.results.rundir import ResultsWriter, load_run
+from bench.results.schema import Case, CaseResult
 
 CPU = Device(torch.device("cpu"))
 
@@ -24,8 +26,15 @@ def tiny_results(tmp_path_factory) -> tuple[Path, list]:
     (root / "tiny.toml").write_text(TINY_SUITE)
     suite = load_suite(root / "tiny.toml")
     writer = ResultsWriter(root)
-    results = run_cases(CaseRunner(suite, CPU), suite.cases("cpu"), writer.append)
+    results = run_all(CaseRunner(suite, CPU), suite.cases("cpu"))
+    for result in results:
+        writer.append(result)
     return root, results
+
+
+def run_all(runner: CaseRunner, cases: list[Case]) -> list[CaseResult]:
+    """Every case through the one timed loop, in order."""
+    return [runner.run(case) for case in cases]
 
 
 def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -> None:
@@ -60,7 +69,8 @@ def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -
         assert line["throughput"]["samples_per_s"] == pytest.approx(bs / timing["median_s"])
         assert line["throughput"]["tokens_per_s"] == pytest.approx(bs * seq / timing["median_s"])
         assert line["memory"]["peak_bytes"] > 0
-        assert line["memory"]["method"] == "vmhwm"
+        assert line["memory"]["method"] in ("vmhwm", "rss-sampled")  # rss-sampled: no clear_refs
+        assert timing["method"] == "perf-counter"
         if line["case"]["workload"] == "train":
             assert len(line["losses"]) == 3 and all(loss > 0 for loss in line["losses"])
         else:
@@ -122,7 +132,7 @@ def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tiny_suite_path, monke
 
     monkeypatch.setattr(runner, "prepare", flaky)
     cases = suite.cases("cpu") + [suite.cases("cpu")[0]]
-    results = run_cases(runner, cases, lambda r: None)
+    results = run_all(runner, cases)
     assert [r.status for r in results] == ["error", "oom", "ok"]
     assert results[0].reason == "RuntimeError: boom"
     assert "out of memory" in results[1].reason
@@ -132,12 +142,12 @@ def test_generate_workload_times_decoded_tokens(tiny_suite_path) -> None:
     suite = load_suite(
         tiny_suite_path, {"workloads": ["generate"], "precisions": ["fp32"], "batch_sizes": [2]}
     )
-    results = run_cases(CaseRunner(suite, CPU), suite.cases("cpu"), lambda r: None)
+    results = run_all(CaseRunner(suite, CPU), suite.cases("cpu"))
     by_model = {r.case.model: r for r in results}
     gpt = by_model["gpt2-tiny"]
     assert gpt.status == "ok"
-    assert gpt.throughput["tokens_per_s"] == pytest.approx(
-        2 * suite.sweep.generate_new_tokens / gpt.timing["median_s"]
+    assert gpt.throughput.tokens_per_s == pytest.approx(
+        2 * suite.sweep.generate_new_tokens / gpt.median_s
     )
     assert by_model["bert-tiny"].status == "skipped"
     assert "causal LM" in by_model["bert-tiny"].reason
@@ -147,6 +157,34 @@ def test_truncated_last_line_is_skipped_with_a_warning(tiny_results, tmp_path) -
     root, _ = tiny_results
     text = (root / "results.jsonl").read_text()
     (tmp_path / "results.jsonl").write_text(text + text.splitlines()[0][:50])
-    with pytest.warns(UserWarning, match=r"results.jsonl:33: truncated last line"):
-        run = load_run(tmp_path)
+    run = load_run(tmp_path)
+    assert any("results.jsonl:33: truncated last line" in w for w in run.warnings)
     assert len(run.results) == 32
+
+
+def test_a_case_reports_its_phases_between_steps(tiny_suite_path) -> None:
+    """Building, each warm-up and timed step, then every numerics pass with its steps: what the
+    progress display shows while a long case runs."""
+    suite = load_suite(tiny_suite_path, {"models": ["gpt2-tiny"], "precisions": ["fp32", "bf16"]})
+    runner = default_runner_factory(suite, CPU)
+    seen: list[tuple[str, int | None, int | None]] = []
+    first, second = suite.cases("cpu")[:2]
+    assert runner.run(first, lambda *p: seen.append(p)).ok
+    assert seen[:5] == [
+        ("building", None, None),
+        ("warm-up", 1, 1),
+        ("timed", 1, 3),
+        ("timed", 2, 3),
+        ("timed", 3, 3),
+    ]
+    numerics = [p for p in seen if p[0].startswith("numerics:")]
+    names = list(dict.fromkeys(name for name, _, _ in numerics))
+    assert names[:3] == [
+        "numerics: fp32 reference",
+        "numerics: fp32 repeat",
+        "numerics: fp64 reference",
+    ]
+    assert ("numerics: fp32 reference", 30, 30) in numerics  # [numerics] train_steps default
+    seen.clear()
+    assert runner.run(second, lambda *p: seen.append(p)).ok  # bf16: its own pass, references cached
+    assert {name for name, _, _ in seen if name.startswith("numerics:")} == {"numerics: bf16"}

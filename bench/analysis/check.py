@@ -1,13 +1,19 @@
 """The CI gate: decide whether CURRENT regressed against a baseline, and the suite's [check] table.
 
 A regression is any of:
-  * a gated metric worse than its threshold *and* significant (bench.analysis.compare decides significance:
-    Mann-Whitney U on the per-step samples for timing, a noise floor for single numbers);
-  * a status change for the worse (ok -> skipped/oom/error/crashed/timeout) or a numerics verdict
-    change for the worse (ok -> warn -> diverged -> nan);
+  * a gated metric worse than its threshold *and* significant (bench.analysis.compare decides
+    significance: Mann-Whitney U on the per-step samples for timing, a noise floor for single
+    numbers);
+  * a status change for the worse (ok -> skipped/oom/error/crashed/timeout);
+  * worse numerics in any form: a verdict change for the worse (ok -> warn -> diverged -> nan), a
+    numerics pass that errored, or one that is missing where the baseline had one. Only a suite
+    that turns numerics off on purpose ([numerics] enabled = false) or `check --ignore-numerics`
+    lifts this, and the output says so;
   * a case that was measured (ok) in the baseline and is missing from CURRENT.
 Improvements beyond a threshold are reported and fail only with --fail-on-improvement (the
-baseline is then stale and should be re-saved).
+baseline is then stale and should be re-saved). Runs on different device models, runs with no
+case in common, and timings taken by different methods are refused (exit 2): nothing can be
+judged from them.
 
 [check] table of a suite (percent thresholds; a sign is optional, e.g. throughput = -5 or 5):
     throughput  = -10    # fail when throughput drops more than 10 % (significantly); CPU: -30
@@ -24,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -34,20 +39,11 @@ from bench.analysis.compare import (
     CaseComparison,
     CompareOptions,
     Comparison,
-    DeviceIdentity,
     MetricDelta,
 )
-from bench.errors import MpbenchError, SuiteError
-from bench.results.schema import SUITE_FILE, Run
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-EXIT_PASS = 0
-EXIT_REGRESSION = 1
-EXIT_INPUT_ERROR = 2
+from bench.errors import EXIT_OK, EXIT_REGRESSION, MpbenchError, SuiteError
+from bench.results.identity import DeviceIdentity
+from bench.results.rundir import SUITE_FILE, Run
 
 # Percent beyond which a significant change counts; None = the metric is not gated.
 # Throughput is the gate for timing (step time is its inverse: gating both would double count).
@@ -85,6 +81,7 @@ class CheckConfig:
     options: CompareOptions = field(default_factory=CompareOptions)
     fail_on_improvement: bool = False
     origin: dict[str, str] = field(default_factory=dict)  # key -> where its value came from
+    gate_numerics: bool = True  # False only with `check --ignore-numerics`
 
     def threshold(self, metric: str) -> float | None:
         """The metric's threshold in percent, or None when it is not gated."""
@@ -203,18 +200,10 @@ def parse_threshold_flag(text: str) -> tuple[str, float | None]:
 
 def suite_check_table(run: Run, label: str) -> tuple[dict[str, Any], str] | None:
     """The [check] table of the suite a run recorded, with a source name for messages."""
-    if not run.suite_text:
-        return None
-    source = f"{label} (suite)" if label.endswith(".json") else str(run.path / SUITE_FILE)
-    try:
-        doc = tomllib.loads(run.suite_text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{source}: TOML syntax error: {exc}") from None
-    table = doc.get("check")
+    table = run.suite_table("check")
     if table is None:
         return None
-    if not isinstance(table, dict):
-        raise SuiteError(f"{source}: check: must be a table ([check])")
+    source = f"{label} (suite)" if label.endswith(".json") else str(run.path / SUITE_FILE)
     return table, source
 
 
@@ -233,6 +222,7 @@ def resolve_config(
     fail_on_improvement: bool = False,
     alpha: float | None = None,
     device_kind: str | None = None,
+    gate_numerics: bool = True,
 ) -> CheckConfig:
     """Defaults (for the device kind), then the first [check] table found, then flags."""
     config = default_config(device_kind)
@@ -245,7 +235,11 @@ def resolve_config(
         origin[metric] = "--threshold"
     options = config.options if alpha is None else replace(config.options, alpha=alpha)
     return CheckConfig(
-        thresholds, options, config.fail_on_improvement or fail_on_improvement, origin
+        thresholds,
+        options,
+        config.fail_on_improvement or fail_on_improvement,
+        origin,
+        gate_numerics,
     )
 
 
@@ -328,7 +322,7 @@ class Finding:
 
     case_id: str
     kind: str  # "regression", "improvement" or "note"
-    what: str  # "status", "verdict", "missing", "new", or a metric name
+    what: str  # "status", "verdict", "numerics", "missing", "new", or a metric name
     message: str
     fails: bool
     delta: MetricDelta | None = None
@@ -342,6 +336,7 @@ class Assessment:
     config: CheckConfig
     compatibility: Compatibility
     findings: list[Finding]
+    notes: list[str] = field(default_factory=list)  # what the gate did not judge, and why
 
     @property
     def regressions(self) -> list[Finding]:
@@ -361,7 +356,7 @@ class Assessment:
     @property
     def exit_code(self) -> int:
         """0 pass, 1 regression."""
-        return EXIT_REGRESSION if self.failed else EXIT_PASS
+        return EXIT_REGRESSION if self.failed else EXIT_OK
 
     def findings_for(self, case_id: str) -> list[Finding]:
         """The findings of one case."""
@@ -417,6 +412,7 @@ class Assessment:
             "alpha": self.config.options.alpha,
             "fail_on_improvement": self.config.fail_on_improvement,
             "compatibility": asdict(self.compatibility),
+            "notes": list(self.notes),
             "findings": [
                 {k: v for k, v in asdict(f).items() if k != "delta"} for f in self.findings
             ],
@@ -447,7 +443,40 @@ def describe_delta(delta: MetricDelta) -> str:
     return f"{delta.metric} {change} ({values}{evidence})"
 
 
-def assess_case(case: CaseComparison, config: CheckConfig) -> list[Finding]:
+def numerics_gated(comparison: Comparison, config: CheckConfig) -> str | None:
+    """Why numerics are not gated (None: they are)."""
+    if not config.gate_numerics:
+        return "numerics not gated: --ignore-numerics"
+    if not comparison.current_numerics_enabled:
+        return "numerics not gated: CURRENT's suite turned them off ([numerics] enabled = false)"
+    return None
+
+
+def _numerics_findings(case: CaseComparison, improvement_fails: bool) -> list[Finding]:
+    """Worse numerics in any form: a worse verdict, an errored pass, a missing pass."""
+    cid = case.case_id
+    found = []
+    verdicts = f"numerics verdict {case.base_verdict} -> {case.current_verdict}"
+    if case.verdict_change == "worse":
+        found.append(Finding(cid, "regression", "verdict", verdicts, True))
+    elif case.verdict_change == "better":
+        found.append(Finding(cid, "improvement", "verdict", verdicts, improvement_fails))
+    change = case.numerics_change
+    if change == "errored":
+        message = f"numerics pass errored: {case.current.numerics_error}"
+        found.append(Finding(cid, "regression", "numerics", message, True))
+    elif change == "missing":
+        message = "numerics missing in CURRENT (BASE had them)"
+        found.append(Finding(cid, "regression", "numerics", message, True))
+    elif change == "fixed":
+        message = f"numerics pass works again (verdict {case.current_verdict})"
+        found.append(Finding(cid, "improvement", "numerics", message, improvement_fails))
+    return found
+
+
+def assess_case(
+    case: CaseComparison, config: CheckConfig, gate_numerics: bool = True
+) -> list[Finding]:
     """Every finding for one case."""
     cid = case.case_id
     improvement_fails = config.fail_on_improvement
@@ -468,11 +497,8 @@ def assess_case(case: CaseComparison, config: CheckConfig) -> list[Finding]:
         found.append(Finding(cid, "improvement", "status", change, improvement_fails))
     elif case.status_change == "changed":
         found.append(Finding(cid, "note", "status", change + reason, False))
-    verdicts = f"numerics verdict {case.base_verdict} -> {case.current_verdict}"
-    if case.verdict_change == "worse":
-        found.append(Finding(cid, "regression", "verdict", verdicts, True))
-    elif case.verdict_change == "better":
-        found.append(Finding(cid, "improvement", "verdict", verdicts, improvement_fails))
+    if gate_numerics:
+        found += _numerics_findings(case, improvement_fails)
     for metric, delta in case.metrics.items():
         threshold = config.threshold(metric)
         if threshold is None or delta.significant is False:
@@ -488,9 +514,13 @@ def assess_case(case: CaseComparison, config: CheckConfig) -> list[Finding]:
 
 def assess(comparison: Comparison, config: CheckConfig) -> Assessment:
     """Judge every case of a comparison (no device policy: see run_check)."""
-    findings = [f for case in comparison.cases for f in assess_case(case, config)]
+    not_gated = numerics_gated(comparison, config)
+    findings = [
+        f for case in comparison.cases for f in assess_case(case, config, not_gated is None)
+    ]
     compat = compatibility(comparison.base_device, comparison.current_device)
-    return Assessment(comparison, config, compat, findings)
+    notes = [not_gated] if not_gated else []
+    return Assessment(comparison, config, compat, findings, notes)
 
 
 def run_check(
@@ -508,5 +538,14 @@ def run_check(
         raise IncomparableRuns(
             f"{comparison.base_label} and {comparison.current_label} have no case in common "
             "(different suites?)"
+        )
+    mixed = comparison.mixed_timing
+    if mixed:
+        base_method, current_method = mixed[0].timing_methods
+        raise IncomparableRuns(
+            f"{len(mixed)} case(s) were timed by different methods (BASE {base_method}, CURRENT "
+            f"{current_method}, e.g. {mixed[0].case_id}); their timings cannot be judged against "
+            "each other. Record the baseline the way CURRENT is measured (mpbench run, or the "
+            "mpbench pytest plugin)"
         )
     return assessment

@@ -1,35 +1,26 @@
 """Compare two runs case by case: match by case id, ratio every metric, test significance.
 
-Statistics only: nothing here prints. The terminal/Markdown/JSON views live in bench.cli.compare,
-the HTML page in bench.views.compare_page, and the pass/fail rules of the CI gate in bench.analysis.check.
+Statistics only: nothing here prints (bench.views renders a comparison) and nothing here passes
+or fails (bench.analysis.check applies the thresholds).
 
-Significance of a timing change uses the per-step samples of both runs: a two-sided Mann-Whitney
-U test (rank based, so it holds for the skewed, outlier-prone distributions of step times and is
-the same for step time and throughput, which are monotone in each other), as asv does. A
-bootstrap 95% interval of the median ratio is given for display. Peak memory and divergence are
-single numbers per case, so there is nothing to test: a change counts when it is above a noise
-floor (an absolute amount below which the measurement itself wobbles); peaks of the resident set
-(CPU runs) must also at least double or halve, since they depend on what earlier cases left.
+Timing changes are tested on the per-step samples (bench.analysis.stats). Peak memory and
+divergence are single numbers per case, so there is nothing to test: a change counts when it is
+above a noise floor (an absolute amount below which the measurement itself wobbles); peaks of the
+resident set (CPU runs) must also at least double or halve, since they depend on what earlier
+cases left. Timings taken by different methods (CUDA events vs a pytest-benchmark timer) are not
+compared at all: the comparison flags them and check refuses them.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from bench.results.schema import Run
-
-# Case statuses and numerics verdicts, best first.
-OK = "ok"
-FAILED_STATUSES = ("oom", "error", "crashed", "timeout")
-VERDICT_ORDER = ("ok", "warn", "diverged", "nan")
-# Divergence metric compared per case, first present in both runs wins (same order as the report).
-DIVERGENCE_KEYS = ("max_rel_div", "rel_rmse", "kl_mean")
+from bench.analysis.stats import bootstrap_median_ratio_ci, mann_whitney_p, smallest_p_value
+from bench.results.identity import DeviceIdentity
+from bench.results.rundir import Run
+from bench.results.schema import DIVERGENCE_KEYS, Case, CaseResult, verdict_rank
 
 DEFAULT_ALPHA = 0.002  # asv's p-value threshold: a CI gate must rarely cry wolf
 BOOTSTRAP_RESAMPLES = 2000
@@ -40,7 +31,7 @@ DEFAULT_RSS_MEMORY_FACTOR = 2.0
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A compared metric: where it comes from and which direction is better."""
+    """A compared metric: what it is and which direction is better."""
 
     name: str
     label: str
@@ -103,78 +94,14 @@ class MetricDelta:
         return "better" if self.worse_pct < 0 else "same"
 
 
-@dataclass(frozen=True)
-class DeviceIdentity:
-    """What a run ran on, as far as comparability goes (from env.json)."""
-
-    kind: str | None  # "cuda", "cpu" or None (unknown: no env.json)
-    name: str | None  # GPU name, or CPU model on CPU runs
-    compute_capability: str | None = None
-    memory_total_bytes: int | None = None
-    driver: str | None = None
-    cuda: str | None = None
-    torch: str | None = None
-    transformers: str | None = None
-    torch_threads: int | None = None
-    hostname: str | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, Any]) -> DeviceIdentity:
-        """Read the identity fields of an env.json (missing fields stay None)."""
-        env = env if isinstance(env, dict) else {}
-        gpu = env.get("gpu") if isinstance(env.get("gpu"), dict) else None
-        cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
-        versions = env.get("versions") if isinstance(env.get("versions"), dict) else {}
-        device = str(env.get("device") or "")
-        if gpu:
-            kind, name = "cuda", _text(gpu.get("name")) or _text(env.get("device_name"))
-        elif device == "cpu" or cpu.get("model"):
-            kind, name = "cpu", _text(cpu.get("model")) or _text(env.get("device_name"))
-        else:
-            kind, name = None, _text(env.get("device_name"))
-        return cls(
-            kind=kind,
-            name=name,
-            compute_capability=_text(gpu.get("compute_capability")) if gpu else None,
-            memory_total_bytes=_int(gpu.get("memory_total_bytes")) if gpu else None,
-            driver=_text(gpu.get("driver")) if gpu else None,
-            cuda=_text(gpu.get("cuda") or versions.get("torch_cuda")) if gpu else None,
-            torch=_text(versions.get("torch")),
-            transformers=_text(versions.get("transformers")),
-            torch_threads=_int(cpu.get("torch_threads")),
-            hostname=_text(env.get("hostname")),
-        )
-
-    @property
-    def known(self) -> bool:
-        """True when the run recorded what it ran on."""
-        return self.kind is not None and bool(self.name)
-
-    @property
-    def label(self) -> str:
-        """One line for tables and page headers, e.g. 'NVIDIA H100 (cc 9.0, driver 550, CUDA 12.4,
-        torch 2.13)'."""
-        if not self.known:
-            return "unknown device (no env.json)"
-        parts = []
-        if self.compute_capability:
-            parts.append(f"cc {self.compute_capability}")
-        if self.driver:
-            parts.append(f"driver {self.driver}")
-        if self.cuda:
-            parts.append(f"CUDA {self.cuda}")
-        if self.kind == "cpu" and self.torch_threads:
-            parts.append(f"{self.torch_threads} threads")
-        if self.torch:
-            parts.append(f"torch {self.torch}")
-        prefix = "CPU " if self.kind == "cpu" else ""
-        return f"{prefix}{self.name}" + (f" ({', '.join(parts)})" if parts else "")
-
-    @property
-    def slug(self) -> str:
-        """File-name-safe key of the device model: 'nvidia-h100-80gb-hbm3', 'cpu-amd-epyc-7742'."""
-        name = re.sub(r"[^a-z0-9]+", "-", (self.name or "unknown").lower()).strip("-")
-        return f"cpu-{name}" if self.kind == "cpu" else (name or "unknown")
+def numerics_state(result: CaseResult | None) -> str:
+    """'verdict' (the pass ran and judged), 'error' (the pass failed), 'none' (no numerics), or
+    'unjudged' (it ran, but fp32 itself was not finite, so there is no verdict)."""
+    if result is None or not result.numerics:
+        return "none"
+    if result.numerics_error:
+        return "error"
+    return "verdict" if result.verdict is not None else "unjudged"
 
 
 @dataclass(frozen=True)
@@ -182,21 +109,44 @@ class CaseComparison:
     """One case id in both runs (or in one of them)."""
 
     case_id: str
-    case: dict[str, Any]  # model, workload, precision, batch_size, seq_len (from either side)
-    base_status: str | None  # None: not in BASE
-    current_status: str | None  # None: not in CURRENT
-    current_reason: str | None = None
-    base_verdict: str | None = None
-    current_verdict: str | None = None
+    case: Case
+    base: CaseResult | None  # None: not in BASE
+    current: CaseResult | None  # None: not in CURRENT
     divergence_key: str | None = None
     metrics: dict[str, MetricDelta] = field(default_factory=dict)
+    timing_methods: tuple[str, str] | None = None  # set when the two were timed differently
+
+    @property
+    def base_status(self) -> str | None:
+        """BASE's status, None when the case is not in BASE."""
+        return self.base.status if self.base is not None else None
+
+    @property
+    def current_status(self) -> str | None:
+        """CURRENT's status, None when the case is not in CURRENT."""
+        return self.current.status if self.current is not None else None
+
+    @property
+    def current_reason(self) -> str | None:
+        """Why CURRENT's case did not run ok."""
+        return self.current.reason if self.current is not None else None
+
+    @property
+    def base_verdict(self) -> str | None:
+        """BASE's numerics verdict."""
+        return self.base.verdict if self.base is not None else None
+
+    @property
+    def current_verdict(self) -> str | None:
+        """CURRENT's numerics verdict."""
+        return self.current.verdict if self.current is not None else None
 
     @property
     def presence(self) -> str:
         """'both', 'only_base' (missing from CURRENT) or 'only_current' (new)."""
-        if self.base_status is None:
+        if self.base is None:
             return "only_current"
-        return "only_base" if self.current_status is None else "both"
+        return "only_base" if self.current is None else "both"
 
     @property
     def status_change(self) -> str:
@@ -205,17 +155,35 @@ class CaseComparison:
             return "n/a"
         if self.base_status == self.current_status:
             return "same"
-        if self.base_status == OK:
+        if self.base_status == "ok":
             return "worse"
-        return "better" if self.current_status == OK else "changed"
+        return "better" if self.current_status == "ok" else "changed"
 
     @property
     def verdict_change(self) -> str:
         """'same', 'worse', 'better', or 'n/a' when either side has no known verdict."""
-        b, c = _verdict_rank(self.base_verdict), _verdict_rank(self.current_verdict)
+        b, c = verdict_rank(self.base_verdict), verdict_rank(self.current_verdict)
         if b is None or c is None:
             return "n/a"
         return "same" if b == c else ("worse" if c > b else "better")
+
+    @property
+    def numerics_change(self) -> str:
+        """How CURRENT's numerics pass compares with BASE's, beyond the verdict itself:
+        'errored' (CURRENT's pass failed where BASE had numerics), 'missing' (CURRENT has none
+        where BASE had), 'fixed' (CURRENT judged where BASE errored), or 'n/a'."""
+        if self.presence != "both" or self.current_status != "ok":
+            return "n/a"
+        base, current = numerics_state(self.base), numerics_state(self.current)
+        if base == "none":
+            return "n/a"
+        if current == "error":
+            return "errored"
+        if current == "none":
+            return "missing"
+        if base == "error" and current == "verdict":
+            return "fixed"
+        return "n/a"
 
 
 @dataclass
@@ -231,11 +199,17 @@ class Comparison:
     cases: list[CaseComparison]
     options: CompareOptions
     warnings: list[str] = field(default_factory=list)
+    current_numerics_enabled: bool = True  # False: CURRENT's suite turned numerics off
 
     @property
     def matched(self) -> list[CaseComparison]:
         """Cases present in both runs."""
         return [c for c in self.cases if c.presence == "both"]
+
+    @property
+    def mixed_timing(self) -> list[CaseComparison]:
+        """Matched cases whose two timings were taken by different methods."""
+        return [c for c in self.matched if c.timing_methods is not None]
 
     @property
     def same_device_model(self) -> bool:
@@ -257,46 +231,8 @@ class Comparison:
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
+# Deltas
 # ---------------------------------------------------------------------------------------------
-
-
-def mann_whitney_p(base: Sequence[float], current: Sequence[float]) -> float | None:
-    """Two-sided Mann-Whitney U p-value of two samples; None with fewer than 2 per side."""
-    if len(base) < 2 or len(current) < 2:
-        return None
-    from scipy.stats import mannwhitneyu
-
-    if len(set(base) | set(current)) == 1:  # all equal: no evidence of any difference
-        return 1.0
-    p = float(mannwhitneyu(current, base, alternative="two-sided").pvalue)
-    return 1.0 if math.isnan(p) else p
-
-
-def smallest_p_value(n_base: int, n_current: int) -> float:
-    """The smallest two-sided p the exact Mann-Whitney test can give for these sample sizes
-    (all of one side below all of the other): 2 / C(n_base + n_current, n_base)."""
-    return min(1.0, 2.0 / math.comb(n_base + n_current, n_base))
-
-
-def bootstrap_median_ratio_ci(
-    base: Sequence[float], current: Sequence[float], resamples: int, seed: int = 0
-) -> tuple[float, float] | None:
-    """95% percentile-bootstrap interval of median(current) / median(base); seeded, so stable."""
-    if len(base) < 2 or len(current) < 2 or resamples < 1:
-        return None
-    rng = np.random.default_rng(seed)
-    b = np.asarray(base, dtype=float)
-    c = np.asarray(current, dtype=float)
-    b_med = np.median(b[rng.integers(0, len(b), (resamples, len(b)))], axis=1)
-    c_med = np.median(c[rng.integers(0, len(c), (resamples, len(c)))], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = c_med / b_med
-    ratios = ratios[np.isfinite(ratios)]
-    if ratios.size == 0:
-        return None
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def _change(spec: MetricSpec, base: float, current: float) -> tuple[float | None, float, float]:
@@ -315,8 +251,8 @@ def timing_delta(
     metric: str,
     base_value: float,
     current_value: float,
-    base_step_s: Sequence[float],
-    current_step_s: Sequence[float],
+    base_step_s: tuple[float, ...] | list[float],
+    current_step_s: tuple[float, ...] | list[float],
     options: CompareOptions,
 ) -> MetricDelta:
     """Step time or throughput, tested on the per-step samples."""
@@ -364,160 +300,80 @@ def single_delta(
         significant = significant and (ratio is None or not 1 / min_factor < ratio < min_factor)
         test += f" and a change of at least x{min_factor:g}"
     return MetricDelta(
-        metric,
-        base,
-        current,
-        ratio,
-        change,
-        worse,
-        significant,
-        test,
-        base_n=1,
-        current_n=1,
+        metric, base, current, ratio, change, worse, significant, test, base_n=1, current_n=1
     )
 
 
-def _repeatable_memory(base: dict[str, Any], current: dict[str, Any]) -> bool:
-    """True when both peaks come from the CUDA allocator's counters: exact and repeatable. The
-    CPU's resident-set peaks (vmhwm, rss-sampled) also count pages an earlier case left to the
-    allocator, so they differ by tens of percent between identical runs."""
-    methods = (_dig(base, "memory", "method"), _dig(current, "memory", "method"))
-    return all(isinstance(m, str) and m.startswith("cuda") for m in methods)
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
-# ---------------------------------------------------------------------------------------------
-# Matching
-# ---------------------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    """A finite float, else None (results may hold NaN, strings or nothing)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _dig(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _samples(result: dict[str, Any]) -> list[float]:
-    """The per-step seconds of a result (finite values only)."""
-    values = _dig(result, "timing", "step_s")
-    if not isinstance(values, list):
-        return []
-    return [v for v in (_float(x) for x in values) if v is not None]
-
-
-def _verdict(result: dict[str, Any] | None) -> str | None:
-    verdict = _dig(result, "numerics", "verdict")
-    return verdict if isinstance(verdict, str) else None
-
-
-def _verdict_rank(verdict: str | None) -> int | None:
-    return VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else None
-
-
-def _median_s(result: dict[str, Any]) -> float | None:
-    median = _float(_dig(result, "timing", "median_s"))
-    if median is None:
-        samples = _samples(result)
-        median = float(np.median(samples)) if samples else None
-    return median
-
-
-def _throughput(result: dict[str, Any]) -> float | None:
-    """samples/s as recorded, else batch size over the median step."""
-    value = _float(_dig(result, "throughput", "samples_per_s"))
-    if value is None:
-        batch = _float(_dig(result, "case", "batch_size"))
-        median = _median_s(result)
-        value = batch / median if batch and median else None
-    return value
-
-
-def _divergence(base: dict[str, Any], current: dict[str, Any]) -> tuple[str, float, float] | None:
-    """The first divergence metric both results carry."""
+def _divergence(base: CaseResult, current: CaseResult) -> tuple[str, float, float] | None:
+    """The first divergence metric both results carry, as finite numbers."""
     for key in DIVERGENCE_KEYS:
-        b = _float(_dig(base, "numerics", key))
-        c = _float(_dig(current, "numerics", key))
+        b = _finite(_number((base.numerics or {}).get(key)))
+        c = _finite(_number((current.numerics or {}).get(key)))
         if b is not None and c is not None:
             return key, b, c
     return None
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def compare_metrics(
-    base: dict[str, Any], current: dict[str, Any], options: CompareOptions
-) -> tuple[dict[str, MetricDelta], str | None]:
-    """Every metric both results have, and the divergence key used."""
+    base: CaseResult, current: CaseResult, options: CompareOptions
+) -> tuple[dict[str, MetricDelta], str | None, tuple[str, str] | None]:
+    """Every metric both results have, the divergence key used, and the two timing methods
+    when they differ (timings are then not compared)."""
     deltas: dict[str, MetricDelta] = {}
-    b_steps, c_steps = _samples(base), _samples(current)
-    b_med, c_med = _median_s(base), _median_s(current)
-    if b_med is not None and c_med is not None:
-        deltas["step_time"] = timing_delta("step_time", b_med, c_med, b_steps, c_steps, options)
-    b_tp, c_tp = _throughput(base), _throughput(current)
-    if b_tp is not None and c_tp is not None:
-        deltas["throughput"] = timing_delta("throughput", b_tp, c_tp, b_steps, c_steps, options)
-    b_mem = _float(_dig(base, "memory", "peak_bytes"))
-    c_mem = _float(_dig(current, "memory", "peak_bytes"))
-    if b_mem is not None and c_mem is not None:
-        factor = 1.0 if _repeatable_memory(base, current) else options.rss_memory_factor
+    methods = None
+    if base.timing is not None and current.timing is not None:
+        if base.timing.method != current.timing.method:
+            methods = (base.timing.method, current.timing.method)
+        else:
+            b_steps = [s for s in base.step_s if math.isfinite(s)]
+            c_steps = [s for s in current.step_s if math.isfinite(s)]
+            deltas["step_time"] = timing_delta(
+                "step_time",
+                base.timing.median_s,
+                current.timing.median_s,
+                b_steps,
+                c_steps,
+                options,
+            )
+            b_tp, c_tp = base.samples_per_s, current.samples_per_s
+            if b_tp is not None and c_tp is not None:
+                deltas["throughput"] = timing_delta(
+                    "throughput", b_tp, c_tp, b_steps, c_steps, options
+                )
+    if base.peak_bytes is not None and current.peak_bytes is not None:
+        exact = base.memory.exact and current.memory.exact
         deltas["peak_memory"] = single_delta(
-            "peak_memory", b_mem, c_mem, options.memory_floor_bytes, factor
+            "peak_memory",
+            float(base.peak_bytes),
+            float(current.peak_bytes),
+            options.memory_floor_bytes,
+            1.0 if exact else options.rss_memory_factor,
         )
     divergence = _divergence(base, current)
     if divergence is not None:
         key, b_div, c_div = divergence
         deltas["divergence"] = single_delta("divergence", b_div, c_div, options.divergence_floor)
-    return deltas, divergence[0] if divergence else None
-
-
-def _case_fields(result: dict[str, Any]) -> dict[str, Any]:
-    case = result.get("case")
-    return dict(case) if isinstance(case, dict) else {}
+    return deltas, divergence[0] if divergence else None, methods
 
 
 def compare_case(
-    case_id: str,
-    base: dict[str, Any] | None,
-    current: dict[str, Any] | None,
-    options: CompareOptions,
+    case_id: str, base: CaseResult | None, current: CaseResult | None, options: CompareOptions
 ) -> CaseComparison:
     """Compare one case id; either side may be missing."""
     either = current if current is not None else base
     assert either is not None
-    metrics: dict[str, MetricDelta] = {}
-    divergence_key = None
-    if (
-        base is not None
-        and current is not None
-        and base.get("status") == current.get("status") == OK
-    ):
-        metrics, divergence_key = compare_metrics(base, current, options)
-    return CaseComparison(
-        case_id=case_id,
-        case=_case_fields(either),
-        base_status=str(base.get("status")) if base is not None else None,
-        current_status=str(current.get("status")) if current is not None else None,
-        current_reason=_text(current.get("reason")) if current is not None else None,
-        base_verdict=_verdict(base),
-        current_verdict=_verdict(current),
-        divergence_key=divergence_key,
-        metrics=metrics,
-    )
+    if base is not None and current is not None and base.ok and current.ok:
+        metrics, key, methods = compare_metrics(base, current, options)
+        return CaseComparison(case_id, either.case, base, current, key, metrics, methods)
+    return CaseComparison(case_id, either.case, base, current)
 
 
 def compare_runs(
@@ -533,16 +389,24 @@ def compare_runs(
     ids = list(b) + [i for i in c if i not in b]
     cases = [compare_case(i, b.get(i), c.get(i), options) for i in ids]
     warnings = [f"BASE: {w}" for w in base.warnings] + [f"CURRENT: {w}" for w in current.warnings]
+    mixed = [case for case in cases if case.timing_methods is not None]
+    if mixed:
+        pairs = sorted({f"{m[0]} vs {m[1]}" for m in (case.timing_methods for case in mixed)})
+        warnings.append(
+            f"{len(mixed)} case(s) were timed by different methods ({'; '.join(pairs)}): their "
+            "step times and throughput are not compared"
+        )
     return Comparison(
         base_label=base_label or str(base.path),
         current_label=current_label or str(current.path),
-        base_device=DeviceIdentity.from_env(base.env),
-        current_device=DeviceIdentity.from_env(current.env),
+        base_device=base.identity,
+        current_device=current.identity,
         base_env=base.env,
         current_env=current.env,
         cases=cases,
         options=options,
         warnings=warnings,
+        current_numerics_enabled=current.numerics_enabled,
     )
 
 
@@ -550,14 +414,13 @@ def case_to_dict(case: CaseComparison) -> dict[str, Any]:
     """Plain-JSON form of one case comparison (infinities become None: JSON has none)."""
     metrics = {}
     for name, delta in case.metrics.items():
-        data = asdict(delta)
         metrics[name] = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in data.items()
+            for k, v in asdict(delta).items()
         }
     return {
         "id": case.case_id,
-        "case": case.case,
+        "case": case.case.to_dict(),
         "presence": case.presence,
         "base_status": case.base_status,
         "current_status": case.current_status,
@@ -566,6 +429,8 @@ def case_to_dict(case: CaseComparison) -> dict[str, Any]:
         "base_verdict": case.base_verdict,
         "current_verdict": case.current_verdict,
         "verdict_change": case.verdict_change,
+        "numerics_change": case.numerics_change,
+        "timing_methods": list(case.timing_methods) if case.timing_methods else None,
         "divergence_key": case.divergence_key,
         "metrics": metrics,
     }

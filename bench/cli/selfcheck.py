@@ -1,6 +1,6 @@
 """Self-checks that print measured ratios (benchmarks, not tests: this machine is noisy).
 
-    python -m bench.cli.selfcheck overhead [--model gpt2-tiny] [--workload train] [--precision fp32]
+    mpbench selfcheck overhead [--model gpt2-tiny] [--workload train] [--precision fp32]
 
 `overhead`: mpbench's timed loop against a hand-written nanoGPT-style loop on the same model,
 batch and precision in the same process, interleaved round by round so drift hits both alike
@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-
-import torch
-
-from bench.engine.device import Device, resolve_device
-from bench.engine.runner import CaseRunner, measure_steps
-from bench.engine.suite import load_suite
-from bench.engine.workloads import make_batch, make_optimizer
+from typing import Any
 
 
 def hand_written_loop(
-    model, batch, optimizer, device: Device, steps: int, train: bool
+    model: Any, batch: Any, optimizer: Any, device: Any, steps: int, train: bool
 ) -> list[float]:
     """The loop a person writes by hand: perf_counter around each step, synchronize before the
     clock is read (nanoGPT bench.py style)."""
+    import torch
+
     times_s = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -45,6 +41,13 @@ def hand_written_loop(
 
 def overhead(args: argparse.Namespace) -> float:
     """Print and return median(mpbench step) / median(hand-written step)."""
+    from bench.engine.device import resolve_device
+    from bench.engine.executors import quiet_transformers
+    from bench.engine.runner import CaseRunner, measure_steps
+    from bench.engine.suite import load_suite
+    from bench.engine.workloads import make_batch, make_optimizer
+
+    quiet_transformers()
     device = resolve_device(args.device)
     overrides = {
         "models": [args.model],
@@ -56,8 +59,6 @@ def overhead(args: argparse.Namespace) -> float:
     suite = load_suite("smoke", overrides)
     case = suite.cases(device.name)[0]
     runner = CaseRunner(suite, device)
-    if args.precision != "fp32":
-        raise SystemExit("the hand-written loop is fp32 only; use --precision fp32")
     mpbench_s: list[float] = []
     hand_s: list[float] = []
     round_ratios: list[float] = []
@@ -103,28 +104,29 @@ def overhead(args: argparse.Namespace) -> float:
     return ratio
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m bench.cli.selfcheck`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.cli.selfcheck",
+def register(sub: Any) -> None:
+    """Add `mpbench selfcheck` to the parser."""
+    parser = sub.add_parser(
+        "selfcheck",
+        help="check mpbench's own measurement on this machine (prints measured ratios)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="check", required=True)
-    ov = sub.add_parser("overhead", help="mpbench's timed loop vs a hand-written loop")
+    checks = parser.add_subparsers(dest="check", metavar="CHECK", required=True)
+    ov = checks.add_parser("overhead", help="mpbench's timed loop vs a hand-written loop")
     ov.add_argument("--model", default="gpt2-tiny")
     ov.add_argument("--workload", default="train", choices=["train", "infer"])
-    ov.add_argument("--precision", default="fp32")
+    ov.add_argument("--precision", default="fp32", choices=["fp32"])
     ov.add_argument("--batch-size", type=int, default=8)
     ov.add_argument("--seq-len", type=int, default=64)
     ov.add_argument("--device", default="auto")
     ov.add_argument("--rounds", type=int, default=16)
     ov.add_argument("--steps", type=int, default=6)
     ov.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args(argv)
+    ov.set_defaults(handler=cmd_overhead)
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    """`mpbench selfcheck overhead`."""
     overhead(args)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -106,6 +106,12 @@ def _reset_vmhwm() -> bool:
         return False
 
 
+def vmhwm_available() -> bool:
+    """True where this process may reset its resident high-water mark (memory method 'vmhwm');
+    containers can refuse /proc/self/clear_refs, and the window then samples RSS instead."""
+    return _reset_vmhwm()
+
+
 def _malloc_trim() -> None:
     """Give freed heap pages back to the OS (glibc), so an earlier case's cached heap is not
     counted as "already resident" and hidden from the next case's peak."""
@@ -166,6 +172,11 @@ class Device:
     def is_cuda(self) -> bool:
         """True on a CUDA GPU."""
         return self.type == "cuda"
+
+    @property
+    def timing_method(self) -> str:
+        """How `step_timer` times steps here (recorded as a result's `timing.method`)."""
+        return "cuda-events" if self.is_cuda else "perf-counter"
 
     def compute_capability(self) -> tuple[int, int] | None:
         """(major, minor) on CUDA, None on CPU."""

@@ -55,7 +55,6 @@ def capture_env(
         },
         "git_commit": git_commit(Path(suite_source).parent) if suite_source else None,
         "argv": sys.argv,
-        "warnings": [],
     }
     return env
 

@@ -2,28 +2,37 @@
 sweep down (`--isolate none|model|case`).
 
 A worker is a spawned Python process that builds its own CaseRunner and answers one case at a
-time over a pipe. When it dies (a signal, a segfault, a CUDA error that poisons its context) the
-case is recorded as `crashed`; when it does not answer within the case timeout it is killed and
-the case is `timeout`. Either way the next case gets a fresh worker.
+time over a pipe, sending the case's progress phases before its result. When it dies (a signal, a
+segfault, a CUDA error that poisons its context) the case is recorded as `crashed`; when it does
+not answer within the case timeout it is killed and the case is `timeout`. Either way the next
+case gets a fresh worker.
+
+The runner is built by a factory, `default_runner_factory` unless the environment variable
+MPBENCH_RUNNER_FACTORY names another as `module:function` (it takes the suite and the device and
+returns a CaseRunner; the tests use it to inject crashes and hangs).
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.engine.device import Device, resolve_device
-from bench.engine.runner import CaseRunner
+from bench.engine.numerics.analyzer import NumericsAnalyzer
+from bench.engine.progress import PhaseCallback, Throttled, no_phase
+from bench.engine.runner import CaseRunner, now_utc
 from bench.engine.suite import Suite
+from bench.errors import MpbenchError
 from bench.results.schema import Case, CaseResult
 
 ISOLATION_MODES = ("none", "model", "case")
+RUNNER_FACTORY_ENV = "MPBENCH_RUNNER_FACTORY"
 
 # Substrings of errors after which a CUDA context cannot be trusted (CUDA docs: sticky errors).
 _POISONING_ERRORS = (
@@ -35,22 +44,30 @@ _POISONING_ERRORS = (
     "unspecified launch failure",
 )
 
-# Fault injection for the reliability tests: MPBENCH_TEST_FAULT="kill:<case id>" makes the
-# worker SIGKILL itself when that case starts, "hang:<case id>" makes it sleep forever.
-FAULT_ENV = "MPBENCH_TEST_FAULT"
-
 RunnerFactory = Callable[[Suite, Device], CaseRunner]
 
 
 def default_runner_factory(suite: Suite, device: Device) -> CaseRunner:
     """A CaseRunner with the numerics analysis wired in when the suite enables it."""
-    from bench.engine.numerics import NumericsAnalyzer
-
     runner = CaseRunner(suite, device)
     analyzer = NumericsAnalyzer(suite, device, pristine_model=runner.pristine_model)
     if analyzer.enabled:
         runner.numerics = analyzer.for_case
     return runner
+
+
+def runner_factory() -> RunnerFactory:
+    """The factory named by MPBENCH_RUNNER_FACTORY (`module:function`), else the default."""
+    ref = os.environ.get(RUNNER_FACTORY_ENV)
+    if not ref:
+        return default_runner_factory
+    module_name, _, name = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise MpbenchError(
+            f"{RUNNER_FACTORY_ENV}={ref!r}: cannot load it ({exc}); expected module:function"
+        ) from None
 
 
 def quiet_transformers() -> None:
@@ -66,29 +83,17 @@ def poisons_context(result: CaseResult) -> bool:
     return result.status == "error" and any(s in (result.reason or "") for s in _POISONING_ERRORS)
 
 
-def _inject_fault(case: Case) -> None:
-    fault = os.environ.get(FAULT_ENV, "")
-    kind, _, case_id = fault.partition(":")
-    if case_id != case.id:
-        return
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "hang":
-        while True:
-            time.sleep(60)
-
-
 class InProcessExecutor:
     """Runs cases in this process (`--isolate none`): fastest start, no protection from crashes."""
 
     def __init__(self, suite: Suite, device: Device, factory: RunnerFactory) -> None:
         quiet_transformers()
         self.runner = factory(suite, device)
+        self.startup_s: list[float] = []
 
-    def run(self, case: Case) -> CaseResult:
+    def run(self, case: Case, phase: PhaseCallback = no_phase) -> CaseResult:
         """Measure one case."""
-        _inject_fault(case)
-        return self.runner.run(case)
+        return self.runner.run(case, Throttled(phase))
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -139,17 +144,15 @@ def _worker_main(
     if memory_limit_bytes is not None:
         apply_memory_limit(device, memory_limit_bytes)
     conn.send(("ready", os.getpid()))
+    phase = Throttled(lambda name, step, total: conn.send(("phase", (name, step, total))))
     while True:
         message = conn.recv()
         if message is None:
             return
-        case = Case.from_dict(message)
-        _inject_fault(case)
-        result = runner.run(case)
+        result = runner.run(Case.from_dict(message), phase)
         if poisons_context(result):
-            result.status = "crashed"
-            result.reason = f"CUDA context poisoned, worker replaced: {result.reason}"
-            conn.send(("result", result))
+            reason = f"CUDA context poisoned, worker replaced: {result.reason}"
+            conn.send(("result", result.replace(status="crashed", reason=reason)))
             return
         conn.send(("result", result))
 
@@ -216,11 +219,23 @@ class WorkerExecutor:
         """The live worker's pid (None between workers)."""
         return self._proc.pid if self._proc is not None else None
 
-    def run(self, case: Case) -> CaseResult:
+    def _await_result(self, phase: PhaseCallback) -> CaseResult | None:
+        """Forward the case's phases until its result arrives; None when the timeout passes."""
+        deadline = None if self.case_timeout_s is None else time.monotonic() + self.case_timeout_s
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._conn.poll(wait):
+                return None
+            kind, payload = self._conn.recv()
+            if kind == "result":
+                return payload
+            phase(*payload)
+
+    def run(self, case: Case, phase: PhaseCallback = no_phase) -> CaseResult:
         """Measure one case in a worker; a dead or hung worker becomes a status, not an exception."""
         if self._proc is not None and (self._model != case.model or not self._proc.is_alive()):
             self._stop()
-        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started_at = now_utc()
         if self._proc is None:
             try:
                 self._start()
@@ -235,8 +250,8 @@ class WorkerExecutor:
         t0 = time.perf_counter()
         try:
             self._conn.send(case.to_dict())
-            if self._conn.poll(self.case_timeout_s):
-                kind, result = self._conn.recv()
+            result = self._await_result(phase)
+            if result is not None:
                 if self.per_case or result.status == "crashed":
                     self._stop()
                 return result
@@ -274,15 +289,19 @@ def _death_reason(exitcode: int | None) -> str:
     return f"worker exited with code {exitcode} during the case"
 
 
+Executor = InProcessExecutor | WorkerExecutor
+
+
 def make_executor(
     isolate: str,
     suite: Suite,
     device: Device,
     case_timeout_s: float | None = None,
     memory_limit_bytes: int | None = None,
-    factory: RunnerFactory = default_runner_factory,
-) -> InProcessExecutor | WorkerExecutor:
+    factory: RunnerFactory | None = None,
+) -> Executor:
     """The executor for an --isolate mode."""
+    factory = factory or runner_factory()
     if isolate == "none":
         return InProcessExecutor(suite, device, factory)
     return WorkerExecutor(

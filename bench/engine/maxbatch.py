@@ -9,16 +9,20 @@ crashes or times out counts as "does not fit" (the OOM killer ends CPU runs that
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.engine.device import Device
+from bench.engine.interrupts import ExecutionOptions, InterruptibleSweep
+from bench.engine.session import start_run_dir
 from bench.engine.suite import Suite, Timing
-from bench.results.schema import Case
+from bench.results.rundir import MAX_BATCH_FILE, write_json
+from bench.results.schema import Case, CaseResult
 
-MAX_BATCH_FILE = "max_batch.json"
-FAILED = ("oom", "crashed", "timeout")
+# Probe statuses that mean "this batch does not fit" (anything else but ok ends the search).
+DOES_NOT_FIT = ("oom", "crashed", "timeout")
 
 
 @dataclass
@@ -41,7 +45,7 @@ def probe_suite(suite: Suite) -> Suite:
     return replace(suite, timing=Timing(warmup=1, iterations=2), tables=tables)
 
 
-def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
+def find_max_batch(run_case: Callable[[Case], CaseResult], template: Case, cap: int) -> MaxBatch:
     """Double, then bisect; `run_case(case) -> CaseResult` runs one probe."""
     out = MaxBatch(
         template.model, template.workload, template.precision, template.seq_len, None, False
@@ -49,11 +53,12 @@ def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
 
     def fits(batch_size: int) -> bool | None:
         result = run_case(replace(template, batch_size=batch_size))
-        median = result.timing["median_s"] if result.timing else None
-        out.probes.append({"batch_size": batch_size, "status": result.status, "median_s": median})
+        out.probes.append(
+            {"batch_size": batch_size, "status": result.status, "median_s": result.median_s}
+        )
         if result.status == "ok":
             return True
-        if result.status in FAILED:
+        if result.status in DOES_NOT_FIT:
             return False
         out.reason = f"{result.status}: {result.reason}"
         return None  # skipped or error: no answer to find
@@ -81,29 +86,6 @@ def find_max_batch(run_case: Any, template: Case, cap: int) -> MaxBatch:
     return out
 
 
-def search_all(
-    suite: Suite,
-    device_name: str,
-    run_case: Any,
-    cap: int,
-    found: list[MaxBatch],
-    progress: Any = None,
-) -> list[MaxBatch]:
-    """One search per model x workload x precision x seq_len, appended to `found` as each ends
-    (so an interrupted search keeps the finished ones)."""
-    seen = set()
-    for case in suite.cases(device_name):
-        key = (case.model, case.workload, case.precision, case.seq_len)
-        if key in seen:
-            continue
-        seen.add(key)
-        result = find_max_batch(run_case, case, cap)
-        found.append(result)
-        if progress is not None:
-            progress(result)
-    return found
-
-
 def with_ratios(found: list[MaxBatch]) -> list[dict[str, Any]]:
     """Rows for max_batch.json: each result plus its ratio to fp32's max batch."""
     fp32 = {
@@ -117,8 +99,39 @@ def with_ratios(found: list[MaxBatch]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_max_batch(out: Path, found: list[MaxBatch], cap: int) -> Path:
-    """Write max_batch.json into the run directory."""
+@dataclass
+class MaxBatchOutcome:
+    """What a search did: exit code (0, or 130/143 after an interrupt), results, file."""
+
+    exit_code: int
+    rows: list[dict[str, Any]]
+    path: Path
+
+
+def search_max_batch(
+    suite: Suite,
+    device: Device,
+    out: Path,
+    execution: ExecutionOptions,
+    cap: int,
+    on_found: Callable[[MaxBatch], None] | None = None,
+) -> MaxBatchOutcome:
+    """One search per model x workload x precision x seq_len, written to out/max_batch.json.
+    `on_found` sees each search as it ends; an interrupt keeps the finished ones."""
+    start_run_dir(suite, device, out, execution.isolate)
+    probes = probe_suite(suite)
+    found: list[MaxBatch] = []
+    with InterruptibleSweep(probes, device, execution) as sweep:
+        seen = set()
+        for case in probes.cases(device.name):
+            key = (case.model, case.workload, case.precision, case.seq_len)
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append(find_max_batch(sweep.executor.run, case, cap))
+            if on_found is not None:
+                on_found(found[-1])
+    rows = with_ratios(found)
     path = out / MAX_BATCH_FILE
-    path.write_text(json.dumps({"cap": cap, "results": with_ratios(found)}, indent=2) + "\n")
-    return path
+    write_json(path, {"cap": cap, "finished": sweep.exit_code == 0, "results": rows})
+    return MaxBatchOutcome(sweep.exit_code, rows, path)

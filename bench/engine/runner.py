@@ -3,7 +3,8 @@
 For each case: skip with a reason if the device cannot run the precision; otherwise, inside the
 precision's global-state guard and a peak-memory window, copy the model's pristine fp32 weights,
 prepare them for the precision, build inputs once on the device, run warm-up steps, then time
-each of N steps and keep every per-step time.
+each of N steps and keep every per-step time. `CaseRunner.run` is the one timed loop: `mpbench
+run`, `--find-max-batch` and the pytest plugin all measure through it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from bench.engine import workloads
 from bench.engine.device import Device
 from bench.engine.models import ModelSpec, count_parameters
 from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.suite import Suite
-from bench.results.samples import summarize_seconds
-from bench.results.schema import Case, CaseResult
+from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
+
+# numerics(case, phase) -> the case's numerics dict (bench.engine.numerics), or None
+NumericsHook = Callable[[Case, PhaseCallback], "dict[str, Any] | None"]
 
 
 @dataclass
@@ -46,13 +50,16 @@ def measure_steps(
     iterations: int,
     device: Device,
     after_warmup: Callable[[], None] | None = None,
+    phase: PhaseCallback = no_phase,
 ) -> tuple[list[float], list[Any]]:
     """Run `warmup` untimed steps, then time `iterations` steps one by one.
 
     Returns the per-step seconds and what each timed step returned (losses stay on the device as
-    tensors: reading them here would add a host sync per step, METHODS rule 2).
+    tensors: reading them here would add a host sync per step, METHODS rule 2). Progress is
+    reported between steps, outside the timer.
     """
-    for _ in range(warmup):
+    for i in range(warmup):
+        phase("warm-up", i + 1, warmup)
         step()
     device.synchronize()
     if after_warmup is not None:
@@ -64,6 +71,7 @@ def measure_steps(
         out = step()
         timer.stop(i)
         outputs.append(out)
+        phase("timed", i + 1, iterations)
     return timer.elapsed_s(), outputs
 
 
@@ -74,18 +82,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+def first_line(message: str, limit: int = 500) -> str:
+    """The first line of an error message, at most `limit` characters."""
+    line = message.splitlines()[0] if message else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def now_utc() -> str:
+    """The current time, ISO 8601 in UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class CaseRunner:
     """Runs cases of one suite on one device; keeps each model's pristine fp32 weights."""
 
-    def __init__(
-        self,
-        suite: Suite,
-        device: Device,
-        numerics: Callable[[Case], dict[str, Any] | None] | None = None,
-    ) -> None:
+    def __init__(self, suite: Suite, device: Device, numerics: NumericsHook | None = None) -> None:
         self.suite = suite
         self.device = device
-        # Divergence vs fp32 for a case (bench.engine.numerics); runs after timing, outside its window.
+        # Divergence vs fp32 for a case (bench.engine.numerics); runs after timing, outside its
+        # memory window.
         self.numerics = numerics
         self._pristine: tuple[str, torch.nn.Module] | None = None
 
@@ -113,7 +128,7 @@ class CaseRunner:
 
     @contextmanager
     def prepare(self, case: Case) -> Iterator[PreparedCase]:
-        """Build the case's model, optimizer and inputs on the device; free them on exit."""
+        """Build the case's model, optimizer and inputs on the device."""
         spec = self.suite.model(case.model)
         mode = PRECISION_MODES[case.precision]
         torch_device = self.device.torch_device
@@ -144,9 +159,13 @@ class CaseRunner:
             )
         yield PreparedCase(case, mode, model, step, scaler, count_parameters(model))
 
-    def run(self, case: Case) -> CaseResult:
+    def tokens_per_sample(self, case: Case) -> int:
+        """Tokens a step produces per sample: new tokens for generate, the sequence otherwise."""
+        return self.suite.sweep.generate_new_tokens if case.workload == "generate" else case.seq_len
+
+    def run(self, case: Case, phase: PhaseCallback = no_phase) -> CaseResult:
         """Measure one case; never raises for a failure inside the case (it becomes a status)."""
-        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started_at = now_utc()
         t0 = time.perf_counter()
         reason = self.skip_reason(case)
         if reason is not None:
@@ -154,6 +173,7 @@ class CaseRunner:
         mode = PRECISION_MODES[case.precision]
         timing = self.suite.timing
         try:
+            phase("building", None, None)
             # Built (once per model) outside the window: it is not this case's memory.
             self.pristine_model(self.suite.model(case.model))
             with mode.global_state(self.device), self.device.memory_window() as memory:
@@ -163,7 +183,12 @@ class CaseRunner:
                     if prepared.scaler is not None:
                         after_warmup = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
                     step_s, outputs = measure_steps(
-                        prepared.step, timing.warmup, timing.iterations, self.device, after_warmup
+                        prepared.step,
+                        timing.warmup,
+                        timing.iterations,
+                        self.device,
+                        after_warmup,
+                        phase,
                     )
                     details = {**mode.describe(), "parameters": prepared.parameters}
                     if prepared.scaler is not None:
@@ -172,33 +197,25 @@ class CaseRunner:
                     del outputs
         except Exception as exc:  # one case's failure must not end the sweep
             status = "oom" if is_out_of_memory(exc) else "error"
-            message = _first_line(f"{type(exc).__name__}: {exc}".strip())
+            message = first_line(f"{type(exc).__name__}: {exc}".strip())
             failed = CaseResult(case, status, message, started_at=started_at)
         else:
             failed = None
         # Freed here, after the except block has dropped the traceback that pins the tensors.
         self.device.free_memory()
         if failed is not None:
-            failed.wall_s = time.perf_counter() - t0
-            return failed
-        stats = summarize_seconds(step_s)
-        numerics = self.numerics(case) if self.numerics is not None else None
+            return failed.replace(wall_s=time.perf_counter() - t0)
+        timed = Timing.from_samples(step_s, timing.warmup, self.device.timing_method)
+        numerics = self.numerics(case, phase) if self.numerics is not None else None
         return CaseResult(
             case,
             "ok",
-            timing={
-                "warmup": timing.warmup,
-                "iterations": timing.iterations,
-                "step_s": step_s,
-                **stats,
-            },
-            throughput=_throughput(case, stats["median_s"], self.suite.sweep.generate_new_tokens),
-            memory={
-                "peak_bytes": memory.peak_bytes,
-                "reserved_bytes": memory.reserved_bytes,
-                "method": memory.method,
-            },
-            losses=losses,
+            timing=timed,
+            throughput=Throughput.from_median(
+                case.batch_size, self.tokens_per_sample(case), timed.median_s
+            ),
+            memory=Memory(memory.peak_bytes, memory.reserved_bytes, memory.method),
+            losses=tuple(losses) if losses is not None else None,
             numerics=numerics,
             details=details,
             started_at=started_at,
@@ -238,39 +255,3 @@ def _scaler_details(scale_after_warmup: float, final_scale: float) -> dict[str, 
 def _losses(outputs: list[Any]) -> list[float]:
     """Per-step losses read once, after the timed loop (one host sync)."""
     return torch.stack([o.float() for o in outputs]).cpu().tolist()
-
-
-def _throughput(case: Case, median_s: float, new_tokens: int) -> dict[str, float]:
-    """samples/s and tokens/s from the median step (METHODS rule 5); generate counts new tokens."""
-    tokens_per_sample = new_tokens if case.workload == "generate" else case.seq_len
-    return {
-        "samples_per_s": case.batch_size / median_s,
-        "tokens_per_s": case.batch_size * tokens_per_sample / median_s,
-    }
-
-
-def _first_line(message: str, limit: int = 500) -> str:
-    line = message.splitlines()[0] if message else "unknown error"
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-ProgressCallback = Callable[[Case, CaseResult | None], None]
-
-
-def run_cases(
-    runner: CaseRunner,
-    cases: list[Case],
-    on_result: Callable[[CaseResult], None],
-    progress: ProgressCallback | None = None,
-) -> list[CaseResult]:
-    """Run cases in order; `on_result` (the results writer) sees each result as it finishes."""
-    results = []
-    for case in cases:
-        if progress is not None:
-            progress(case, None)
-        result = runner.run(case)
-        on_result(result)
-        results.append(result)
-        if progress is not None:
-            progress(case, result)
-    return results

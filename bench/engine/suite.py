@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine.models import ModelSpec, resolve_model
+from bench.engine.numerics.config import validate_table as validate_numerics_table
 from bench.engine.precision import PRECISION_MODES
 from bench.engine.workloads import WORKLOADS
 from bench.errors import MpbenchError, SuiteError
@@ -132,7 +133,7 @@ class Suite:
 # ---------------------------------------------------------------------------------------------
 
 _TABLES: dict[str, type] = {"suite": SuiteInfo, "sweep": Sweep, "timing": Timing}
-# Tables whose keys are validated by the feature that owns them (numerics, check).
+# Tables whose keys are validated by the feature that owns them (numerics here, check by the CLI).
 _FREE_TABLES = ("numerics", "check")
 
 
@@ -229,18 +230,29 @@ def _resolve_data(data: str, source: str, base_dir: Path | None, override: str |
         path = base_dir / path
     if not _is_file(path):
         raise SuiteError(f"{where}: text file {str(path)!r} does not exist")
+    # Checked here, before anything runs: an empty file would otherwise cost a whole sweep and
+    # leave a numerics error in every case.
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError as exc:
+        raise SuiteError(
+            f"{where}: text file {str(path)!r} cannot be read ({exc.strerror})"
+        ) from None
+    if not head.strip():
+        what = "is empty" if not head else "holds only whitespace"
+        raise SuiteError(
+            f'{where}: text file {str(path)!r} {what}; give a file with text in it, or use "random"'
+        )
     return f"text:{path.resolve()}"
 
 
 def _validate_feature_tables(tables: dict[str, dict[str, Any]], source: str) -> None:
-    """[numerics] and [check] belong to the features that read them: each validates its own."""
-    from importlib import import_module
-
-    for table, values in tables.items():
-        module = import_module(
-            {"numerics": "bench.engine.numerics", "check": "bench.analysis.check"}[table]
-        )
-        module.validate_table(values, source)
+    """[numerics] belongs to the numerics passes, which validate it here. [check] belongs to the
+    CI gate (bench.analysis.check), which the CLI asks to validate it before a run starts: the
+    engine never reads it."""
+    if "numerics" in tables:
+        validate_numerics_table(tables["numerics"], source)
 
 
 def _reject_unknown(doc: dict[str, Any], allowed: list[str], source: str, prefix: str) -> None:

@@ -1,12 +1,15 @@
 """pytest-benchmark integration: `pytest --mpbench-suite suites/ci.toml` runs a suite as tests.
 
-Every case of the suite becomes one test, `<suite file>::case[<case id>]`, timed with
-`benchmark.pedantic` (the suite's [timing] gives the warm-up and timed rounds) and a timer that
-synchronizes the device before reading the clock, so queued GPU work is inside the round that
-launched it. Throughput, peak memory and numerics go to `benchmark.extra_info`; the device
-identity (stable fields only) goes to machine_info. Cases the device cannot run are skipped
-with the reason. So pytest-benchmark's own --benchmark-autosave, --benchmark-compare and
---benchmark-compare-fail work as usual, and `mpbench compare` reads the JSON files.
+Every case of the suite becomes one test, `<suite file>::case[<case id>]`, measured by the
+engine's own timed loop (`CaseRunner.run`, exactly as `mpbench run --isolate none` measures it:
+the same memory window, CUDA events on a GPU, the same warm-up and GradScaler bookkeeping). Its
+per-step times are then replayed into pytest-benchmark through `benchmark.pedantic` with a
+replay timer, so pytest-benchmark's statistics are mpbench's numbers, not a second measurement.
+The whole CaseResult goes to `benchmark.extra_info["mpbench_result"]` (bench.results reads it
+back); the device identity (stable fields only) goes to machine_info. Cases the device cannot
+run are skipped with the reason; a case that runs out of memory or fails is a failed test. So
+pytest-benchmark's own --benchmark-autosave, --benchmark-compare and --benchmark-compare-fail
+work as usual, and `mpbench compare` reads the JSON files.
 
 Options: --mpbench-suite SUITE, --mpbench-device (default auto), --mpbench-storage-per-device
 (appends the device slug to --benchmark-storage, so each GPU model compares with its own runs).
@@ -17,9 +20,7 @@ The plugin is loaded in every pytest session of anyone who installs mpbench: wit
 
 from __future__ import annotations
 
-import time
 import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ import pytest
 
 STATE_KEY = "_mpbench_state"
 TEST_NAME = "case"
-EXTRA_INFO_CASE_KEYS = ("model", "family", "workload", "precision", "batch_size", "seq_len")
 # GPU fields that identify the model and its software; clocks, temperature and UUIDs vary between
 # identical runs and would make pytest-benchmark warn that machine_info differs every time.
 STABLE_GPU_FIELDS = ("name", "compute_capability", "memory_total_bytes", "driver", "cuda")
@@ -90,15 +90,34 @@ def storage_per_device(storage: str, slug: str) -> str:
     return storage.rstrip("/") + "/" + slug
 
 
-def synchronizing_timer(synchronize: Callable[[], None]) -> Callable[[], float]:
-    """A pytest-benchmark timer that waits for the device before reading perf_counter."""
+class ReplayClock:
+    """A pytest-benchmark timer that replays step times measured by the engine.
 
-    def timer() -> float:
-        synchronize()
-        return time.perf_counter()
+    pytest-benchmark times a round as timer() after the round minus timer() before it. Here the
+    round only sets the clock to the next measured step time, and every read returns the clock
+    and resets it to 0: the read before a round gives 0, the read after it the step time, so each
+    round's duration is exactly one of the engine's per-step times (CUDA events on a GPU). One
+    measurement, recorded twice; never two measurements that could drift apart.
+    """
 
-    timer.__name__ = "mpbench_synchronizing_timer"
-    return timer
+    __name__ = "ReplayClock"  # pytest-benchmark records the timer by name
+
+    def __init__(self) -> None:
+        self._pending: list[float] = []
+        self._now = 0.0
+
+    def load(self, step_s: list[float] | tuple[float, ...]) -> None:
+        """The step times the next rounds replay, in order."""
+        self._pending = list(step_s)
+        self._now = 0.0
+
+    def advance(self) -> None:
+        """One round: the clock moves to the next measured step time."""
+        self._now = self._pending.pop(0)
+
+    def __call__(self) -> float:
+        value, self._now = self._now, 0.0
+        return value
 
 
 class SuiteModule(pytest.Module):
@@ -121,14 +140,15 @@ class SuiteSession:
     """The suite, device and runner of a --mpbench-suite session, and its pytest hooks."""
 
     def __init__(self, suite: Any, suite_path: Path, device: Any) -> None:
-        from bench.analysis.compare import DeviceIdentity
         from bench.engine.env import capture_env
+        from bench.results.identity import DeviceIdentity
 
         self.suite = suite
         self.suite_path = suite_path
         self.device = device
         self.cases = {case.id: case for case in suite.cases(device.name)}
         self._runner: Any = None
+        self.clock = ReplayClock()
         env = capture_env(device, suite.name, str(suite_path))
         self.machine_info = stable_machine_info(env)
         self.slug = DeviceIdentity.from_env(env).slug
@@ -163,7 +183,7 @@ class SuiteSession:
         from bench.engine.runner import CaseRunner
 
         checker = CaseRunner(self.suite, self.device)  # skip_reason builds nothing
-        timer = synchronizing_timer(self.device.synchronize)
+        timer = self.clock
         out = []
         for case_id, case in self.cases.items():
             group = f"{case.model}/{case.workload}/bs{case.batch_size}/seq{case.seq_len}"
@@ -190,40 +210,19 @@ class SuiteSession:
     # -- running ---------------------------------------------------------------------------
 
     def run_case(self, benchmark: Any, case_id: str) -> None:
-        """Time one case with benchmark.pedantic inside the precision's state and a memory
-        window, as CaseRunner.run does; then record throughput, memory and numerics."""
-        from bench.engine.precision import PRECISION_MODES
-        from bench.engine.runner import is_out_of_memory
-
+        """Measure one case with the engine's runner, then hand its step times to
+        pytest-benchmark and its result to extra_info."""
         case = self.cases[case_id]
-        mode = PRECISION_MODES[case.precision]
-        timing = self.suite.timing
-        runner = self.runner
-        try:
-            with mode.global_state(self.device), self.device.memory_window() as memory:
-                with runner.prepare(case) as prepared:
-                    self.device.synchronize()
-                    benchmark.pedantic(
-                        prepared.step,
-                        rounds=timing.iterations,
-                        warmup_rounds=timing.warmup,
-                        iterations=1,
-                    )
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                pytest.fail(f"oom: {type(exc).__name__}: {str(exc)[:300]}", pytrace=False)
-            raise
-        finally:
-            self.device.free_memory()
-        numerics = runner.numerics(case) if runner.numerics is not None else None
-        median_s = benchmark.stats.stats.median if benchmark.stats is not None else None
-        benchmark.extra_info.update(
-            case_extra_info(case, median_s, memory, numerics, timing.warmup, self.tokens(case))
+        result = self.runner.run(case)
+        if result.status == "skipped":
+            pytest.skip(result.reason)
+        if not result.ok:
+            pytest.fail(f"{result.status}: {result.reason}", pytrace=False)
+        self.clock.load(result.step_s)
+        benchmark.pedantic(
+            self.clock.advance, rounds=len(result.step_s), iterations=1, warmup_rounds=0
         )
-
-    def tokens(self, case: Any) -> int:
-        """Tokens per sample of a step: new tokens for generate, the sequence otherwise."""
-        return self.suite.sweep.generate_new_tokens if case.workload == "generate" else case.seq_len
+        benchmark.extra_info.update(case_extra_info(result))
 
     # -- pytest-benchmark ------------------------------------------------------------------
 
@@ -239,13 +238,10 @@ class SuiteSession:
 
 def make_runner(suite: Any, device: Any) -> Any:
     """The engine's runner, with the numerics pass wired in as `mpbench run` does."""
-    try:
-        from bench.engine.executors import default_runner_factory
-    except ImportError:  # an engine without bench.engine.executors: timing and memory only
-        from bench.engine.runner import CaseRunner
+    from bench.engine.executors import quiet_transformers, runner_factory
 
-        return CaseRunner(suite, device)
-    return default_runner_factory(suite, device)
+    quiet_transformers()
+    return runner_factory()(suite, device)
 
 
 def stable_machine_info(env: dict[str, Any]) -> dict[str, Any]:
@@ -266,26 +262,16 @@ def stable_machine_info(env: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def case_extra_info(
-    case: Any,
-    median_s: float | None,
-    memory: Any,
-    numerics: dict[str, Any] | None,
-    warmup: int,
-    tokens_per_sample: int,
-) -> dict[str, Any]:
-    """What goes to benchmark.extra_info: the case fields, throughput, memory, numerics."""
-    info: dict[str, Any] = {"case_id": case.id, "device": case.device}
-    info.update({k: getattr(case, k) for k in EXTRA_INFO_CASE_KEYS})
-    info["warmup"] = warmup
-    info["tokens_per_sample"] = tokens_per_sample
-    if median_s:
-        info["samples_per_s"] = case.batch_size / median_s
-        info["tokens_per_s"] = case.batch_size * tokens_per_sample / median_s
-    info["peak_bytes"] = memory.peak_bytes
-    info["reserved_bytes"] = memory.reserved_bytes
-    info["memory_method"] = memory.method
-    info["numerics"] = numerics
-    if isinstance(numerics, dict) and "verdict" in numerics:
-        info["numerics_verdict"] = numerics["verdict"]
+def case_extra_info(result: Any) -> dict[str, Any]:
+    """What goes to benchmark.extra_info: the whole result (bench.results.pytest_benchmark reads
+    it back), plus a few flat fields for pytest-benchmark's own tables and --columns."""
+    from bench.results.pytest_benchmark import RESULT_KEY
+
+    info: dict[str, Any] = {
+        "case_id": result.case.id,
+        "samples_per_s": result.samples_per_s,
+        "peak_bytes": result.peak_bytes,
+        "numerics_verdict": result.verdict,
+    }
+    info[RESULT_KEY] = result.to_dict()
     return info

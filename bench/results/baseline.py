@@ -3,7 +3,8 @@
 A baseline file is a run frozen for the CI gate: env.json (the device identity: GPU name, compute
 capability, driver, CUDA, torch), the resolved suite (for its [check] table) and every case result
 with its per-step samples. Bulky per-step curves that check never reads (training losses, numerics
-arrays) are dropped so the files stay small enough to commit.
+arrays) are dropped so the files stay small enough to commit. Format 1; each result inside is a
+results.jsonl object, read through `CaseResult.from_dict` (and upgraded like any other).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.compare import DeviceIdentity
 from bench.errors import ResultsError
-from bench.results.schema import RESULTS_FILE, Run, read_json_file
+from bench.results.identity import DeviceIdentity
+from bench.results.rundir import RESULTS_FILE, Run, write_text_atomic
+from bench.results.schema import CaseResult
 
 BASELINE_FORMAT = 1
 BASELINE_KEY = "mpbench_baseline"  # marks a baseline file (its value is the format version)
@@ -28,29 +30,30 @@ def is_baseline_document(data: Any) -> bool:
     return isinstance(data, dict) and BASELINE_KEY in data
 
 
-def _slim_result(result: dict[str, Any]) -> dict[str, Any]:
+def _slim(result: CaseResult) -> dict[str, Any]:
     """A result without what check never reads: losses and the non-scalar parts of numerics."""
-    slim = {k: v for k, v in result.items() if k != "losses"}
-    numerics = result.get("numerics")
-    if isinstance(numerics, dict):
-        slim["numerics"] = {
-            k: v for k, v in numerics.items() if v is None or isinstance(v, (str, int, float))
+    data = result.to_dict()
+    data["losses"] = None
+    if isinstance(result.numerics, dict):
+        data["numerics"] = {
+            k: v
+            for k, v in result.numerics.items()
+            if v is None or isinstance(v, (str, int, float))
         }
-    return slim
+    return data
 
 
 def baseline_document(run: Run) -> dict[str, Any]:
     """The JSON object stored for a run."""
-    identity = DeviceIdentity.from_env(run.env)
     return {
         BASELINE_KEY: BASELINE_FORMAT,
-        "device_slug": identity.slug,
-        "device": identity.label,
+        "device_slug": run.identity.slug,
+        "device": run.identity.label,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": str(run.path),
         "env": run.env,
         "suite_text": run.suite_text,
-        "results": [_slim_result(r) for r in run.by_id().values()],
+        "results": [_slim(r) for r in run.latest()],
     }
 
 
@@ -60,20 +63,20 @@ def baseline_path(directory: str | os.PathLike[str], env: dict[str, Any]) -> Pat
 
 
 def save_baseline(run: Run, directory: str | os.PathLike[str] = DEFAULT_DIR) -> Path:
-    """Write the run as the baseline for its device; returns the file written (replaced if any)."""
-    identity = DeviceIdentity.from_env(run.env)
-    if not identity.known:
+    """Write the run as the baseline for its device; returns the file (replaced if it existed)."""
+    if not run.identity.known:
         raise ResultsError(
             f"{run.path}: no env.json, so the device is unknown; a baseline must record it"
         )
-    if not any(r.get("status") == "ok" for r in run.results):
+    if not any(r.ok for r in run.results):
         raise ResultsError(f"{run.path}: no successful case; nothing to use as a baseline")
     path = baseline_path(directory, run.env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(baseline_document(run), indent=1, allow_nan=True) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a baseline
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"--to {directory}: cannot create it ({exc.strerror or exc})") from None
+    # Written whole or not at all: a reader never sees half a baseline.
+    write_text_atomic(path, json.dumps(baseline_document(run), indent=1, allow_nan=True) + "\n")
     return path
 
 
@@ -88,27 +91,9 @@ def run_from_baseline(data: dict[str, Any], path: Path) -> Run:
     env = data.get("env")
     if not isinstance(results, list) or not isinstance(env, dict):
         raise ResultsError(f"{path}: not a valid baseline file (no results list or env object)")
-    clean = [
-        r
-        for r in results
-        if isinstance(r, dict) and isinstance(r.get("case"), dict) and "id" in r["case"]
-    ]
-    problems = (
-        [f"{path}: {len(results) - len(clean)} malformed result(s) skipped"]
-        if len(clean) < len(results)
-        else []
-    )
+    typed = [CaseResult.from_dict(r, f"{path}: results[{i}]") for i, r in enumerate(results)]
     suite_text = data.get("suite_text") if isinstance(data.get("suite_text"), str) else None
-    return Run(path=path.parent, env=env, results=clean, warnings=problems, suite_text=suite_text)
-
-
-def load_baseline(path: str | os.PathLike[str]) -> Run:
-    """Read a baseline file."""
-    p = Path(path)
-    data = read_json_file(p, "baseline")
-    if not is_baseline_document(data):
-        raise ResultsError(f"{p}: not an mpbench baseline file")
-    return run_from_baseline(data, p)
+    return Run(path.parent, env, typed, [], suite_text, source="baseline")
 
 
 def is_baseline_dir(path: str | os.PathLike[str]) -> bool:

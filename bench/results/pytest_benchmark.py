@@ -1,26 +1,32 @@
 """Read a pytest-benchmark JSON file (--benchmark-json, or a --benchmark-autosave file) as a Run.
 
-Each benchmark becomes one case result. Benchmarks written by mpbench's pytest plugin carry the
-case fields, throughput inputs, memory and numerics in `extra_info` and the device identity in
-`machine_info["mpbench"]`; any other pytest-benchmark file still loads, with the test's full name
-as the case id, so `mpbench compare` works on plain pytest-benchmark results too. The per-round
-samples (`stats.data`) are there with --benchmark-json, or --benchmark-save-data for saved runs;
-without them only the summary statistics are known and significance cannot be tested.
+Each benchmark becomes one CaseResult, through `CaseResult.from_dict` like every other input:
+  * written by mpbench's pytest plugin: `extra_info["mpbench_result"]` is the case's whole result,
+    exactly as `mpbench run` would write it (the plugin replays the engine's step times into
+    pytest-benchmark, so its statistics are the same numbers);
+  * written by mpbench 0.1's plugin (case fields in `extra_info`, no `mpbench_result`): read from
+    those fields, timing method "pytest-benchmark";
+  * any other pytest-benchmark file: the test's full name is the case id and the timing method is
+    "pytest-benchmark", so `mpbench compare` works on plain pytest-benchmark results too.
+The per-round samples (`stats.data`) are there with --benchmark-json, or --benchmark-save-data
+for saved runs; without them only the summary statistics are known and significance cannot be
+tested. The device identity is in `machine_info["mpbench"]` (mpbench's plugin) or guessed from
+pytest-benchmark's own machine_info.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from bench.errors import ResultsError
-from bench.results.samples import quantile
-from bench.results.schema import SCHEMA_VERSION, Run, read_json_file
+from bench.results.rundir import Run
+from bench.results.schema import SCHEMA_VERSION, CaseResult, Throughput
 
-# extra_info keys that hold the case fields (written by bench.integrations.pytest_plugin.case_extra_info).
-CASE_KEYS = ("model", "family", "workload", "precision", "batch_size", "seq_len", "device")
-MACHINE_INFO_KEY = "mpbench"
+RESULT_KEY = "mpbench_result"  # extra_info key holding the whole CaseResult (plugin)
+MACHINE_INFO_KEY = "mpbench"  # machine_info key holding the device identity (plugin)
+# extra_info keys of the case fields, as mpbench 0.1's plugin wrote them.
+LEGACY_CASE_KEYS = ("model", "family", "workload", "precision", "batch_size", "seq_len", "device")
 
 
 def _number(value: Any) -> float | None:
@@ -29,23 +35,24 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _case(bench: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The case object: from extra_info when mpbench wrote it, else named by the test."""
+def _legacy_case(bench: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The case object: from extra_info when mpbench 0.1 wrote it, else named by the test."""
     case_id = extra.get("case_id")
     if isinstance(case_id, str) and case_id:
-        return {"id": case_id, **{k: extra.get(k) for k in CASE_KEYS}}
+        return {"id": case_id, **{k: extra.get(k) for k in LEGACY_CASE_KEYS}}
     name = str(bench.get("fullname") or bench.get("name") or "benchmark")
     return {
-        "id": name,
+        "label": name,
         "model": str(bench.get("name") or name).split("[")[0],
-        **{k: None for k in CASE_KEYS if k != "model"},
+        "workload": "benchmark",
+        "precision": "unknown",
     }
 
 
-def _timing(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The timing block: per-round samples when saved, the summary statistics always."""
+def _legacy_timing(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The timing object from pytest-benchmark's statistics (and samples, when saved)."""
     data = [float(v) for v in stats.get("data") or [] if _number(v) is not None]
-    timing: dict[str, Any] = {
+    return {
         "warmup": extra.get("warmup"),
         "iterations": stats.get("rounds"),
         "step_s": data,
@@ -55,33 +62,18 @@ def _timing(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         "iqr_s": _number(stats.get("iqr")),
         "min_s": _number(stats.get("min")),
         "max_s": _number(stats.get("max")),
+        "method": "pytest-benchmark",
     }
-    if data:
-        ordered = sorted(data)
-        timing["p10_s"] = quantile(ordered, 0.10)
-        timing["p90_s"] = quantile(ordered, 0.90)
-    return timing
 
 
-def _throughput(case: dict[str, Any], median_s: float | None, extra: dict[str, Any]) -> dict:
-    """samples/s and tokens/s from the median round (as the engine does), else as recorded."""
-    batch = _number(case.get("batch_size"))
-    per_sample = _number(extra.get("tokens_per_sample"))
-    if batch and median_s:
-        out = {"samples_per_s": batch / median_s}
-        if per_sample:
-            out["tokens_per_s"] = batch * per_sample / median_s
-        return out
-    recorded = {k: extra.get(k) for k in ("samples_per_s", "tokens_per_s")}
-    return {k: v for k, v in recorded.items() if _number(v) is not None}
-
-
-def result_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
-    """One benchmark entry as a results.jsonl object."""
+def result_from_benchmark(bench: dict[str, Any], where: str) -> CaseResult:
+    """One benchmark entry as a CaseResult."""
     extra = bench.get("extra_info") if isinstance(bench.get("extra_info"), dict) else {}
+    if isinstance(extra.get(RESULT_KEY), dict):
+        return CaseResult.from_dict(extra[RESULT_KEY], where)
     stats = bench.get("stats") if isinstance(bench.get("stats"), dict) else {}
-    case = _case(bench, extra)
-    timing = _timing(stats, extra)
+    case = _legacy_case(bench, extra)
+    timing = _legacy_timing(stats, extra)
     memory = None
     if _number(extra.get("peak_bytes")) is not None:
         memory = {
@@ -89,21 +81,24 @@ def result_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
             "reserved_bytes": extra.get("reserved_bytes"),
             "method": extra.get("memory_method"),
         }
+    throughput = None
+    batch, median = _number(case.get("batch_size")), timing["median_s"]
+    if batch and median:
+        throughput = Throughput.from_median(
+            int(batch), extra.get("tokens_per_sample"), median
+        ).to_dict()
     numerics = extra.get("numerics") if isinstance(extra.get("numerics"), dict) else None
-    return {
+    data = {
         "schema": SCHEMA_VERSION,
         "case": case,
         "status": "ok",  # pytest-benchmark keeps only benchmarks that completed
-        "reason": None,
         "timing": timing,
-        "throughput": _throughput(case, timing["median_s"], extra) or None,
+        "throughput": throughput,
         "memory": memory,
-        "losses": None,
         "numerics": numerics,
         "details": {"pytest_benchmark": {"name": bench.get("name"), "group": bench.get("group")}},
-        "started_at": None,
-        "wall_s": None,
     }
+    return CaseResult.from_dict(data, where)
 
 
 def env_from_machine_info(machine_info: Any, when: Any = None) -> dict[str, Any]:
@@ -135,25 +130,19 @@ def env_from_machine_info(machine_info: Any, when: Any = None) -> dict[str, Any]
     }
 
 
-def load_pytest_benchmark(path: str | os.PathLike[str]) -> Run:
-    """Load a pytest-benchmark JSON file as a Run (an mpbench baseline file is accepted too)."""
-    p = Path(path)
-    data = read_json_file(p, "file")
-    from bench.results.baseline import is_baseline_document, run_from_baseline
+def is_pytest_benchmark_document(data: Any) -> bool:
+    """True for the parsed JSON of a pytest-benchmark file."""
+    return isinstance(data, dict) and isinstance(data.get("benchmarks"), list)
 
-    if is_baseline_document(data):
-        return run_from_baseline(data, p)
-    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
-        raise ResultsError(
-            f"{p}: not a pytest-benchmark JSON file (no 'benchmarks' list) or mpbench baseline"
-        )
-    results, problems = [], []
+
+def run_from_pytest_benchmark(data: dict[str, Any], path: Path) -> Run:
+    """A Run from a parsed pytest-benchmark document."""
+    results = []
     for i, bench in enumerate(data["benchmarks"]):
+        where = f"{path}: benchmarks[{i}]"
         if not isinstance(bench, dict):
-            problems.append(f"{p}: benchmarks[{i}] is not an object; skipped")
-            continue
-        results.append(result_from_benchmark(bench))
+            raise ResultsError(f"{where}: not an object")
+        results.append(result_from_benchmark(bench, where))
     env = env_from_machine_info(data.get("machine_info"), data.get("datetime"))
-    # Like a bare results.jsonl, the file's directory stands for the run directory (the report
-    # writes index.html there).
-    return Run(path=p.parent, env=env, results=results, warnings=problems, suite_text=None)
+    # Like a bare results.jsonl, the file's directory stands for the run directory.
+    return Run(path.parent, env, results, [], None, source="pytest-benchmark")

@@ -1,207 +1,524 @@
-"""The results contract: `Case`, `CaseResult`, and reading/writing a run directory.
+"""The results contract: `Case`, `CaseResult` and its typed parts, one JSON object per line of
+results.jsonl (README, "Results format").
 
-A run directory holds:
-  env.json        the environment, captured once per run (bench.engine.env)
-  suite.toml      the resolved suite as run
-  results.jsonl   one JSON object per case (CaseResult.to_dict), appended and fsynced as each finishes
+`CaseResult.from_dict` is the only way a results line, a baseline entry or a pytest-benchmark
+entry becomes a result: it checks the schema version, the status and the fields that status
+requires, and upgrades lines that an older mpbench wrote. Everything downstream (analysis, views,
+compare, check, resume) works on these typed objects, never on raw dicts.
 
-Every later stage (report, compare, check) reads these files only, so nothing needs re-running.
-The schema is documented in README.md ("Results format"); bump SCHEMA_VERSION on breaking changes.
+Schema history (bump SCHEMA_VERSION on any change a reader must know about):
+  1  first release.
+  2  `timing.method`: how the steps were timed ("cuda-events", "perf-counter", or
+     "pytest-benchmark" for plain pytest-benchmark files); check refuses to judge timings taken
+     by different methods. Version-1 lines are upgraded on read: the method is inferred from the
+     memory method ("cuda-*" means CUDA events, anything else perf_counter; results read from a
+     pytest-benchmark file, "pytest-benchmark").
 """
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from bench.errors import ResultsError
 
-SCHEMA_VERSION = 1
-RESULTS_FILE = "results.jsonl"
-ENV_FILE = "env.json"
-SUITE_FILE = "suite.toml"
+SCHEMA_VERSION = 2
 
 # Case statuses. "ok" is measured; every other status carries a `reason`.
 STATUSES = ("ok", "skipped", "oom", "error", "crashed", "timeout")
+# The statuses that mean something broke (oom and skipped are outcomes, not faults).
+FAILURES = ("error", "crashed", "timeout")
+# Precision modes in the order every view shows them (bench.engine.precision defines them).
+PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8")
+BASELINE_PRECISION = "fp32"  # what every speedup, saving and divergence is measured against
+WORKLOADS = ("train", "infer", "generate")
+# Numerics verdicts, best first.
+VERDICTS = ("ok", "warn", "diverged", "nan")
+# The headline divergence of a case: the first of these its numerics carry (training loss first,
+# then inference outputs).
+DIVERGENCE_KEYS = ("max_rel_div", "rel_rmse", "kl_mean")
+# How per-step times were taken. Timings taken differently are not compared.
+TIMING_METHODS = ("cuda-events", "perf-counter", "pytest-benchmark")
+
+
+def precision_rank(precision: str) -> tuple[int, str]:
+    """Sort key: the documented precision order, unknown names after it alphabetically."""
+    if precision in PRECISIONS:
+        return (PRECISIONS.index(precision), precision)
+    return (len(PRECISIONS), precision)
+
+
+def workload_rank(workload: str) -> tuple[int, str]:
+    """Sort key: train, infer, generate, then anything else alphabetically."""
+    if workload in WORKLOADS:
+        return (WORKLOADS.index(workload), workload)
+    return (len(WORKLOADS), workload)
+
+
+def verdict_rank(verdict: str | None) -> int | None:
+    """0 for ok up to 3 for nan; None for no (or an unknown) verdict."""
+    return VERDICTS.index(verdict) if verdict in VERDICTS else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers: every problem names where it is (file:line) and the field.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(where: str, key: str, message: str) -> ResultsError:
+    return ResultsError(f"{where}: {key}: {message}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(data: dict[str, Any], key: str, where: str, required: bool = False) -> float | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise _fail(where, key, "missing")
+        return None
+    if not _is_number(value):
+        raise _fail(where, key, f"must be a number; got {value!r}")
+    return float(value)
+
+
+def _integer(data: dict[str, Any], key: str, where: str, required: bool = False) -> int | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise _fail(where, key, "missing")
+        return None
+    if not _is_number(value) or value != int(value):
+        raise _fail(where, key, f"must be an integer; got {value!r}")
+    return int(value)
+
+
+def _text(data: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise _fail(where, key, "missing")
+        return None
+    if not isinstance(value, str):
+        raise _fail(where, key, f"must be a string; got {value!r}")
+    return value
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise _fail(where, key, f"must be an object; got {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Case
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Case:
-    """One point of a sweep: a model, a workload and a precision at one batch size and sequence length."""
+    """One point of a sweep: a model, a workload and a precision at one batch size and sequence
+    length, on one device.
+
+    `label` is set only for a benchmark that is not a sweep point (a plain pytest-benchmark test):
+    it is then the case's id, and the sweep fields it cannot know are None.
+    """
 
     model: str
-    family: str
+    family: str | None
     workload: str
     precision: str
-    batch_size: int
-    seq_len: int
-    device: str
+    batch_size: int | None
+    seq_len: int | None
+    device: str | None
+    label: str | None = None
 
     @property
     def id(self) -> str:
-        """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (device not included)."""
+        """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (no device)."""
+        if self.label is not None:
+            return self.label
         return (
             f"{self.model}/{self.workload}/{self.precision}/bs{self.batch_size}/seq{self.seq_len}"
         )
 
+    @property
+    def shape(self) -> tuple[int | None, int | None]:
+        """(batch size, sequence length)."""
+        return (self.batch_size, self.seq_len)
+
     def to_dict(self) -> dict[str, Any]:
-        """The `case` object of a results line."""
-        return {"id": self.id, **asdict(self)}
+        """The `case` object of a results line (`label` only where set)."""
+        data = {"id": self.id, **asdict(self)}
+        if self.label is None:
+            del data["label"]
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Case:
-        """Inverse of to_dict (the `id` key is derived, so it is ignored)."""
-        return cls(**{k: v for k, v in data.items() if k != "id"})
+    def from_dict(cls, data: Any, where: str = "case") -> Case:
+        """Validate and read a `case` object; a sweep case's id must match its fields."""
+        if not isinstance(data, dict):
+            raise ResultsError(f"{where}: case: must be an object")
+        label = _text(data, "label", where)
+        sweep_point = label is None
+        case = cls(
+            model=_text(data, "model", where, required=True),
+            family=_text(data, "family", where),
+            workload=_text(data, "workload", where, required=True),
+            precision=_text(data, "precision", where, required=True),
+            batch_size=_integer(data, "batch_size", where, required=sweep_point),
+            seq_len=_integer(data, "seq_len", where, required=sweep_point),
+            device=_text(data, "device", where),
+            label=label,
+        )
+        given = data.get("id")
+        if given is not None and given != case.id:
+            raise _fail(where, "case.id", f"{given!r} does not match its fields ({case.id!r})")
+        return case
 
 
-@dataclass
+# ---------------------------------------------------------------------------------------------
+# Timing, throughput, memory
+# ---------------------------------------------------------------------------------------------
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default method) of already-sorted values."""
+    if not sorted_values:
+        raise ValueError("quantile of an empty sequence")
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The timed loop of a case: every per-step time, its summary statistics, and how it was timed.
+
+    All statistics derive from `step_s` (`from_samples`); a plain pytest-benchmark file may hold
+    the statistics without the samples, so `step_s` can be empty when read back.
+    """
+
+    warmup: int | None
+    iterations: int | None
+    step_s: tuple[float, ...]
+    median_s: float
+    mean_s: float | None = None
+    stdev_s: float | None = None
+    iqr_s: float | None = None
+    p10_s: float | None = None
+    p90_s: float | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    method: str = "perf-counter"
+
+    @classmethod
+    def from_samples(
+        cls, step_s: Sequence[float], warmup: int | None, method: str, iterations: int | None = None
+    ) -> Timing:
+        """Median, mean, stdev, IQR, p10/p90, min and max of the per-step seconds."""
+        values = sorted(float(s) for s in step_s)
+        if not values:
+            raise ValueError("a timing needs at least one step")
+        return cls(
+            warmup=warmup,
+            iterations=len(values) if iterations is None else iterations,
+            step_s=tuple(float(s) for s in step_s),
+            median_s=statistics.median(values),
+            mean_s=statistics.fmean(values),
+            stdev_s=statistics.stdev(values) if len(values) > 1 else 0.0,
+            iqr_s=quantile(values, 0.75) - quantile(values, 0.25),
+            p10_s=quantile(values, 0.10),
+            p90_s=quantile(values, 0.90),
+            min_s=values[0],
+            max_s=values[-1],
+            method=method,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `timing` object of a results line."""
+        data = asdict(self)
+        data["step_s"] = list(self.step_s)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Timing:
+        """Validate a `timing` object (median_s and method required; samples finite numbers)."""
+        samples = data.get("step_s") or []
+        if not isinstance(samples, list) or not all(_is_number(s) for s in samples):
+            raise _fail(where, "timing.step_s", "must be a list of numbers")
+        method = _text(data, "method", where, required=True)
+        if method not in TIMING_METHODS:
+            raise _fail(where, "timing.method", f"must be one of {TIMING_METHODS}; got {method!r}")
+        median = _number(data, "median_s", where, required=True)
+        if not median > 0:
+            raise _fail(where, "timing.median_s", f"must be positive; got {median!r}")
+        stats = {
+            f.name: _number(data, f.name, where)
+            for f in fields(cls)
+            if f.name.endswith("_s") and f.name not in ("median_s", "step_s")
+        }
+        return cls(
+            warmup=_integer(data, "warmup", where),
+            iterations=_integer(data, "iterations", where),
+            step_s=tuple(float(s) for s in samples),
+            median_s=median,
+            method=method,
+            **stats,
+        )
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Samples and tokens per second from the median step (METHODS rule 5)."""
+
+    samples_per_s: float
+    tokens_per_s: float | None = None
+
+    @classmethod
+    def from_median(
+        cls, batch_size: int, tokens_per_sample: int | None, median_s: float
+    ) -> Throughput:
+        """batch / median (samples/s) and batch * tokens per sample / median (tokens/s): the one
+        place throughput is derived."""
+        tokens = batch_size * tokens_per_sample / median_s if tokens_per_sample else None
+        return cls(samples_per_s=batch_size / median_s, tokens_per_s=tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `throughput` object of a results line."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Throughput:
+        """Validate a `throughput` object."""
+        return cls(
+            samples_per_s=_number(data, "samples_per_s", where, required=True),
+            tokens_per_s=_number(data, "tokens_per_s", where),
+        )
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A case's peak memory over what the process held before it, and how it was measured."""
+
+    peak_bytes: int | None
+    reserved_bytes: int | None = None
+    method: str = "unavailable"  # cuda-max-allocated | vmhwm | rss-sampled | unavailable
+
+    @property
+    def exact(self) -> bool:
+        """True for the CUDA allocator's counters: exact and repeatable. Resident-set peaks on a
+        CPU also count pages that earlier cases left to the allocator."""
+        return self.method.startswith("cuda")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `memory` object of a results line."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Memory:
+        """Validate a `memory` object."""
+        return cls(
+            peak_bytes=_integer(data, "peak_bytes", where),
+            reserved_bytes=_integer(data, "reserved_bytes", where),
+            method=_text(data, "method", where) or "unavailable",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# CaseResult
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class CaseResult:
-    """What one case produced. Field names and units are the JSON schema."""
+    """What one case produced. Field names and units are the JSON schema (README)."""
 
     case: Case
     status: str
     reason: str | None = None
-    timing: dict[str, Any] | None = (
-        None  # warmup, iterations, step_s[], median_s, mean_s, stdev_s, ...
-    )
-    throughput: dict[str, float] | None = None  # samples_per_s, tokens_per_s
-    memory: dict[str, Any] | None = None  # peak_bytes, reserved_bytes, method
-    losses: list[float] | None = None  # training: loss of every timed step, in order
-    numerics: dict[str, Any] | None = None  # divergence vs fp32 (see README)
-    details: dict[str, Any] = field(default_factory=dict)  # mode settings, scaler stats, parameters
+    timing: Timing | None = None
+    throughput: Throughput | None = None
+    memory: Memory | None = None
+    losses: tuple[float, ...] | None = None  # training: loss of every timed step, in order
+    numerics: dict[str, Any] | None = None  # divergence vs fp32 (bench.engine.numerics)
+    details: dict[str, Any] = field(default_factory=dict)  # mode settings, scaler, parameters
     started_at: str | None = None  # ISO 8601, UTC
     wall_s: float | None = None  # whole case, set-up included
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+        if self.status != "ok" and not self.reason:
+            raise ValueError(f"a {self.status!r} result needs a reason")
+        if self.status == "ok" and self.timing is None:
+            raise ValueError("an 'ok' result needs its timing")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        """Inverse of to_dict (reads a results.jsonl line back)."""
-        known = {f for f in cls.__dataclass_fields__ if f != "case"}
-        values = {k: v for k, v in data.items() if k in known}
-        values["details"] = values.get("details") or {}
-        return cls(case=Case.from_dict(data["case"]), **values)
+    # -- typed accessors: every view reads these, never the raw JSON -------------------------
+
+    @property
+    def ok(self) -> bool:
+        """Measured successfully."""
+        return self.status == "ok"
+
+    @property
+    def median_s(self) -> float | None:
+        """Median step time in seconds (ok results)."""
+        return self.timing.median_s if self.timing is not None else None
+
+    @property
+    def step_s(self) -> tuple[float, ...]:
+        """Every timed step in seconds (empty where only statistics were kept)."""
+        return self.timing.step_s if self.timing is not None else ()
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """Throughput in samples per second."""
+        return self.throughput.samples_per_s if self.throughput is not None else None
+
+    @property
+    def rate(self) -> float | None:
+        """The workload's headline throughput: tokens/s for generate, samples/s otherwise."""
+        if self.throughput is None:
+            return None
+        if self.case.workload == "generate" and self.throughput.tokens_per_s is not None:
+            return self.throughput.tokens_per_s
+        return self.throughput.samples_per_s
+
+    @property
+    def rate_unit(self) -> str:
+        """The unit of `rate`."""
+        return "tokens/s" if self.case.workload == "generate" else "samples/s"
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """Peak memory of the case in bytes, where measured."""
+        return self.memory.peak_bytes if self.memory is not None else None
+
+    @property
+    def verdict(self) -> str | None:
+        """The numerics verdict (ok, warn, diverged, nan), or None without one."""
+        verdict = (self.numerics or {}).get("verdict")
+        return verdict if verdict in VERDICTS else None
+
+    @property
+    def numerics_error(self) -> str | None:
+        """Why the numerics pass failed, when it did."""
+        error = (self.numerics or {}).get("error")
+        return str(error) if error else None
+
+    def divergence(self) -> tuple[str, float] | None:
+        """The headline divergence from fp32 (key, value): the first of DIVERGENCE_KEYS present."""
+        numerics = self.numerics or {}
+        for key in DIVERGENCE_KEYS:
+            value = numerics.get(key)
+            if _is_number(value):
+                return key, float(value)
+        return None
+
+    # -- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """One line of results.jsonl."""
-        data = asdict(self)
-        data["case"] = self.case.to_dict()
-        return {"schema": SCHEMA_VERSION, **data}
+        return {
+            "schema": SCHEMA_VERSION,
+            "case": self.case.to_dict(),
+            "status": self.status,
+            "reason": self.reason,
+            "timing": self.timing.to_dict() if self.timing else None,
+            "throughput": self.throughput.to_dict() if self.throughput else None,
+            "memory": self.memory.to_dict() if self.memory else None,
+            "losses": list(self.losses) if self.losses is not None else None,
+            "numerics": self.numerics,
+            "details": self.details,
+            "started_at": self.started_at,
+            "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "result") -> CaseResult:
+        """Validate and read one result object (upgrading older schema versions).
+
+        Raises ResultsError naming `where` (e.g. `results.jsonl:12`) and the offending field.
+        """
+        if not isinstance(data, dict):
+            raise ResultsError(f"{where}: not a JSON object")
+        data = upgrade(data, where)
+        status = _text(data, "status", where, required=True)
+        if status not in STATUSES:
+            raise _fail(where, "status", f"must be one of {', '.join(STATUSES)}; got {status!r}")
+        reason = _text(data, "reason", where)
+        if status != "ok" and not reason:
+            raise _fail(where, "reason", f"a {status!r} result must say why")
+        case = Case.from_dict(data.get("case"), where)
+        parts = {key: _table(data, key, where) for key in ("timing", "throughput", "memory")}
+        if status == "ok":
+            if parts["timing"] is None:
+                raise _fail(where, "timing", "an 'ok' result must have its timing")
+            if case.label is None:  # a sweep case: the engine always measures these
+                for key in ("throughput", "memory"):
+                    if parts[key] is None:
+                        raise _fail(where, key, "an 'ok' result must have it")
+        losses = data.get("losses")
+        if losses is not None and (
+            not isinstance(losses, list) or not all(_is_number(v) for v in losses)
+        ):
+            raise _fail(where, "losses", "must be a list of numbers or null")
+        details = _table(data, "details", where) or {}
+        return cls(
+            case=case,
+            status=status,
+            reason=reason,
+            timing=Timing.from_dict(parts["timing"], where) if parts["timing"] else None,
+            throughput=(
+                Throughput.from_dict(parts["throughput"], where) if parts["throughput"] else None
+            ),
+            memory=Memory.from_dict(parts["memory"], where) if parts["memory"] else None,
+            losses=tuple(float(v) for v in losses) if losses is not None else None,
+            numerics=_table(data, "numerics", where),
+            details=details,
+            started_at=_text(data, "started_at", where),
+            wall_s=_number(data, "wall_s", where),
+        )
+
+    def replace(self, **changes: Any) -> CaseResult:
+        """A copy with some fields changed (results are immutable)."""
+        return replace(self, **changes)
 
 
-class ResultsWriter:
-    """Appends CaseResults to results.jsonl, flushed and fsynced per line so a crash loses nothing."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / RESULTS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A line torn by a crash stays on its own line (and is skipped with a warning when read),
-        # so appending after it never glues two results together.
-        if self.path.exists() and self.path.stat().st_size:
-            with open(self.path, "rb+") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-
-    def append(self, result: CaseResult) -> None:
-        """Write one result as a line and make it durable before returning."""
-        line = json.dumps(result.to_dict(), allow_nan=True, separators=(",", ":"))
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A result object of any supported schema version, as the current version (a new dict)."""
+    version = data.get("schema")
+    if version == SCHEMA_VERSION:
+        return data
+    if version == 1:
+        return _upgrade_v1(data)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ResultsError(
+            f"{where}: schema {version} was written by a newer mpbench; this version reads "
+            f"schema 1 to {SCHEMA_VERSION}. Upgrade mpbench to read it"
+        )
+    raise ResultsError(
+        f"{where}: schema: {version!r} is not an mpbench results schema "
+        f"(this version reads 1 to {SCHEMA_VERSION})"
+    )
 
 
-@dataclass
-class Run:
-    """A run directory read back: its environment, its results (as dicts) and load warnings."""
-
-    path: Path
-    env: dict[str, Any]
-    results: list[dict[str, Any]]
-    warnings: list[str]
-    suite_text: str | None = None
-
-    def by_id(self) -> dict[str, dict[str, Any]]:
-        """Results keyed by case id (a later line for the same id wins, as with --resume)."""
-        return {r["case"]["id"]: r for r in self.results}
-
-
-def read_json_file(path: Path, what: str = "file") -> Any:
-    """Parse a JSON file; unreadable or invalid JSON is a ResultsError naming the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_results_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Parse results.jsonl; a torn or corrupt line is skipped with a warning naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot read results file ({exc.strerror or exc})") from None
-    results: list[dict[str, Any]] = []
-    problems: list[str] = []
-    lines = text.split("\n")
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            if not isinstance(data, dict) or "case" not in data or "status" not in data:
-                raise ValueError("not a case result object")
-            data["case"]["id"]
-        except (ValueError, KeyError, TypeError) as exc:
-            torn = lineno == len(lines) and not text.endswith("\n")
-            kind = (
-                "truncated last line (interrupted write?)" if torn else f"unreadable line ({exc})"
-            )
-            problems.append(f"{path}:{lineno}: {kind}; skipped")
-            continue
-        results.append(data)
-    return results, problems
-
-
-def load_run(path: str | os.PathLike[str]) -> Run:
-    """Load a run directory, or a bare results.jsonl file (env then read from beside it if present)."""
-    p = Path(path)
-    if p.suffix == ".json" and p.is_file():
-        return _load_json_run(p)
-    if p.is_dir():
-        run_dir, results_path = p, p / RESULTS_FILE
-    elif p.is_file():
-        run_dir, results_path = p.parent, p
-    else:
-        raise ResultsError(f"{p}: no such run directory or results file")
-    if not results_path.is_file():
-        raise ResultsError(f"{run_dir}: no {RESULTS_FILE} in this directory; is it an mpbench run?")
-    results, problems = read_results_file(results_path)
-    for problem in problems:
-        warnings.warn(problem, stacklevel=2)
-    env: dict[str, Any] = {}
-    env_path = run_dir / ENV_FILE
-    if env_path.is_file():
-        try:
-            env = json.loads(env_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ResultsError(f"{env_path}: not valid JSON ({exc})") from None
-    suite_path = run_dir / SUITE_FILE
-    suite_text = suite_path.read_text(encoding="utf-8") if suite_path.is_file() else None
-    return Run(path=run_dir, env=env, results=results, warnings=problems, suite_text=suite_text)
-
-
-def _load_json_run(path: Path) -> Run:
-    """A pytest-benchmark JSON file (or an mpbench baseline) read as a run (bench.results.pytest_benchmark)."""
-    from bench.results.pytest_benchmark import load_pytest_benchmark
-
-    return load_pytest_benchmark(path)
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: `timing.method` inferred from how memory was measured."""
+    out = {**data, "schema": SCHEMA_VERSION}
+    timing = data.get("timing")
+    if isinstance(timing, dict) and "method" not in timing:
+        memory_method = str((data.get("memory") or {}).get("method") or "")
+        if "pytest_benchmark" in (data.get("details") or {}):
+            method = "pytest-benchmark"  # read from a pytest-benchmark file by mpbench 1
+        else:
+            method = "cuda-events" if memory_method.startswith("cuda") else "perf-counter"
+        out["timing"] = {**timing, "method": method}
+    return out

@@ -7,10 +7,7 @@ grouped by precision, 95% bootstrap intervals for timing), then every case in a 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,16 +19,18 @@ from matplotlib.patches import Patch
 
 from bench.analysis.check import Assessment
 from bench.analysis.compare import METRICS, CaseComparison
-from bench.cli.compare import TABLE_HEADERS, device_lines, headline, table_rows
-from bench.views.plots import PRECISION_COLORS
-from bench.views.plots import STYLE as REPORT_STYLE
+from bench.results.schema import precision_rank
+from bench.views.comparison import (
+    NUMERIC_COLUMNS,
+    TABLE_HEADERS,
+    device_lines,
+    headline,
+    table_rows,
+)
+from bench.views.format import MISSING
+from bench.views.svg import STYLE, color_of, to_svg
 
 PLOTTED_METRICS = ("throughput", "peak_memory", "divergence")
-PRECISION_ORDER = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8")
-# Same hues as the run report, so a precision looks the same on both pages.
-OTHER_COLOR = "#ff7f0e"
-# The report's look, so a precision has the same colour on both pages; own ids for the SVGs.
-STYLE = {**REPORT_STYLE, "svg.hashsalt": "mpbench-compare"}
 
 
 @dataclass(frozen=True)
@@ -50,33 +49,6 @@ class Bar:
 # Figures
 # ---------------------------------------------------------------------------------------------
 
-_TAG = re.compile(r"<[^>]+>")
-
-
-def _svg(fig: Figure) -> str:
-    """Inline SVG without prolog, metadata or namespace URLs, ids made unique in the page."""
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg") :]
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
-    # HTML parsers put inline <svg> in the SVG namespace (and know xlink:href) by themselves.
-    text = re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", text, count=2)
-    prefix = "c" + hashlib.sha1(text.encode()).hexdigest()[:10] + "-"
-
-    def fix(match: re.Match[str]) -> str:
-        tag = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}\1"', match.group(0))
-        tag = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}\1)", tag)
-        return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}\1"', tag)
-
-    return _TAG.sub(fix, text)
-
-
-def _precision_rank(precision: str) -> int:
-    return (
-        PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
-    )
-
 
 def bars_for(cases: list[CaseComparison], metric: str) -> list[Bar]:
     """The bars of one model's figure: grouped by precision, then workload, batch, length."""
@@ -84,10 +56,10 @@ def bars_for(cases: list[CaseComparison], metric: str) -> list[Bar]:
     ordered = sorted(
         (c for c in cases if metric in c.metrics),
         key=lambda c: (
-            _precision_rank(str(c.case.get("precision"))),
-            str(c.case.get("workload")),
-            c.case.get("batch_size") or 0,
-            c.case.get("seq_len") or 0,
+            precision_rank(c.case.precision),
+            c.case.workload,
+            c.case.batch_size or 0,
+            c.case.seq_len or 0,
             c.case_id,
         ),
     )
@@ -98,13 +70,11 @@ def bars_for(cases: list[CaseComparison], metric: str) -> list[Bar]:
         low = (delta.ci_low - 1) * 100 if delta.ci_low is not None else None
         high = (delta.ci_high - 1) * 100 if delta.ci_high is not None else None
         c = case.case
-        if c.get("workload") is not None:
-            label = f"{c.get('precision')} {c.get('workload')} bs{c.get('batch_size')} seq{c.get('seq_len')}"
+        if c.label is None:
+            label = f"{c.precision} {c.workload} bs{c.batch_size} seq{c.seq_len}"
         else:
             label = case.case_id
-        bars.append(
-            Bar(label, str(c.get("precision")), delta.change_pct, low, high, delta.significant)
-        )
+        bars.append(Bar(label, c.precision, delta.change_pct, low, high, delta.significant))
     return bars
 
 
@@ -116,7 +86,7 @@ def change_figure(title: str, bars: list[Bar], metric: str, threshold_pct: float
         ax = fig.add_subplot()
         ys = list(range(len(bars)))[::-1]
         for y, bar in zip(ys, bars):
-            color = PRECISION_COLORS.get(bar.precision, OTHER_COLOR)
+            color = color_of(bar.precision)
             ax.barh(y, bar.change_pct, color=color, alpha=1.0 if bar.significant else 0.35)
             if bar.low_pct is not None and bar.high_pct is not None:
                 ax.plot([bar.low_pct, bar.high_pct], [y, y], color="#444444", linewidth=1)
@@ -134,9 +104,9 @@ def change_figure(title: str, bars: list[Bar], metric: str, threshold_pct: float
         for bar in bars:
             if bar.precision not in seen:
                 seen.append(bar.precision)
-        handles = [Patch(color=PRECISION_COLORS.get(p, OTHER_COLOR), label=p) for p in seen]
+        handles = [Patch(color=color_of(p), label=p) for p in seen]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        return _svg(fig)
+        return to_svg(fig, id_prefix="c")
 
 
 @dataclass
@@ -154,7 +124,7 @@ def plot_sections(assessment: Assessment) -> list[PlotSection]:
     """One section per plotted metric, one figure per model."""
     by_model: dict[str, list[CaseComparison]] = {}
     for case in assessment.comparison.matched:
-        by_model.setdefault(str(case.case.get("model") or "benchmarks"), []).append(case)
+        by_model.setdefault(case.case.model or "benchmarks", []).append(case)
     sections = []
     for metric in PLOTTED_METRICS:
         section = PlotSection(metric, METRICS[metric].label, [], [])
@@ -208,8 +178,8 @@ def _device_rows(assessment: Assessment) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": name,
-                "base": bv if bv is not None else "–",
-                "current": cv if cv is not None else "–",
+                "base": bv if bv is not None else MISSING,
+                "current": cv if cv is not None else MISSING,
                 "differs": differs,
             }
         )
@@ -286,7 +256,7 @@ significant; lines are 95% bootstrap intervals (timing); dashed red: the regress
 <table>
 <tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for outcome, row in rows %}
-<tr class="{{ outcome }}">{% for cell in row %}<td{% if 2 <= loop.index0 <= 6 %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+<tr class="{{ outcome }}">{% for cell in row %}<td{% if loop.index0 in numeric %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
 <p class="muted">* significant; ? not testable (too few samples). Generated by mpbench.</p>
@@ -335,6 +305,7 @@ def render_page(assessment: Assessment, gate: bool) -> str:
         "finding_groups": [(h, f) for h, f in groups if f],
         "sections": plot_sections(assessment),
         "headers": TABLE_HEADERS,
+        "numeric": NUMERIC_COLUMNS,
         "rows": [
             (assessment.outcome(c.case_id), row) for c, row in zip(ordered, table_rows(assessment))
         ],

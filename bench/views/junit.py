@@ -17,9 +17,7 @@ from bench.analysis.compare import CaseComparison
 
 def _classname(case: CaseComparison) -> str:
     """'mpbench.gpt2-124m.train': reporters group test cases by class."""
-    model = case.case.get("model") or case.case_id.split("/")[0]
-    workload = case.case.get("workload")
-    return ".".join(str(p) for p in ("mpbench", model, workload) if p)
+    return ".".join(str(p) for p in ("mpbench", case.case.model, case.case.workload) if p)
 
 
 def _metrics_text(case: CaseComparison) -> str:
@@ -90,6 +88,7 @@ def junit_tree(assessment: Assessment) -> ET.ElementTree:
         ("thresholds", assessment.config.describe()),
         *(("device_mismatch", m) for m in assessment.compatibility.mismatches),
         *(("difference", d) for d in assessment.compatibility.differences),
+        *(("note", n) for n in assessment.notes),
     ):
         ET.SubElement(props, "property", {"name": name, "value": value})
     for case in assessment.ordered_cases():

@@ -1,145 +1,37 @@
-"""Figures for the report, each returned as inline SVG markup (text kept as text).
-
-Figures are built on `matplotlib.figure.Figure` directly, never through pyplot: no backend is
-selected, no window can open, nothing is registered globally that would need closing, and the host
-program's own backend (a notebook's, say) is left alone. Style is applied per figure with
-`rc_context`, so importing this module changes no global matplotlib setting either.
-"""
+"""The run report's figures, each returned as inline SVG markup (bench.views.svg: text kept as
+text, one style and one colour per precision). They draw what bench.analysis.series derives."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
 import math
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from bench.analysis.summary import (
-    BASELINE,
-    FP16_MAX,
-    ActivationProfile,
-    LossData,
-    TradeoffPoint,
-    precision_key,
+from bench.analysis.series import FP16_MAX, ActivationProfile, LossData, TradeoffPoint
+from bench.results.schema import BASELINE_PRECISION as BASELINE
+from bench.results.schema import precision_rank
+from bench.views.svg import (
+    HEIGHT_IN,
+    NO_VERDICT_COLOR,
+    STYLE,
+    VERDICT_COLORS,
+    WIDTH_IN,
+    color_of,
+    linestyle_of,
+    literal,
+    styled,
+    to_svg,
 )
-
-STYLE = {
-    "svg.fonttype": "none",  # text stays text: selectable, searchable, small
-    "svg.hashsalt": "mpbench",  # deterministic ids, so a re-render gives the same file
-    "svg.image_inline": True,
-    "font.size": 8.5,
-    "font.family": "sans-serif",
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.titlesize": 9.5,
-    "axes.titleweight": "bold",
-    "legend.fontsize": 7.5,
-    "legend.frameon": False,
-    "lines.markersize": 4,
-}
-# Fixed colours so a precision looks the same in every figure; amp_* and its pure-dtype twin share
-# a hue, the pure one dashed.
-PRECISION_COLORS = {
-    "fp32": "#222222",
-    "tf32": "#8c8c8c",
-    "amp_fp16": "#1f77b4",
-    "fp16": "#1f77b4",
-    "amp_bf16": "#2ca02c",
-    "bf16": "#2ca02c",
-    "fp8": "#9467bd",
-}
-EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-DASHED = ("fp16", "bf16")
-VERDICT_COLORS = {
-    "ok": "#4c9a2a",
-    "baseline": "#555555",
-    "warn": "#e0a100",
-    "diverged": "#d62728",
-    "nan": "#7b0000",
-}
-NO_VERDICT_COLOR = "#9fb4c7"
-WIDTH_IN = 5.0  # one plot of a grid of two per row at ~1200 px
-HEIGHT_IN = 3.0
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # boxplot's `vert` is deprecated from matplotlib 3.10 in favour of `orientation` (new in 3.10).
 _MPL_VERSION = tuple(int(p) for p in re.findall(r"\d+", matplotlib.__version__)[:2])
 _HORIZONTAL_BOXES = {"orientation": "horizontal"} if _MPL_VERSION >= (3, 10) else {"vert": False}
-
-
-def styled(func: F) -> F:
-    """Run a plotting function under the report style without touching global rcParams."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with matplotlib.rc_context(STYLE):
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def literal(text: str) -> str:
-    """Text for matplotlib shown as written: an unescaped pair of '$' would start mathtext.
-
-    (rcParams["text.parse_math"] = False would also stop the log axes' own mathtext tick labels.)
-    """
-    return str(text).replace("$", r"\$")
-
-
-def color_of(precision: str) -> str:
-    """The precision's colour (unknown precisions get a stable one from the spare palette)."""
-    if precision in PRECISION_COLORS:
-        return PRECISION_COLORS[precision]
-    digest = int(hashlib.sha1(precision.encode()).hexdigest(), 16)
-    return EXTRA_COLORS[digest % len(EXTRA_COLORS)]
-
-
-def linestyle_of(precision: str) -> str:
-    """Dashed for a pure low-precision dtype, solid for amp and fp32."""
-    return "--" if precision in DASHED else "-"
-
-
-_TAG = re.compile(r"<[^>]+>")
-
-
-def _prefix_ids(svg: str, prefix: str) -> str:
-    """Make ids unique in the page: many SVGs inlined in one HTML document share an id space.
-
-    Only tags are rewritten (matplotlib escapes '<' and '>' inside text and attributes), so text
-    that happens to read id="..." is left as it is.
-    """
-
-    def fix(match: re.Match[str]) -> str:
-        tag = match.group(0)
-        tag = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}\1"', tag)
-        tag = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}\1)", tag)
-        return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}\1"', tag)
-
-    return _TAG.sub(fix, svg)
-
-
-def to_svg(fig: Figure) -> str:
-    """Serialise a figure as inline SVG: no XML prolog, DOCTYPE or RDF metadata (both carry
-    external URLs), no comments, ids prefixed to be unique in the page."""
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg") :]
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
-    # matplotlib repeats every text as an XML comment (escaped); the page has no use for them.
-    text = re.sub(r"<!--.*?-->\s*", "", text, flags=re.S)
-    prefix = "f" + hashlib.sha1(text.encode()).hexdigest()[:10] + "-"
-    return _prefix_ids(text, prefix)
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -446,7 +338,7 @@ def tradeoff_scatter(
     # An exact match (0) has no place on a log axis: draw it a decade below the smallest non-zero.
     floor = min(everything) / 10 if everything else 1e-12
     for ax, model in zip(axes, models, strict=False):
-        points = sorted(points_by_model[model], key=lambda p: precision_key(p.precision))
+        points = sorted(points_by_model[model], key=lambda p: precision_rank(p.precision))
         for p in points:
             y = max(p.divergence, floor)
             ax.scatter(

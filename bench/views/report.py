@@ -1,13 +1,16 @@
-"""Assemble the report: load a run directory, compute, draw, and render one self-contained HTML.
+"""The run report: one self-contained HTML page, plus results.csv and summary.md beside it.
 
-Writes, next to the HTML: results.csv (one flat row per case) and summary.md (the summary tables
-in Markdown for CI job summaries and PR comments).
+Built from a run directory alone (results.jsonl, env.json): `render_report` reads it through
+bench.results, analyses it once with bench.analysis.summary, draws bench.analysis.series with
+bench.views.plots, and fills the jinja2 template in templates/. `report_json` is the same
+analysis as JSON (`mpbench report --json`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 from markupsafe import Markup
 
-from bench.analysis import summary as analysis
-from bench.analysis.summary import CaseRow, GroupSummary
-from bench.errors import ResultsError
-from bench.results.schema import ENV_FILE, RESULTS_FILE, Run, load_run
-from bench.views import plots, tables
+from bench.analysis import series
+from bench.analysis.summary import GroupSummary, RunAnalysis, analyze
+from bench.results.rundir import Run, load_run, output_error, write_text_atomic
+from bench.results.schema import FAILURES, CaseResult, precision_rank
+from bench.views import format as fmt
+from bench.views import plots
+from bench.views.markdown import summary_markdown
 
 log = logging.getLogger(__name__)
 
@@ -66,39 +72,35 @@ def _draw(caption: str, draw: Callable[[], str], problems: list[str]) -> Plot:
         return Plot(caption, error=f"{type(exc).__name__}: {exc}")
 
 
-def _group_title(summary: GroupSummary) -> str:
+def _title(group: GroupSummary) -> str:
     """'gpt2-tiny / train' for figure titles."""
-    return f"{summary.model} / {summary.workload}"
+    return f"{group.model} / {group.workload}"
 
 
-def _device_memory_bytes(env: dict[str, Any], rows: Sequence[CaseRow]) -> float | None:
+def _device_memory_bytes(env: dict[str, Any], analysis: RunAnalysis) -> float | None:
     """The GPU's total memory, when the cases ran on a GPU (a CPU run has no such limit to draw)."""
-    if not any((r.device or "").startswith("cuda") for r in rows):
-        return None
-    return analysis.as_float(analysis.dig(env, "gpu", "memory_total_bytes"))
+    gpu = env.get("gpu") if isinstance(env.get("gpu"), dict) else {}
+    memory = gpu.get("memory_total_bytes")
+    ran_on_gpu = any(str(r.case.device or "").startswith("cuda") for r in analysis.results.values())
+    return float(memory) if ran_on_gpu and isinstance(memory, (int, float)) else None
 
 
-def throughput_section(
-    groups: dict[tuple[str, str], list[CaseRow]],
-    summaries: Sequence[GroupSummary],
-    problems: list[str],
-) -> Section:
+def throughput_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """Throughput vs batch size, one line per precision, per model x workload."""
     section = Section(
         "throughput",
         "Throughput vs batch size",
-        "Successful cases at the compared sequence length; higher is better.",
+        "Successful cases at the headline sequence length; higher is better.",
         empty="No successful case: nothing to plot.",
     )
-    for summary in summaries:
-        rows = groups[(summary.model, summary.workload)]
-        series = analysis.series_vs_batch(rows, summary.seq_len, "throughput")
-        if series:
-            title = f"{_group_title(summary)}, seq {summary.seq_len}"
+    for group in analysis.groups:
+        data = series.series_vs_batch(analysis, group, "rate")
+        if data:
+            title = f"{_title(group)}, seq {group.seq_len}"
             section.plots.append(
                 _draw(
                     title,
-                    lambda s=series, t=title, u=summary.throughput_unit: plots.throughput_vs_batch(
+                    lambda s=data, t=title, u=group.rate_unit: plots.throughput_vs_batch(
                         s, title=t, unit=u
                     ),
                     problems,
@@ -107,12 +109,7 @@ def throughput_section(
     return section
 
 
-def memory_section(
-    groups: dict[tuple[str, str], list[CaseRow]],
-    summaries: Sequence[GroupSummary],
-    env: dict[str, Any],
-    problems: list[str],
-) -> Section:
+def memory_section(analysis: RunAnalysis, env: dict[str, Any], problems: list[str]) -> Section:
     """Peak memory vs batch size, one line per precision, with the device's memory on a GPU."""
     section = Section(
         "memory",
@@ -121,17 +118,16 @@ def memory_section(
         "device's total memory).",
         empty="No case recorded peak memory.",
     )
-    for summary in summaries:
-        rows = groups[(summary.model, summary.workload)]
-        series = analysis.series_vs_batch(rows, summary.seq_len, "peak_bytes")
-        if series:
-            title = f"{_group_title(summary)}, seq {summary.seq_len}"
-            device_bytes = _device_memory_bytes(env, rows)
+    device_bytes = _device_memory_bytes(env, analysis)
+    for group in analysis.groups:
+        data = series.series_vs_batch(analysis, group, "peak_bytes")
+        if data:
+            title = f"{_title(group)}, seq {group.seq_len}"
             section.plots.append(
                 _draw(
                     title,
-                    lambda s=series, t=title, d=device_bytes: plots.memory_vs_batch(
-                        s, title=t, device_bytes=d
+                    lambda s=data, t=title: plots.memory_vs_batch(
+                        s, title=t, device_bytes=device_bytes
                     ),
                     problems,
                 )
@@ -139,27 +135,27 @@ def memory_section(
     return section
 
 
-def speedup_section(summaries: Sequence[GroupSummary], problems: list[str]) -> Section:
-    """Speedup vs fp32 bars at the comparison point, coloured by verdict."""
+def speedup_section(analysis: RunAnalysis, problems: list[str]) -> Section:
+    """Speedup vs fp32 bars at the headline point, coloured by verdict."""
     section = Section(
         "speedup",
         "Speedup vs fp32",
-        "At the largest batch size and sequence length common to the precisions; bar colour is "
-        "the numerics verdict.",
+        "At each model and workload's headline point (the summary's shape); bar colour is the "
+        "numerics verdict.",
         empty="No speedup to show: fp32 or the other precisions did not complete.",
     )
-    for summary in summaries:
-        bars = [s for s in summary.precisions if s.speedup is not None]
+    for group in analysis.groups:
+        bars = [m for m in group.modes if m.speedup is not None]
         if len(bars) < 2:  # fp32 alone is not a comparison
             continue
-        title = f"{_group_title(summary)} ({tables.point_label(summary)})"
+        title = f"{_title(group)} ({fmt.point_label(group)})"
         section.plots.append(
             _draw(
                 title,
                 lambda b=bars, t=title: plots.speedup_bars(
-                    [s.precision for s in b],
-                    [s.speedup for s in b],
-                    [s.verdict for s in b],
+                    [m.precision for m in b],
+                    [m.speedup for m in b],
+                    [fmt.verdict_key(m) for m in b],
                     title=t,
                 ),
                 problems,
@@ -168,11 +164,7 @@ def speedup_section(summaries: Sequence[GroupSummary], problems: list[str]) -> S
     return section
 
 
-def loss_section(
-    groups: dict[tuple[str, str], list[CaseRow]],
-    summaries: Sequence[GroupSummary],
-    problems: list[str],
-) -> Section:
+def loss_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """Training loss per precision with the fp32 curve, and relative divergence per step."""
     section = Section(
         "loss",
@@ -181,20 +173,20 @@ def loss_section(
         "per precision over fp32 (black); below, |loss − fp32 loss| / |fp32 loss| per step.",
         empty="No training losses in this run.",
     )
-    for summary in summaries:
-        if summary.workload != "train":
+    for group in analysis.groups:
+        if group.workload != "train":
             continue
-        data = analysis.loss_data(summary, groups[(summary.model, summary.workload)])
+        data = series.loss_data(analysis, group)
         if data is None:
             continue
-        title = f"{summary.model} / train (losses from {data.source})"
+        title = f"{group.model} / train (losses from {data.source})"
         section.plots.append(
             _draw(title, lambda d=data, t=title: plots.loss_curves(d, title=t), problems)
         )
     return section
 
 
-def tradeoff_section(summaries: Sequence[GroupSummary], problems: list[str]) -> Section:
+def tradeoff_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """Speed vs accuracy scatter per workload, one panel per model, Pareto front marked."""
     section = Section(
         "tradeoff",
@@ -204,41 +196,47 @@ def tradeoff_section(summaries: Sequence[GroupSummary], problems: list[str]) -> 
         empty="No mode has both a speedup and a divergence measurement (numerics absent?).",
         wide=True,
     )
-    for workload, by_model in analysis.tradeoff_points(summaries).items():
-        metrics = [s.divergence_metric for s in summaries if s.workload == workload]
-        metric = next((m for m in metrics if m), None)
-        ylabel = tables.METRIC_LABELS.get(metric or "", "divergence from fp32")
-        title = f"{workload}"
+    for workload, by_model in series.tradeoff_points(analysis).items():
+        metrics = [
+            m.divergence_metric
+            for g in analysis.groups
+            if g.workload == workload
+            for m in g.modes
+            if m.divergence_metric
+        ]
+        ylabel = fmt.METRIC_LABELS.get(metrics[0] if metrics else "", "divergence from fp32")
         section.plots.append(
             _draw(
                 f"{workload}: speed vs accuracy",
-                lambda b=by_model, t=title, y=ylabel: plots.tradeoff_scatter(b, title=t, ylabel=y),
+                lambda b=by_model, t=workload, y=ylabel: plots.tradeoff_scatter(
+                    b, title=t, ylabel=y
+                ),
                 problems,
             )
         )
     return section
 
 
-def step_time_section(summaries: Sequence[GroupSummary], problems: list[str]) -> Section:
-    """Step-time distributions per precision at the comparison point."""
+def step_time_section(analysis: RunAnalysis, problems: list[str]) -> Section:
+    """Step-time distributions per precision at the headline point."""
     section = Section(
         "step-times",
         "Step-time distributions",
-        "Per-step time of the timed loop at the compared size: box = quartiles, "
+        "Per-step time of the timed loop at the headline point: box = quartiles, "
         "whiskers = 1.5 IQR.",
         empty="No per-step timings in this run.",
     )
-    for summary in summaries:
-        samples = analysis.step_samples(summary)
+    for group in analysis.groups:
+        samples = series.step_samples(analysis, group)
         if samples:
-            title = f"{_group_title(summary)} ({tables.point_label(summary)})"
+            title = f"{_title(group)} ({fmt.point_label(group)})"
             section.plots.append(
                 _draw(title, lambda s=samples, t=title: plots.step_time_boxes(s, title=t), problems)
             )
     return section
 
 
-def activation_section(rows: Sequence[CaseRow], problems: list[str]) -> Section:
+def activation_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """Activation range per module against the fp16 limit."""
     section = Section(
         "activations",
@@ -248,7 +246,7 @@ def activation_section(rows: Sequence[CaseRow], problems: list[str]) -> Section:
         empty="No activation range analysis in this run.",
         wide=True,
     )
-    for profile in analysis.activation_profiles(rows):
+    for profile in series.activation_profiles(analysis):
         title = f"{profile.model}: max |activation| per module"
         section.plots.append(
             _draw(title, lambda p=profile, t=title: plots.activation_headroom(p, title=t), problems)
@@ -256,64 +254,241 @@ def activation_section(rows: Sequence[CaseRow], problems: list[str]) -> Section:
     return section
 
 
-def _report_title(run: Run) -> str:
+# ---------------------------------------------------------------------------------------------
+# Tables of the page
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SummaryRow:
+    """One formatted row of a summary table."""
+
+    precision: str
+    status: str
+    reason: str | None
+    rate: str
+    speedup: str
+    peak: str
+    saving: str
+    verdict: str
+    verdict_class: str
+    divergence: str
+    mark: str  # "recommended", "speed-only" or ""
+
+
+def summary_rows(group: GroupSummary) -> list[SummaryRow]:
+    """The summary table of one model x workload, formatted."""
+    rows = []
+    for mode in group.modes:
+        mark = ""
+        if mode.precision == group.recommended:
+            mark = "recommended"
+        elif mode.precision == group.speed_only:
+            mark = "speed-only"
+        rows.append(
+            SummaryRow(
+                precision=mode.precision,
+                status=mode.status,
+                reason=mode.reason,
+                rate=fmt.fmt_number(mode.rate),
+                speedup=fmt.fmt_speedup(mode.speedup),
+                peak=fmt.fmt_bytes(mode.peak_bytes),
+                saving=fmt.fmt_saving(mode.memory_saving),
+                verdict=fmt.fmt_verdict(mode),
+                verdict_class=f"v-{fmt.verdict_key(mode) or 'none'}",
+                divergence=fmt.fmt_divergence(mode.divergence),
+                mark=mark,
+            )
+        )
+    return rows
+
+
+# Raw table: (header, case-frame column, formatter, numeric?)
+RAW_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
+    ("case", "id", str, False),
+    ("model", "model", str, False),
+    ("workload", "workload", str, False),
+    ("precision", "precision", str, False),
+    ("batch", "batch_size", lambda v: str(int(v)), True),
+    ("seq", "seq_len", lambda v: str(int(v)), True),
+    ("status", "status", str, False),
+    ("median step", "median_s", fmt.fmt_seconds, True),
+    ("samples/s", "samples_per_s", fmt.fmt_number, True),
+    ("tokens/s", "tokens_per_s", fmt.fmt_number, True),
+    ("speedup", "speedup", fmt.fmt_speedup, True),
+    ("peak memory", "peak_bytes", fmt.fmt_bytes, True),
+    ("saving", "memory_saving", fmt.fmt_saving, True),
+    ("verdict", "verdict", str, False),
+    ("divergence", "divergence", fmt.fmt_divergence, True),
+    ("reason", "reason", str, False),
+]
+
+
+@dataclass
+class RawCell:
+    """A raw-table cell: its text and, for numbers, the value the inline script sorts by."""
+
+    text: str
+    sort: str | None
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def raw_table(analysis: RunAnalysis) -> tuple[list[tuple[str, bool]], list[list[RawCell]]]:
+    """Headers (name, numeric?) and formatted cells for every case."""
+    headers = [(name, numeric) for name, _, _, numeric in RAW_COLUMNS]
+    body = []
+    for record in analysis.cases.to_dict("records"):
+        cells = []
+        for _, column, formatter, numeric in RAW_COLUMNS:
+            value = record[column]
+            text = fmt.MISSING if _missing(value) else formatter(value)
+            sort = None
+            if numeric and not _missing(value) and math.isfinite(value):
+                sort = repr(float(value))
+            cells.append(RawCell(text, sort))
+        body.append(cells)
+    return headers, body
+
+
+def results_frame(results: Sequence[CaseResult]) -> pd.DataFrame:
+    """One row per case (results.csv) with nested keys dotted (timing.median_s); list-valued
+    fields (per-step times, loss curves) left out: their statistics are the columns beside them."""
+    latest = {r.case.id: r for r in results}
+    if not latest:
+        return pd.DataFrame(columns=["case.id", "status"])
+    frame = pd.json_normalize([r.to_dict() for r in latest.values()], sep=".")
+    lists = [c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list | dict)).any()]
+    frame = frame.drop(columns=lists)
+    first = [c for c in ("case.id", "status", "reason") if c in frame.columns]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def _text(value: Any) -> str | None:
+    """A scalar from env.json as display text; None for null, empty or nested values."""
+    if value is None or value == "" or isinstance(value, dict | list):
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def environment_items(env: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs for the header, in reading order; absent keys are left out."""
+    gpu = env.get("gpu") if isinstance(env.get("gpu"), dict) else {}
+    cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
+    versions = env.get("versions") if isinstance(env.get("versions"), dict) else {}
+    tf32 = env.get("tf32") if isinstance(env.get("tf32"), dict) else {}
+    memory = gpu.get("memory_total_bytes")
+    tf32_text = None
+    if tf32:
+        tf32_text = ", ".join(f"{k}: {_text(v) or fmt.MISSING}" for k, v in tf32.items())
+    cpu_text = _text(cpu.get("model"))
+    cores = [
+        f"{cpu[key]} {label}"
+        for key, label in (("logical_cores", "logical cores"), ("torch_threads", "torch threads"))
+        if _text(cpu.get(key))
+    ]
+    if cpu_text and cores:
+        cpu_text += f" ({', '.join(cores)})"
+    argv = env.get("argv")
+    command = " ".join(str(a) for a in argv) if isinstance(argv, list) and argv else None
+    memory_text = fmt.fmt_bytes(float(memory)) if isinstance(memory, (int, float)) else None
+    candidates = [
+        ("suite", _text(env.get("suite"))),
+        ("started", _text(env.get("started_at"))),
+        ("device", _text(env.get("device"))),
+        ("device name", _text(env.get("device_name"))),
+        ("GPU", _text(gpu.get("name"))),
+        ("compute capability", _text(gpu.get("compute_capability"))),
+        ("GPU memory", memory_text),
+        ("driver", _text(gpu.get("driver"))),
+        ("CUDA", _text(gpu.get("cuda"))),
+        ("CPU", cpu_text),
+        ("TF32", tf32_text),
+    ]
+    candidates += [(name, _text(v)) for name, v in versions.items()]
+    candidates += [
+        ("host", _text(env.get("hostname"))),
+        ("platform", _text(env.get("platform"))),
+        ("git commit", _text(env.get("git_commit"))),
+        ("command", command),
+    ]
+    return [(label, value) for label, value in candidates if value]
+
+
+def run_warnings(run: Run, analysis: RunAnalysis) -> list[str]:
+    """Header warnings: unreadable lines, failed, out-of-memory and skipped cases."""
+    out = list(run.warnings)
+    counts = analysis.status_counts
+    failed = {s: counts[s] for s in FAILURES if counts.get(s)}
+    if failed:
+        detail = ", ".join(f"{n} {s}" for s, n in failed.items())
+        out.append(f"{sum(failed.values())} case(s) failed ({detail}).")
+    if counts.get("oom"):
+        out.append(f"{counts['oom']} case(s) ran out of memory.")
+    skipped = analysis.cases[analysis.cases["status"] == "skipped"]["precision"].value_counts()
+    if len(skipped):
+        modes = ", ".join(
+            f"{p} ({n})" for p, n in sorted(skipped.items(), key=lambda kv: precision_rank(kv[0]))
+        )
+        out.append(f"Skipped modes: {modes}.")
+    if analysis.cases.empty:
+        out.append("This run has no results yet.")
+    elif "ok" not in counts:
+        out.append("No case completed successfully.")
+    return out
+
+
+def report_title(run: Run) -> str:
     """The suite's name, else the run directory's."""
-    suite = run.env.get("suite") if isinstance(run.env, dict) else None
-    if isinstance(suite, dict):
-        suite = suite.get("name")
-    return str(suite or run.path.name or "mpbench run")
+    return str(run.env.get("suite") or run.path.name or "mpbench run")
 
 
-def _started_at(run: Run, rows: Sequence[CaseRow]) -> str | None:
-    """When the run started: env.json's time, else the earliest case's."""
-    started = analysis.as_str(run.env.get("started_at"))
-    if started:
-        return started
-    times = sorted(str(r.result["started_at"]) for r in rows if r.result.get("started_at"))
-    return times[0] if times else None
-
-
-def build_context(run: Run, csv_name: str | None = CSV_FILE) -> dict[str, Any]:
-    """Everything the template shows, computed from the run alone."""
-    env = run.env if isinstance(run.env, dict) else {}
-    rows = analysis.case_rows(run.results)
-    groups = analysis.group_rows(rows)
-    summaries = [analysis.summarize_group(m, w, g) for (m, w), g in groups.items()]
+def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FILE) -> dict:
+    """Everything the template shows."""
+    env = run.env
     problems: list[str] = []
     sections = [
-        throughput_section(groups, summaries, problems),
-        memory_section(groups, summaries, env, problems),
-        speedup_section(summaries, problems),
-        loss_section(groups, summaries, problems),
-        tradeoff_section(summaries, problems),
-        step_time_section(summaries, problems),
-        activation_section(rows, problems),
+        throughput_section(analysis, problems),
+        memory_section(analysis, env, problems),
+        speedup_section(analysis, problems),
+        loss_section(analysis, problems),
+        tradeoff_section(analysis, problems),
+        step_time_section(analysis, problems),
+        activation_section(analysis, problems),
     ]
-    headers, raw_rows = tables.raw_table(rows)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
+    headers, raw_rows = raw_table(analysis)
+    started = env.get("started_at") or min(
+        (r.started_at for r in analysis.results.values() if r.started_at), default=None
+    )
     return {
-        "title": _report_title(run),
-        "started_at": _started_at(run, rows),
+        "title": report_title(run),
+        "started_at": started,
         "run_path": str(run.path),
-        "env_items": tables.environment_items(env),
-        "warnings": analysis.run_warnings(env, run.warnings, rows) + problems,
-        "counts": dict(sorted(counts.items())),
-        "n_cases": len(rows),
+        "env_items": environment_items(env),
+        "warnings": run_warnings(run, analysis) + problems,
+        "counts": analysis.status_counts,
+        "n_cases": len(analysis.cases),
         "summaries": [
             {
-                "summary": s,
-                "title": _group_title(s),
-                "point": tables.point_label(s),
-                "recommendation": tables.recommendation_text(s),
-                "metric": tables.METRIC_LABELS.get(s.divergence_metric or "", "divergence"),
-                "rows": tables.summary_cells(s),
+                "group": g,
+                "key": f"{g.model}/{g.workload}",
+                "title": _title(g),
+                "point": fmt.point_label(g),
+                "recommendation": fmt.recommendation_text(g),
+                "metric": fmt.METRIC_LABELS.get(
+                    next((m.divergence_metric for m in g.modes if m.divergence_metric), "") or "",
+                    "divergence",
+                ),
+                "rows": summary_rows(g),
             }
-            for s in summaries
+            for g in analysis.groups
         ],
         "sections": sections,
-        "problems": analysis.problem_groups(rows),
+        "problems": analysis.problems,
         "raw_headers": headers,
         "raw_rows": raw_rows,
         "csv_name": csv_name,
@@ -331,56 +506,36 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render_html(run: Run, csv_name: str | None = CSV_FILE) -> str:
+def render_html(
+    run: Run, analysis: RunAnalysis | None = None, csv_name: str | None = CSV_FILE
+) -> str:
     """The report as one HTML string."""
-    return _environment().get_template(TEMPLATE).render(**build_context(run, csv_name))
+    analysis = analysis if analysis is not None else analyze(run.results)
+    context = build_context(run, analysis, csv_name)
+    return _environment().get_template(TEMPLATE).render(**context)
 
 
-def _load(run_dir: str | os.PathLike[str]) -> Run:
-    """load_run, except that a run cut short before its first result gives an empty run."""
-    path = Path(run_dir)
-    if path.is_dir() and not (path / RESULTS_FILE).exists() and (path / ENV_FILE).is_file():
-        run = load_run_env_only(path)
-        run.warnings.append(f"{RESULTS_FILE} is missing: the run stopped before any case finished.")
-        return run
-    return load_run(path)
-
-
-def load_run_env_only(path: Path) -> Run:
-    """A Run with env.json but no results (see _load)."""
-    try:
-        env = json.loads((path / ENV_FILE).read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ResultsError(f"{path / ENV_FILE}: not valid JSON ({exc})") from None
-    return Run(path=path, env=env if isinstance(env, dict) else {}, results=[], warnings=[])
-
-
-def summary_markdown(run: Run | str | os.PathLike[str]) -> str:
-    """The summary tables of a run (a Run or a run directory) in Markdown."""
-    if not isinstance(run, Run):
-        run = _load(run)
-    rows = analysis.case_rows(run.results)
-    title = _report_title(run)
-    return tables.summary_markdown_text(analysis.summarize(rows), title)
+def report_json(analysis: RunAnalysis) -> str:
+    """The analysis as JSON text (`mpbench report --json`)."""
+    return json.dumps(analysis.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
 def render_report(
-    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
+    run: Run | str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> Path:
-    """Render RUN_DIR's report to `out` (default RUN_DIR/index.html); return the HTML's path.
-
-    results.csv and summary.md are written next to the HTML. Only results.jsonl and env.json are
-    read: nothing is re-run.
-    """
-    run = _load(run_dir)
+    """Render a run's report to `out` (default RUN_DIR/index.html), with results.csv and summary.md
+    beside it; returns the HTML's path. Raises OutputError (and leaves no temp file) when a file
+    cannot be written."""
+    if not isinstance(run, Run):
+        run = load_run(run)
     out_path = Path(out) if out is not None else run.path / REPORT_FILE
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_path, exc) from None
+    analysis = analyze(run.results)
     csv_path = out_path.parent / CSV_FILE
-    tables.write_results_csv(run.results, csv_path)
-    (out_path.parent / SUMMARY_FILE).write_text(summary_markdown(run), encoding="utf-8")
-    html = render_html(run, csv_name=csv_path.name)
-    # Write then rename, so a reader (or a crash) never sees a half-written report.
-    tmp_path = out_path.with_name(out_path.name + ".tmp")
-    tmp_path.write_text(html, encoding="utf-8")
-    tmp_path.replace(out_path)
+    write_text_atomic(csv_path, results_frame(run.results).to_csv(index=False))
+    write_text_atomic(out_path.parent / SUMMARY_FILE, summary_markdown(analysis, report_title(run)))
+    write_text_atomic(out_path, render_html(run, analysis, csv_name=csv_path.name))
     return out_path

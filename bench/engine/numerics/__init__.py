@@ -75,12 +75,8 @@ underflow); fp16 and amp_fp16 cases carry `activation_summary` {worst_module, ma
 min_fp16_headroom_log2, fp16_overflow_modules, fp16_underflow_modules (over 1% of values below
 fp16's smallest normal), max_frac_below_fp16_normal}.
 A failed analysis is {"verdict": null, "error": "..."}.
+
+Modules: config ([numerics] table), data batches come from bench.engine.data, passes (the
+training and forward passes), metrics (error measures), activations, verdicts (the rules),
+analyzer (NumericsAnalyzer: the passes per case, cached per model).
 """
-
-from __future__ import annotations
-
-from bench.engine.numerics.analyzer import NumericsAnalyzer
-from bench.engine.numerics.config import NumericsConfig, validate_table
-from bench.engine.numerics.verdicts import VERDICTS, verdict_table
-
-__all__ = ["VERDICTS", "NumericsAnalyzer", "NumericsConfig", "validate_table", "verdict_table"]

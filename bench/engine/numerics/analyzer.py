@@ -1,5 +1,10 @@
 """NumericsAnalyzer: runs the divergence passes for the cases of a sweep, once per
-(model, workload, precision), and caches the fp32 reference of each (model, workload)."""
+(model, workload, precision), and caches the fp32 reference of each (model, workload).
+
+Each pass reports its phase ("numerics: fp32 reference", "numerics: amp_bf16", ...) and, in
+training, its step, to the case's PhaseCallback: the first case of a model can spend minutes here
+on a CPU, and the progress display says so.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from bench.engine.numerics.passes import (
 )
 from bench.engine.numerics.verdicts import inference_verdict, training_verdict
 from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.suite import Suite
 from bench.results.schema import Case
 
@@ -36,7 +42,7 @@ INFER_BATCHES = 1  # forward passes compared per inference check
 
 
 class NumericsAnalyzer:
-    """`for_case(case)` is the CaseRunner's `numerics` callable: it never raises."""
+    """`for_case(case, phase)` is the CaseRunner's `numerics` hook: it never raises."""
 
     def __init__(
         self,
@@ -53,6 +59,7 @@ class NumericsAnalyzer:
         self._own: tuple[str, torch.nn.Module] | None = None
         self._model: str | None = None  # the model whose passes are cached
         self._cache: dict[tuple[str, ...], Any] = {}
+        self._phase: PhaseCallback = no_phase  # the current case's progress
         if device.is_cuda and self.config.enabled:
             # Read by cuBLAS when its workspace is first made: set before any case runs.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
@@ -62,15 +69,18 @@ class NumericsAnalyzer:
         """False when the suite's [numerics] says enabled = false."""
         return self.config.enabled
 
-    def for_case(self, case: Case) -> dict[str, Any] | None:
+    def for_case(self, case: Case, phase: PhaseCallback = no_phase) -> dict[str, Any] | None:
         """The case's numerics dict; a failure becomes {"verdict": None, "error": ...}."""
         if not self.config.enabled:
             return None
+        self._phase = phase
         try:
             return copy.deepcopy(self.analyze(case))
         except Exception as exc:  # a numerics failure must never lose the case's timing
             message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
             return {"verdict": None, "error": message}
+        finally:
+            self._phase = no_phase
         # No free_memory() here: each pass's copies die with it, and the next case's memory
         # window collects and empties the cache first (a gc.collect costs ~0.2 s on a CPU).
 
@@ -190,17 +200,27 @@ class NumericsAnalyzer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def _train(self, spec: ModelSpec, mode: PrecisionMode) -> TrainingTrace:
+    def _train(self, spec: ModelSpec, mode: PrecisionMode, label: str) -> TrainingTrace:
         batches = self._batches(spec, "train").batches
+        name = f"numerics: {label}"
+        self._phase(name, 0, len(batches))
         with self._pass(mode):
-            return run_training(self.pristine_model(spec), mode, self.device, batches)
+            return run_training(
+                self.pristine_model(spec),
+                mode,
+                self.device,
+                batches,
+                on_step=lambda step, total: self._phase(name, step, total),
+            )
 
     def _training_reference(self, spec: ModelSpec) -> dict[str, Any]:
         """fp32 run (the baseline), a second fp32 run and an fp64 run (the noise floor)."""
         fp32 = PRECISION_MODES["fp32"]
-        reference = self._train(spec, fp32)
-        repeat = self._train(spec, fp32) if self.config.noise_floor else None
-        fp64, fp64_error = self._optional_fp64(lambda: self._train(spec, FP64_REFERENCE), spec)
+        reference = self._train(spec, fp32, "fp32 reference")
+        repeat = self._train(spec, fp32, "fp32 repeat") if self.config.noise_floor else None
+        fp64, fp64_error = self._optional_fp64(
+            lambda: self._train(spec, FP64_REFERENCE, "fp64 reference"), spec
+        )
         floor: dict[str, Any] = {
             "fp32_runs_identical": None,
             "fp32_repeat_max_rel_div": None,
@@ -240,7 +260,7 @@ class NumericsAnalyzer:
             # fp32 against itself is the repeat run (METHODS rule 11); without one, itself.
             trace = reference["repeat"] or base
         else:
-            trace = self._train(spec, mode)
+            trace = self._train(spec, mode, precision)
         div = metrics.loss_divergence(trace.loss, base.loss)
         if trace.first_nan_step is not None:
             # Stopped on NaN/inf weights or gradients: the divergence from here on is unbounded,
@@ -273,16 +293,19 @@ class NumericsAnalyzer:
 
     # -- inference ---------------------------------------------------------------------------
 
-    def _forward(self, spec: ModelSpec, mode: PrecisionMode) -> torch.Tensor:
+    def _forward(self, spec: ModelSpec, mode: PrecisionMode, label: str) -> torch.Tensor:
         batches = self._batches(spec, "infer").batches
+        self._phase(f"numerics: {label}", None, None)
         with self._pass(mode):
             return run_inference(self.pristine_model(spec), mode, self.device, batches, spec.family)
 
     def _inference_reference(self, spec: ModelSpec) -> dict[str, Any]:
         fp32 = PRECISION_MODES["fp32"]
-        logits = self._forward(spec, fp32)
-        repeat = self._forward(spec, fp32) if self.config.noise_floor else None
-        fp64, fp64_error = self._optional_fp64(lambda: self._forward(spec, FP64_REFERENCE), spec)
+        logits = self._forward(spec, fp32, "fp32 reference")
+        repeat = self._forward(spec, fp32, "fp32 repeat") if self.config.noise_floor else None
+        fp64, fp64_error = self._optional_fp64(
+            lambda: self._forward(spec, FP64_REFERENCE, "fp64 reference"), spec
+        )
         floor: dict[str, Any] = {
             "fp32_runs_identical": None,
             "fp32_repeat_max_abs_err": None,
@@ -311,7 +334,7 @@ class NumericsAnalyzer:
         if precision == "fp32":
             logits = reference["repeat"] if reference["repeat"] is not None else reference["logits"]
         else:
-            logits = self._forward(spec, PRECISION_MODES[precision])
+            logits = self._forward(spec, PRECISION_MODES[precision], precision)
         out: dict[str, Any] = {
             **self._common(spec, "infer"),
             **metrics.compare_outputs(reference["logits"], logits, reference["fp64"]),
@@ -325,6 +348,7 @@ class NumericsAnalyzer:
 
     def _activations(self, spec: ModelSpec) -> list[dict[str, Any]]:
         batch = self._batches(spec, "infer").batches[0]
+        self._phase("numerics: activation ranges", None, None)
         with self._pass(PRECISION_MODES["fp32"]):
             return fp32_activation_ranges(
                 self.pristine_model(spec), self.device, batch, spec.family

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ def run_training(
     device: Device,
     batches: list[dict[str, torch.Tensor]],
     gradients: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingTrace:
     """Train a copy for len(batches) steps, one batch per step; stop at the first NaN/inf.
 
@@ -155,6 +157,8 @@ def run_training(
                 if float(scaler.get_scale()) < scale_before:
                     trace.skipped_at.append(index)
             source = _nan_source(loss, grad_flags, scaler is None, params)
+            if on_step is not None:
+                on_step(index + 1, len(device_batches))
             if source is not None:
                 trace.first_nan_step, trace.nan_source = index, source
                 break

@@ -1,0 +1,235 @@
+"""The data behind the report's figures, derived from a RunAnalysis: curves, samples, points.
+
+Nothing here draws or formats (bench.views.plots does); nothing here decides a headline figure
+(bench.analysis.summary does): a figure shows the same points the summary tables use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.analysis.summary import GroupSummary, RunAnalysis
+from bench.results.schema import BASELINE_PRECISION, precision_rank
+
+FP16_MAX = 65504.0
+
+
+def _numbers(value: Any) -> list[float]:
+    """A JSON list of numbers as floats; anything else becomes NaN so step indices stay aligned."""
+    if not isinstance(value, (list, tuple)):
+        return []
+    out = []
+    for item in value:
+        ok = isinstance(item, (int, float)) and not isinstance(item, bool)
+        out.append(float(item) if ok else math.nan)
+    return out
+
+
+def _ordered(mapping: dict[str, Any]) -> dict[str, Any]:
+    """A precision-keyed dict in precision order."""
+    return dict(sorted(mapping.items(), key=lambda kv: precision_rank(kv[0])))
+
+
+def series_vs_batch(
+    analysis: RunAnalysis, group: GroupSummary, column: str
+) -> dict[str, tuple[list[int], list[float]]]:
+    """Per precision, (batch sizes, values of `column`) of the group's ok cases at its headline
+    sequence length, by batch size. `column` is a case-frame column: "rate" or "peak_bytes"."""
+    frame = analysis.cases
+    rows = frame[
+        (frame["model"] == group.model)
+        & (frame["workload"] == group.workload)
+        & (frame["status"] == "ok")
+        & (frame["seq_len"] == group.seq_len)
+        & frame[column].notna()
+        & frame["batch_size"].notna()
+    ]
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for precision, part in rows.groupby("precision"):
+        part = part[part[column].map(math.isfinite)].sort_values("batch_size")
+        if not part.empty:
+            out[str(precision)] = (
+                [int(b) for b in part["batch_size"]],
+                [float(v) for v in part[column]],
+            )
+    return _ordered(out)
+
+
+def step_samples(analysis: RunAnalysis, group: GroupSummary) -> dict[str, list[float]]:
+    """Per-step seconds per precision at the headline point (precisions without any left out)."""
+    out = {}
+    for mode in group.modes:
+        result = analysis.result(mode.case_id) if mode.ok else None
+        samples = [s for s in result.step_s if math.isfinite(s)] if result is not None else []
+        if samples:
+            out[mode.precision] = samples
+    return out
+
+
+@dataclass
+class LossData:
+    """Loss curves of one model's training, with the relative divergence from fp32 per step."""
+
+    source: str  # "numerics" (the deterministic divergence pass) or "timed steps"
+    baseline: list[float]
+    curves: dict[str, list[float]]
+    rel_div: dict[str, list[float]]
+    tolerance: float | None
+
+
+def relative_divergence(loss: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """|loss - baseline| / |baseline| per step (NaN where undefined), over the common length."""
+    return [abs(v - r) / abs(r) if r else math.nan for v, r in zip(loss, baseline, strict=False)]
+
+
+def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
+    """Loss curves of a training group: from the numerics pass (the same batches for every
+    precision), else from the timed steps at the headline point."""
+    frame = analysis.cases
+    rows = frame[
+        (frame["model"] == group.model)
+        & (frame["workload"] == group.workload)
+        & (frame["status"] == "ok")
+    ].sort_values("order")
+    curves: dict[str, list[float]] = {}
+    rel_div: dict[str, list[float]] = {}
+    baseline: list[float] = []
+    tolerance = None
+    for case_id in rows["id"]:
+        result = analysis.result(case_id)
+        numerics = result.numerics if result is not None else None
+        loss = _numbers((numerics or {}).get("loss"))
+        precision = result.case.precision if result is not None else ""
+        if not loss or precision in curves:
+            continue
+        curves[precision] = loss
+        baseline = baseline or _numbers(numerics.get("baseline_loss"))
+        divs = _numbers(numerics.get("rel_div"))
+        if divs:
+            rel_div[precision] = divs
+        value = numerics.get("tolerance")
+        if tolerance is None and isinstance(value, (int, float)):
+            tolerance = float(value)
+    if curves:
+        baseline = baseline or curves.get(BASELINE_PRECISION, [])
+        curves.pop(BASELINE_PRECISION, None)
+        rel_div.pop(BASELINE_PRECISION, None)
+        for precision, loss in curves.items():
+            if precision not in rel_div and baseline:
+                rel_div[precision] = relative_divergence(loss, baseline)
+        return LossData("numerics", baseline, _ordered(curves), _ordered(rel_div), tolerance)
+    # No divergence pass: the timed steps' losses still show whether training went anywhere odd.
+    for mode in group.modes:
+        result = analysis.result(mode.case_id) if mode.ok else None
+        if result is not None and result.losses:
+            curves[mode.precision] = list(result.losses)
+    if not curves:
+        return None
+    baseline = curves.pop(BASELINE_PRECISION, [])
+    rel_div = {p: relative_divergence(v, baseline) for p, v in curves.items() if baseline}
+    return LossData("timed steps", baseline, _ordered(curves), _ordered(rel_div), None)
+
+
+@dataclass
+class TradeoffPoint:
+    """A mode's speed and accuracy for the speed vs accuracy scatter."""
+
+    model: str
+    precision: str
+    speedup: float
+    divergence: float
+    verdict: str | None
+    pareto: bool = False
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated by another: higher x (speedup) and lower y (divergence)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (ox >= x and oy <= y) and (ox > x or oy < y)
+            for j, (ox, oy) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def tradeoff_points(analysis: RunAnalysis) -> dict[str, dict[str, list[TradeoffPoint]]]:
+    """Per workload, per model: non-fp32 modes with a speedup and a divergence at the headline
+    point, Pareto-marked per model (modes of different models are not alternatives)."""
+    out: dict[str, dict[str, list[TradeoffPoint]]] = {}
+    for group in analysis.groups:
+        points = [
+            TradeoffPoint(group.model, m.precision, m.speedup, m.divergence, m.verdict)
+            for m in group.modes
+            if not m.is_baseline
+            and m.speedup is not None
+            and m.divergence is not None
+            and math.isfinite(m.divergence)
+        ]
+        if not points:
+            continue
+        for i in pareto_front([(p.speedup, p.divergence) for p in points]):
+            points[i].pareto = True
+        out.setdefault(group.workload, {})[group.model] = points
+    return out
+
+
+@dataclass
+class ActivationProfile:
+    """Activation ranges per module of one model, from an fp32 case's numerics."""
+
+    model: str
+    case_id: str
+    modules: list[str]
+    max_abs: list[float]
+    headroom_log2: list[float]  # log2(fp16 max / max |activation|); below 0 overflows fp16
+    overflow: list[bool]
+    frac_below_fp16_normal: list[float]
+
+
+def _activation_profile(model: str, case_id: str, entries: list[Any]) -> ActivationProfile:
+    profile = ActivationProfile(model, case_id, [], [], [], [], [])
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        max_abs = entry.get("max_abs")
+        max_abs = float(max_abs) if isinstance(max_abs, (int, float)) else math.nan
+        # A log axis can show neither 0 nor a negative, and neither has a headroom.
+        if not (0 < max_abs < math.inf):
+            continue
+        headroom = math.log2(FP16_MAX / max_abs)
+        below = entry.get("frac_below_fp16_normal")
+        profile.modules.append(str(entry.get("module") or "?"))
+        profile.max_abs.append(max_abs)
+        profile.headroom_log2.append(headroom)
+        profile.overflow.append(max_abs > FP16_MAX)
+        profile.frac_below_fp16_normal.append(
+            float(below) if isinstance(below, (int, float)) else math.nan
+        )
+    return profile
+
+
+def activation_profiles(analysis: RunAnalysis) -> list[ActivationProfile]:
+    """One profile per model: the first fp32 case whose numerics carry `activations`."""
+    by_model: dict[str, ActivationProfile] = {}
+    frame = analysis.cases.sort_values(["order"])
+    fp32_first = frame.sort_values(
+        "precision", key=lambda s: s != BASELINE_PRECISION, kind="stable"
+    )
+    for case_id in fp32_first["id"]:
+        result = analysis.result(case_id)
+        entries = (result.numerics or {}).get("activations") if result is not None else None
+        model = result.case.model if result is not None else ""
+        if model in by_model or not isinstance(entries, list):
+            continue
+        profile = _activation_profile(model, case_id, entries)
+        if profile.modules:
+            by_model[model] = profile
+    order = list(dict.fromkeys(frame["model"]))
+    return sorted(by_model.values(), key=lambda p: order.index(p.model))

@@ -1,0 +1,265 @@
+"""`mpbench run`: validate every input, run the sweep (bench.engine), then read the run directory
+back and show it: the results and verdict tables (bench.views.terminal) and the report.
+
+The engine (and so torch) is imported only when a run starts, so `mpbench --help`, compare and
+check stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.analysis.check import validate_table as validate_check_table
+from bench.analysis.summary import analyze
+from bench.errors import EXIT_OK, EXIT_OUTPUT, MpbenchError, OutputError
+from bench.results.rundir import RESULTS_FILE, load_run
+from bench.views import terminal
+from bench.views.progress import RichProgress, stderr_console
+from bench.views.report import render_report
+
+LIST_FLAGS = ("models", "workloads", "precisions", "batch_sizes", "seq_lens")
+
+
+def _comma_list(kind: type) -> Any:
+    """argparse type for comma-separated values of `kind` (int or str)."""
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        if kind is int:
+            try:
+                return [int(item) for item in items]
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected comma-separated integers, got {text!r}"
+                ) from None
+        return items
+
+    return parse
+
+
+def register(sub: Any) -> None:
+    """Add `mpbench run` to the parser."""
+    run = sub.add_parser(
+        "run",
+        help="run a suite and write results (and a report) to a run directory",
+        description="Run a suite: every case of models x workloads x precisions x batch sizes x "
+        "sequence lengths. Writes env.json, suite.toml and results.jsonl (one line per case, "
+        "flushed as each finishes) to the run directory, then the report. Every input is "
+        "checked before anything runs.",
+        epilog="exit codes: 0 done, 2 bad input (nothing ran), 3 results or report could not be "
+        "written (disk full: earlier results are intact; continue with --resume), 130 Ctrl-C, "
+        "143 SIGTERM (finished cases are kept and the report is written)",
+    )
+    run.add_argument(
+        "suite",
+        nargs="?",
+        help="suite file (TOML) or built-in name: smoke, standard, ci "
+        "(default: smoke on CPU, standard on a GPU)",
+    )
+    run.add_argument(
+        "--out", type=Path, help="run directory (default: reports/<suite>-<timestamp>)"
+    )
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument(
+        "--models",
+        type=_comma_list(str),
+        help="replace the suite's models (presets or checkpoint dirs)",
+    )
+    run.add_argument(
+        "--workloads",
+        type=_comma_list(str),
+        help="replace the suite's workloads (train, infer, generate)",
+    )
+    run.add_argument(
+        "--precisions",
+        type=_comma_list(str),
+        help="replace the suite's precisions, e.g. fp32,amp_bf16",
+    )
+    run.add_argument(
+        "--batch-sizes", type=_comma_list(int), help="replace the suite's batch sizes, e.g. 1,8,32"
+    )
+    run.add_argument(
+        "--seq-lens", type=_comma_list(int), help="replace the suite's sequence lengths"
+    )
+    run.add_argument("--data", help='data for the numerics passes: "random" or "text:PATH"')
+    run.add_argument("--warmup", type=int, help="warm-up steps per case (excluded from timing)")
+    run.add_argument("--iterations", type=int, help="timed steps per case")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run: run only the cases not yet in RUN_DIR/results.jsonl "
+        "(same suite, checked by hash)",
+    )
+    run.add_argument(
+        "--isolate",
+        choices=("none", "model", "case"),
+        default="model",
+        help="where cases run: 'model' (default) one worker process per model, replaced if it "
+        "dies; 'case' a fresh worker per case; 'none' in this process (no crash protection)",
+    )
+    run.add_argument(
+        "--case-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="a case that takes longer is killed and recorded as 'timeout' (default 1800; "
+        "needs --isolate model or case)",
+    )
+    run.add_argument(
+        "--no-skip-larger",
+        action="store_true",
+        help="after an OOM, still run larger batch sizes of the same model/workload/precision "
+        "(default: record them as predicted 'oom')",
+    )
+    run.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GIB",
+        help="cap each worker's memory (CUDA: per-process fraction of the GPU; CPU: address "
+        "space over the worker's start-up size), e.g. to see where a smaller GPU would run out",
+    )
+    run.add_argument(
+        "--find-max-batch",
+        action="store_true",
+        help="instead of the batch-size sweep, find the largest batch that fits per model, "
+        "workload, precision and sequence length (doubling, then bisection); writes "
+        "RUN_DIR/max_batch.json. On CPU pair it with --memory-limit",
+    )
+    run.add_argument(
+        "--max-batch-cap",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="largest batch size --find-max-batch tries (default 1024)",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress display (for CI logs)")
+    run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
+    run.set_defaults(handler=cmd_run)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if not math.isfinite(args.case_timeout) or args.case_timeout <= 0:
+        raise MpbenchError(
+            f"--case-timeout: must be a positive number of seconds; got {args.case_timeout:g}"
+        )
+    if args.memory_limit is not None and (
+        not math.isfinite(args.memory_limit) or args.memory_limit <= 0 or args.isolate == "none"
+    ):
+        raise MpbenchError(
+            "--memory-limit: needs a positive GiB figure and --isolate model or case"
+        )
+    if args.find_max_batch and args.max_batch_cap < 1:
+        raise MpbenchError(f"--max-batch-cap: must be a positive integer; got {args.max_batch_cap}")
+    if args.resume is not None and args.out is not None and args.out != args.resume:
+        raise MpbenchError("--out: not used with --resume (results go to RUN_DIR)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`mpbench run`: load and validate the suite, run every case, show and report the run."""
+    from bench.engine.device import resolve_device
+    from bench.engine.interrupts import ExecutionOptions
+    from bench.engine.session import RunOptions
+    from bench.engine.suite import default_suite_name, load_suite
+
+    _check_flags(args)
+    device = resolve_device(args.device)
+    overrides = {k: getattr(args, k) for k in LIST_FLAGS if getattr(args, k) is not None}
+    timing = {
+        k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None
+    }
+    suite = None
+    if args.resume is None or args.suite or overrides or timing or args.data:
+        name = args.suite or default_suite_name(device.type)
+        suite = load_suite(name, overrides, args.data).with_timing(timing)
+        validate_check_table(suite.tables.get("check", {}), suite.source)
+    execution = ExecutionOptions(
+        isolate=args.isolate,
+        case_timeout_s=args.case_timeout,
+        memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
+    )
+    console = stderr_console(args.quiet)
+    if args.resume is not None:
+        options = RunOptions(execution, skip_larger=not args.no_skip_larger, resume=True)
+        return _sweep(suite, device, args.resume, options, console, not args.no_report)
+    out = args.out or Path("reports") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if args.find_max_batch:
+        return _find_max_batch(suite, device, out, execution, args.max_batch_cap, console)
+    options = RunOptions(execution, skip_larger=not args.no_skip_larger)
+    return _sweep(suite, device, out, options, console, not args.no_report)
+
+
+def _sweep(suite: Any, device: Any, out: Path, options: Any, console: Any, render: bool) -> int:
+    """Run the sweep with a progress display, then the tables and the report."""
+    from bench.engine.session import run_suite
+
+    with RichProgress(console) as progress:
+        outcome = run_suite(suite, device, out, options, progress)
+    if outcome.exit_code != EXIT_OK:
+        console.print(
+            f"[yellow]interrupted[/]: {outcome.finished} case(s) finished and saved, "
+            f"{outcome.not_run} not run; continue with `mpbench run --resume {out}`"
+        )
+    if outcome.startup_s:
+        mean = sum(outcome.startup_s) / len(outcome.startup_s)
+        console.print(
+            f"{len(outcome.startup_s)} worker process(es) started, {mean:.1f} s each on average "
+            "(--isolate none skips this cost, and the crash protection)"
+        )
+    return show_run(out, console, render, outcome.exit_code)
+
+
+def show_run(out: Path, console: Any, render: bool, exit_code: int) -> int:
+    """Read the run directory back and show it: tables, then the report (exit 3 if it fails)."""
+    run = load_run(out)
+    for warning in run.warnings:
+        console.print(f"[yellow]warning[/]: {warning}", markup=True, highlight=False)
+    if not run.results:
+        console.print("no case finished: no tables and no report")
+        return exit_code
+    analysis = analyze(run.results)
+    console.print(terminal.results_table(analysis))
+    if terminal.has_numerics(analysis):
+        console.print(terminal.verdict_table(analysis))
+    if render:
+        try:
+            console.print(f"report: {render_report(run)}")
+        except OutputError as exc:
+            console.print(f"[red]report not written[/]: {exc}", highlight=False)
+            exit_code = exit_code or EXIT_OUTPUT
+        except Exception as exc:  # the results are safe on disk; say what failed, exit non-zero
+            console.print(f"[red]report failed[/]: {type(exc).__name__}: {exc}", highlight=False)
+            exit_code = exit_code or EXIT_OUTPUT
+    console.print(f"results: {out / RESULTS_FILE}")
+    return exit_code
+
+
+def _find_max_batch(
+    suite: Any, device: Any, out: Path, execution: Any, cap: int, console: Any
+) -> int:
+    """`--find-max-batch`: search, print each result as it is found, then the table."""
+    from bench.engine.maxbatch import search_max_batch
+
+    console.print(f"mpbench: largest batch size per config (cap {cap}) on {device.name} -> {out}")
+
+    def found(m: Any) -> None:
+        size = m.max_batch_size if m.max_batch_size else "-"
+        note = (" (cap reached)" if m.limit_reached else "") + (
+            f" ({m.reason})" if m.reason else ""
+        )
+        console.print(
+            f"{m.model}/{m.workload}/{m.precision}/seq{m.seq_len}: max batch {size}{note}"
+        )
+
+    outcome = search_max_batch(suite, device, out, execution, cap, found)
+    if outcome.exit_code != EXIT_OK:
+        console.print("[yellow]interrupted[/]: the search was not finished")
+    console.print(terminal.max_batch_table(outcome.rows))
+    console.print(f"max batch sizes: {outcome.path}")
+    return outcome.exit_code

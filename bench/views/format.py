@@ -1,0 +1,136 @@
+"""How numbers read, in every view (terminal, Markdown, HTML, compare page, JUnit): one set of
+formatters, so the same figure is printed the same way everywhere."""
+
+from __future__ import annotations
+
+import math
+
+from bench.analysis.summary import GroupSummary, ModeSummary
+
+MISSING = "–"  # a value that is absent or undefined
+VERDICT_LABELS = {
+    "ok": "ok",
+    "warn": "warn",
+    "diverged": "diverged",
+    "nan": "NaN/inf",
+    "baseline": "baseline",
+    "error": "error",
+    None: "no numerics",
+}
+METRIC_LABELS = {
+    "max_rel_div": "max rel. loss divergence",
+    "rel_rmse": "rel. RMSE of outputs",
+    "kl_mean": "mean KL divergence",
+}
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _sig3(value: float) -> str:
+    """3 significant figures, trailing zeros kept (4.70), whole numbers from 100 up (1,234)."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:#.3g}".rstrip(".")
+
+
+def fmt_number(value: float | None) -> str:
+    """3 significant figures, thousands separated: 12.3, 4,567."""
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return str(value)
+    return _sig3(value)
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Binary units: 512 B, 12.0 KiB, 345 MiB, 1.50 GiB."""
+    if not _finite(value):
+        return MISSING
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{_sig3(value / size)} {unit}"
+    return f"{value:.0f} B"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """Step time in a readable unit: 850 µs, 12.3 ms, 1.20 s."""
+    if not _finite(value):
+        return MISSING
+    if value >= 1:
+        return f"{_sig3(value)} s"
+    if value >= 1e-3:
+        return f"{_sig3(value * 1e3)} ms"
+    return f"{_sig3(value * 1e6)} µs"
+
+
+def fmt_speedup(value: float | None) -> str:
+    """1.84×."""
+    return f"{value:.2f}×" if _finite(value) else MISSING
+
+
+def fmt_saving(value: float | None) -> str:
+    """Memory saved vs fp32 as a percentage; negative means more memory than fp32."""
+    if not _finite(value):
+        return MISSING
+    return f"{value * 100:.0f} %".replace("-", "−")
+
+
+def fmt_divergence(value: float | None) -> str:
+    """Divergence in scientific notation, 2 significant figures: 3.1e-03 (0 stays 0)."""
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return str(value)
+    return "0" if value == 0 else f"{value:.1e}"
+
+
+def fmt_pct(value: float | None) -> str:
+    """A signed percentage change: +12.3 %."""
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return "from 0"
+    return f"{value:+.1f} %"
+
+
+def verdict_key(mode: ModeSummary) -> str | None:
+    """The verdict to show for a mode: 'baseline' for fp32 against itself, 'error' for a failed
+    numerics pass, else its verdict (None: no numerics)."""
+    if mode.numerics_error:
+        return "error"
+    if mode.is_baseline and mode.verdict in (None, "ok"):
+        return "baseline"
+    return mode.verdict
+
+
+def fmt_verdict(mode: ModeSummary) -> str:
+    """The numerics verdict of a mode as a word."""
+    return VERDICT_LABELS.get(verdict_key(mode), str(verdict_key(mode)))
+
+
+def fmt_divergence_with_floor(mode: ModeSummary) -> str:
+    """'4.4e-05 (floor 1.1e-07)': the headline divergence next to fp32's own error."""
+    text = fmt_divergence(mode.divergence)
+    if mode.divergence is not None and mode.divergence_floor is not None:
+        text += f" (floor {fmt_divergence(mode.divergence_floor)})"
+    return text
+
+
+def point_label(group: GroupSummary) -> str:
+    """Where precisions were compared: 'batch 8, seq 512'."""
+    if group.batch_size is None:
+        return "no successful case"
+    return f"batch {group.batch_size}, seq {group.seq_len}"
+
+
+def recommendation_text(group: GroupSummary) -> str:
+    """One line saying which mode to use, and on what grounds."""
+    if group.recommended:
+        return f"Recommended: {group.recommended} (fastest mode that passes the numerics check)"
+    if group.speed_only:
+        return f"Fastest: {group.speed_only} (speed only: no numerics, so not a recommendation)"
+    if group.has_numerics:
+        return "No recommendation: no measured mode passes the numerics check"
+    return "No recommendation: no successful case"

@@ -1,0 +1,35 @@
+"""Fault injection for the reliability tests, through mpbench's documented runner-factory hook.
+
+Run mpbench with MPBENCH_RUNNER_FACTORY=faults:faulty_runner (and this folder on PYTHONPATH) and
+MPBENCH_TEST_FAULT="kill:<case id>" (the worker SIGKILLs itself when that case starts) or
+"hang:<case id>" (it sleeps forever). Nothing of this lives in mpbench itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from bench.engine.executors import default_runner_factory
+
+FAULT_ENV = "MPBENCH_TEST_FAULT"
+
+
+def faulty_runner(suite: Any, device: Any) -> Any:
+    """The default runner, whose run() kills or hangs its process on one case."""
+    runner = default_runner_factory(suite, device)
+    kind, _, victim = os.environ.get(FAULT_ENV, "").partition(":")
+    run = runner.run
+
+    def run_with_fault(case: Any, *args: Any, **kwargs: Any) -> Any:
+        if case.id == victim and kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if case.id == victim and kind == "hang":
+            while True:
+                time.sleep(60)
+        return run(case, *args, **kwargs)
+
+    runner.run = run_with_fault
+    return runner

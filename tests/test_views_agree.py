@@ -1,0 +1,167 @@
+"""One answer everywhere: for any set of results, the terminal results table, the verdict table,
+summary.md, the HTML page's summary and `mpbench report --json` show the same speedups, memory
+savings and recommended mode (they all read one RunAnalysis)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from bench.analysis.summary import analyze
+from bench.results.rundir import Run
+from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
+from bench.views import format as fmt
+from bench.views import plots, terminal
+from bench.views.markdown import summary_markdown
+from bench.views.report import render_html, report_json
+
+MODELS = {"gpt2-tiny": "gpt2", "bert-tiny": "bert"}
+PRECISIONS = ("fp32", "amp_bf16", "bf16", "fp16")
+STATUSES = ("ok", "ok", "ok", "oom", "skipped", "error")
+
+
+@st.composite
+def result_sets(draw: Any) -> list[CaseResult]:
+    """Results of a sweep with holes: any statuses, numerics present, absent, failed or NaN
+    (shared by every case of a model, workload and precision, as the engine does)."""
+    models = draw(st.lists(st.sampled_from(sorted(MODELS)), min_size=1, max_size=2, unique=True))
+    workloads = draw(
+        st.lists(st.sampled_from(["train", "infer"]), min_size=1, max_size=2, unique=True)
+    )
+    precisions = draw(st.lists(st.sampled_from(PRECISIONS), min_size=1, max_size=4, unique=True))
+    batch_sizes = draw(st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=3, unique=True))
+    numerics_kind = st.sampled_from(["none", "ok", "warn", "diverged", "nan", "error"])
+    out = []
+    for model in models:
+        for workload in workloads:
+            for precision in precisions:
+                kind = draw(numerics_kind)
+                for batch_size in batch_sizes:
+                    if draw(st.integers(0, 9)) == 0:
+                        continue  # a case the sweep never ran
+                    case = Case(model, MODELS[model], workload, precision, batch_size, 16, "cpu")
+                    status = draw(st.sampled_from(STATUSES))
+                    if status != "ok":
+                        out.append(CaseResult(case, status, f"{status} <reason> | here"))
+                        continue
+                    median = draw(st.floats(1e-4, 1.0))
+                    peak = draw(st.one_of(st.none(), st.integers(1, 2**34)))
+                    out.append(
+                        CaseResult(
+                            case,
+                            "ok",
+                            timing=Timing.from_samples([median] * 3, 1, "perf-counter"),
+                            throughput=Throughput.from_median(batch_size, 16, median),
+                            memory=Memory(peak, None, "vmhwm" if peak else "unavailable"),
+                            numerics=_numerics(kind, workload),
+                        )
+                    )
+    return out
+
+
+def _numerics(kind: str, workload: str) -> dict[str, Any] | None:
+    if kind == "none":
+        return None
+    if kind == "error":
+        return {"verdict": None, "error": "RuntimeError: boom"}
+    key = "max_rel_div" if workload == "train" else "rel_rmse"
+    return {"verdict": kind, key: math.nan if kind == "nan" else 0.003}
+
+
+def rich_rows(table: Any) -> list[list[str]]:
+    """The body rows of a rich table, as text cells."""
+    console = Console(record=True, width=500)
+    console.print(table)
+    rows = []
+    for line in console.export_text().splitlines():
+        if line.startswith("│"):
+            rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return rows
+
+
+def markdown_tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """'model/workload' -> precision (recommended mark stripped) -> cells, from summary.md."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for block in text.split("### ")[1:]:
+        title = block.splitlines()[0]
+        model, workload = title.split(" (")[0].split(" / ")
+        rows = {}
+        for line in block.splitlines():
+            if line.startswith("| ") and not line.startswith("| precision"):
+                cells = [c.strip() for c in line.strip("|").split(" | ")]
+                rows[cells[0]] = cells
+        out[f"{model}/{workload}"] = rows
+    return out
+
+
+def html_summary(html: str) -> tuple[dict[tuple[str, str], dict[str, str]], list[str]]:
+    """(group, precision) -> speedup and saving cells, and the recommended mode per group."""
+    cells = {}
+    for group, body in re.findall(
+        r'<table class="summary" data-group="([^"]+)">(.*?)</table>', html, re.S
+    ):
+        for precision, row in re.findall(r'data-precision="([^"]+)">(.*?)</tr>', body, re.S):
+            cells[(group, precision)] = dict(re.findall(r'data-col="(\w+)">([^<]*)<', row))
+    return cells, re.findall(r'data-recommended="([^"]*)"', html)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(results=result_sets())
+def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
+    analysis = analyze(results)
+    data = json.loads(report_json(analysis))  # strict JSON: no NaN
+    results_rows = {row[0]: row for row in rich_rows(terminal.results_table(analysis))}
+    verdict_rows = rich_rows(terminal.verdict_table(analysis))
+    markdown = markdown_tables(summary_markdown(analysis))
+    with pytest.MonkeyPatch.context() as mp:  # figures are not under test here: keep it fast
+        for name in (
+            "throughput_vs_batch",
+            "memory_vs_batch",
+            "speedup_bars",
+            "loss_curves",
+            "tradeoff_scatter",
+            "step_time_boxes",
+            "activation_headroom",
+        ):
+            mp.setattr(plots, name, lambda *a, **k: "<svg></svg>")
+        html_cells, html_recommended = html_summary(
+            render_html(Run(Path("run"), {}, results), analysis)
+        )
+
+    assert [g["recommended"] or "" for g in data["groups"]] == html_recommended
+    for group, group_json in zip(analysis.groups, data["groups"], strict=True):
+        key = f"{group.model}/{group.workload}"
+        assert group_json["recommended"] == group.recommended
+        shape = f"bs{group.batch_size} seq{group.seq_len}" if group.batch_size else ""
+        rows = [r for r in verdict_rows if r[0] == group.model and r[1] == group.workload]
+        starred = [r[2].removesuffix(" ★") for r in rows if r[2].endswith("★")]
+        assert starred == ([group.recommended] if group.recommended else [])
+        md_rows = markdown[key]
+        md_recommended = [p.split(" (")[0] for p in md_rows if p.endswith("(recommended)")]
+        assert md_recommended == starred
+        for mode, mode_json, row in zip(group.modes, group_json["modes"], rows, strict=True):
+            assert mode_json["speedup"] == mode.speedup
+            assert mode_json["memory_saving"] == mode.memory_saving
+            assert row[2].removesuffix(" ★") == mode.precision and row[3] == shape
+            md = next(c for p, c in md_rows.items() if p.split(" (")[0] == mode.precision)
+            if not mode.ok:
+                assert row[4] == mode.status and md[1].startswith(mode.status)
+                continue
+            speedup, saving = fmt.fmt_speedup(mode.speedup), fmt.fmt_saving(mode.memory_saving)
+            assert row[4] == speedup and md[2] == speedup
+            assert (row[5] or fmt.MISSING) == saving and md[4] == saving
+            assert html_cells[(key, mode.precision)] == {"speedup": speedup, "saving": saving}
+            # The per-case results table shows the same figure for the headline case.
+            assert results_rows[mode.case_id][5] == speedup
+    # Every per-case speedup in the results table is the analysis' own.
+    for case in data["cases"]:
+        if case["status"] == "ok":
+            assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"])
