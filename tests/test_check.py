@@ -170,6 +170,19 @@ def test_missing_numerics_fail_unless_turned_off_on_purpose(
     assert "numerics not gated: --ignore-numerics" in capsys.readouterr().out
 
 
+def test_numerics_without_a_verdict_fail(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CURRENT's pass ran but judged nothing (its fp32 reference went non-finite): worse."""
+    current = copy_run(base_run, tmp_path / "cur")
+    victim = fixture_cases()[1].id
+    numerics = {"verdict": None, "reasons": ["fp32 baseline went non-finite at step 3"]}
+    edit_numerics(current, victim, numerics)
+    assert mpbench("check", str(current), "--baseline", str(base_run)) == 1
+    out = capsys.readouterr().out
+    assert "numerics gave no verdict in CURRENT (BASE: ok): fp32 baseline went non-finite" in out
+
+
 def test_no_case_in_common_is_an_input_error(
     base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

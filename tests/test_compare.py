@@ -52,6 +52,9 @@ def test_mann_whitney_separates_shifted_samples_and_not_noise() -> None:
 
 def test_smallest_p_value_is_the_exact_bound() -> None:
     assert smallest_p_value(10, 10) == pytest.approx(2 / math.comb(20, 10))
+    # Thousands of rounds (plain pytest-benchmark files) must not overflow a float.
+    assert smallest_p_value(600, 600) == 0.0 or smallest_p_value(600, 600) < 1e-300
+    assert smallest_p_value(8000, 3500) >= 0.0
     assert smallest_p_value(5, 5) == pytest.approx(2 / 252)
     # Complete separation reaches exactly the bound.
     assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)

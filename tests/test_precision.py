@@ -117,3 +117,12 @@ def test_global_state_restores_after_an_exception() -> None:
     with pytest.raises(RuntimeError), PRECISION_MODES["fp32"].global_state(CPU):
         raise RuntimeError("case failed")
     assert torch.backends.cudnn.allow_tf32 == before
+
+
+def test_the_results_schema_knows_every_mode_and_workload() -> None:
+    """The schema's names (which every view sorts by) are the engine's, in the same order."""
+    from bench.engine.workloads import WORKLOADS
+    from bench.results import schema
+
+    assert tuple(PRECISION_MODES) == schema.PRECISIONS
+    assert tuple(WORKLOADS) == schema.WORKLOADS

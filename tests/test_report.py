@@ -397,3 +397,48 @@ def test_a_failing_plot_is_reported_not_fatal(
     html = render_report(run_dir).read_text(encoding="utf-8")
     assert "Could not draw this figure: ValueError: boom" in sections(html)["step-times"]
     assert figures(sections(html)["throughput"]) == 2
+
+
+def plain_pytest_benchmark(path: Path) -> Path:
+    """A pytest-benchmark file of plain tests (no sweep point), two of one parametrised test."""
+
+    def bench(name: str, median: float) -> dict:
+        data = [median * f for f in (0.98, 1.0, 1.03)]
+        return {
+            "name": name,
+            "fullname": f"tests/test_x.py::{name}",
+            "extra_info": {},
+            "stats": {"data": data, "median": median, "mean": median, "rounds": 3},
+        }
+
+    doc = {
+        "machine_info": {"node": "laptop", "cpu": {"brand_raw": "Intel Core i7"}},
+        "benchmarks": [
+            bench("test_sum[1000]", 0.01),
+            bench("test_sum[2000]", 0.02),
+            bench("test_other", 0.5),
+        ],
+        "datetime": "2026-11-29T12:00:00+00:00",
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_plain_pytest_benchmarks_are_listed_not_summarised(tmp_path: Path) -> None:
+    """Tests that are no sweep point have no fp32 to compare with: each is listed on its own,
+    and the report of a file (not a run directory) needs --out."""
+    source = plain_pytest_benchmark(tmp_path / "plain.json")
+    proc = run_cli("report", str(source))
+    assert (
+        proc.returncode == 2 and "--out" in proc.stderr and "pytest-benchmark file" in proc.stderr
+    )
+    assert not (tmp_path / "index.html").exists()
+    out = tmp_path / "site" / "index.html"
+    assert mpbench("report", str(source), "--out", str(out)) == 0
+    html = out.read_text(encoding="utf-8")
+    others = html.split("Other benchmarks")[1].split("</table>")[0]
+    for name in ("test_sum[1000]", "test_sum[2000]", "test_other"):
+        assert f"tests/test_x.py::{name}" in others
+    assert "no successful case" not in html and 'table class="summary"' not in html
+    md = (out.parent / "summary.md").read_text(encoding="utf-8")
+    assert "### Other benchmarks" in md and "test_sum\\[2000\\]" in md

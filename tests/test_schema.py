@@ -53,6 +53,9 @@ def test_a_line_round_trips(tmp_path: Path) -> None:
         (lambda d: d.update(numerics=[1, 2]), "numerics: must be an object"),
         (lambda d: d.update(losses="none"), "losses: must be a list of numbers or null"),
         (lambda d: d.update(schema="2"), "schema: '2' is not an mpbench results schema"),
+        (lambda d: d["case"].update(batch_size=float("inf")), "batch_size: must be an integer"),
+        (lambda d: d["memory"].update(peak_bytes=float("nan")), "peak_bytes: must be an integer"),
+        (lambda d: d.update(numerics={"verdict": "bogus"}), "numerics.verdict: must be one of"),
     ],
 )
 def test_invalid_lines_name_the_field(tmp_path: Path, edit: Any, message: str) -> None:

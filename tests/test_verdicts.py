@@ -90,6 +90,8 @@ def test_training_warnings_accumulate() -> None:
         ({"top1_agreement": 0.899}, "warn", "top1_agreement 0.899 < 0.9"),
         ({"sqnr_db": math.nan, "max_abs_err": math.nan}, "nan", "non-finite outputs"),
         ({"max_abs_err": math.nan}, "nan", "non-finite outputs"),
+        ({"cosine": math.nan}, "diverged", "cosine nan < 0.99"),  # NaN fails a lower bound
+        ({"top1_agreement": math.nan}, "warn", "top1_agreement nan < 0.9"),
         ({"baseline_finite": False}, None, "fp32 baseline logits are not finite"),
     ],
 )

@@ -30,24 +30,29 @@ STATUSES = ("ok", "ok", "ok", "oom", "skipped", "error")
 
 @st.composite
 def result_sets(draw: Any) -> list[CaseResult]:
-    """Results of a sweep with holes: any statuses, numerics present, absent, failed or NaN
-    (shared by every case of a model, workload and precision, as the engine does)."""
+    """Results of a sweep with holes (fp32 may be missing altogether): any statuses, numerics
+    present, absent, failed or NaN (shared by every case of a model, workload and precision, as
+    the engine does), and maybe a few plain pytest-benchmark tests that are no sweep point."""
     models = draw(st.lists(st.sampled_from(sorted(MODELS)), min_size=1, max_size=2, unique=True))
     workloads = draw(
         st.lists(st.sampled_from(["train", "infer"]), min_size=1, max_size=2, unique=True)
     )
     precisions = draw(st.lists(st.sampled_from(PRECISIONS), min_size=1, max_size=4, unique=True))
     batch_sizes = draw(st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=3, unique=True))
+    seq_lens = draw(st.lists(st.sampled_from([16, 32]), min_size=1, max_size=2, unique=True))
     numerics_kind = st.sampled_from(["none", "ok", "warn", "diverged", "nan", "error"])
     out = []
+    shapes = [(b, s) for b in batch_sizes for s in seq_lens]
     for model in models:
         for workload in workloads:
             for precision in precisions:
                 kind = draw(numerics_kind)
-                for batch_size in batch_sizes:
+                for batch_size, seq_len in shapes:
                     if draw(st.integers(0, 9)) == 0:
                         continue  # a case the sweep never ran
-                    case = Case(model, MODELS[model], workload, precision, batch_size, 16, "cpu")
+                    case = Case(
+                        model, MODELS[model], workload, precision, batch_size, seq_len, "cpu"
+                    )
                     status = draw(st.sampled_from(STATUSES))
                     if status != "ok":
                         out.append(CaseResult(case, status, f"{status} <reason> | here"))
@@ -59,11 +64,15 @@ def result_sets(draw: Any) -> list[CaseResult]:
                             case,
                             "ok",
                             timing=Timing.from_samples([median] * 3, 1, "perf-counter"),
-                            throughput=Throughput.from_median(batch_size, 16, median),
+                            throughput=Throughput.from_median(batch_size, seq_len, median),
                             memory=Memory(peak, None, "vmhwm" if peak else "unavailable"),
                             numerics=_numerics(kind, workload),
                         )
                     )
+    for i in range(draw(st.integers(0, 2))):  # plain pytest-benchmark tests
+        case = Case(f"test_{i}", None, "benchmark", "unknown", None, None, None, f"t.py::test_{i}")
+        timing = Timing.from_samples([0.01] * 3, None, "pytest-benchmark")
+        out.append(CaseResult(case, "ok", timing=timing))
     return out
 
 
@@ -92,6 +101,8 @@ def markdown_tables(text: str) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for block in text.split("### ")[1:]:
         title = block.splitlines()[0]
+        if title.startswith("Other benchmarks"):
+            continue
         model, workload = title.split(" (")[0].split(" / ")
         rows = {}
         for line in block.splitlines():
@@ -144,13 +155,15 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
         rows = [r for r in verdict_rows if r[0] == group.model and r[1] == group.workload]
         starred = [r[2].removesuffix(" ★") for r in rows if r[2].endswith("★")]
         assert starred == ([group.recommended] if group.recommended else [])
+        fastest = [r[2].split(" ")[0] for r in rows if r[2].endswith("(fastest, speed only)")]
+        assert fastest == ([group.speed_only] if group.speed_only else [])
         md_rows = markdown[key]
         md_recommended = [p.split(" (")[0] for p in md_rows if p.endswith("(recommended)")]
         assert md_recommended == starred
         for mode, mode_json, row in zip(group.modes, group_json["modes"], rows, strict=True):
             assert mode_json["speedup"] == mode.speedup
             assert mode_json["memory_saving"] == mode.memory_saving
-            assert row[2].removesuffix(" ★") == mode.precision and row[3] == shape
+            assert row[2].split(" ")[0] == mode.precision and row[3] == shape
             md = next(c for p, c in md_rows.items() if p.split(" (")[0] == mode.precision)
             if not mode.ok:
                 assert row[4] == mode.status and md[1].startswith(mode.status)
@@ -161,7 +174,17 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             assert html_cells[(key, mode.precision)] == {"speedup": speedup, "saving": saving}
             # The per-case results table shows the same figure for the headline case.
             assert results_rows[mode.case_id][5] == speedup
-    # Every per-case speedup in the results table is the analysis' own.
+    # Every per-case speedup in the results table is the analysis' own, and the analysis' own is
+    # right: fp32's median over the case's, at the same model, workload and shape.
+    by_id = {r.case.id: r for r in results}
     for case in data["cases"]:
-        if case["status"] == "ok":
-            assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"])
+        if case["status"] != "ok":
+            continue
+        assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"])
+        result = by_id[case["id"]]
+        fp32_id = result.case.id.replace(f"/{result.case.precision}/", "/fp32/", 1)
+        fp32 = by_id.get(fp32_id)
+        if result.case.label is None and fp32 is not None and fp32.ok:
+            assert case["speedup"] == pytest.approx(fp32.median_s / result.median_s)
+        else:
+            assert case["speedup"] is None

@@ -44,6 +44,7 @@ from bench.analysis.compare import (
 from bench.errors import EXIT_OK, EXIT_REGRESSION, MpbenchError, SuiteError
 from bench.results.identity import DeviceIdentity
 from bench.results.rundir import SUITE_FILE, Run
+from bench.results.schema import finite_or_none
 
 # Percent beyond which a significant change counts; None = the metric is not gated.
 # Throughput is the gate for timing (step time is its inverse: gating both would double count).
@@ -99,10 +100,6 @@ class CheckConfig:
         return ", ".join(parts)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def threshold_value(metric: str, value: Any) -> float | None:
     """A threshold's magnitude in percent, or None for `false`; raises ValueError.
 
@@ -112,7 +109,7 @@ def threshold_value(metric: str, value: Any) -> float | None:
     """
     if value is False:
         return None
-    if not _is_number(value):
+    if not finite_or_none(value) is not None:
         raise ValueError(
             f"must be a percentage (e.g. {'-' if METRICS[metric].higher_is_better else ''}5) "
             f"or false to turn the check off; got {value!r}"
@@ -129,11 +126,11 @@ def threshold_value(metric: str, value: Any) -> float | None:
 def _option_value(key: str, value: Any) -> Any:
     """Validate one non-threshold key of [check]; raises ValueError."""
     if key == "alpha":
-        if not _is_number(value) or not 0 < value < 1:
+        if not finite_or_none(value) is not None or not 0 < value < 1:
             raise ValueError(f"must be a p-value between 0 and 1 (e.g. 0.002); got {value!r}")
         return float(value)
     if key in ("memory_floor_mib", "divergence_floor"):
-        if not _is_number(value) or value < 0:
+        if not finite_or_none(value) is not None or value < 0:
             raise ValueError(f"must be a non-negative number; got {value!r}")
         return float(value)
     if not isinstance(value, bool):
@@ -338,6 +335,11 @@ class Assessment:
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)  # what the gate did not judge, and why
 
+    def __post_init__(self) -> None:
+        self._by_case: dict[str, list[Finding]] = {}
+        for finding in self.findings:
+            self._by_case.setdefault(finding.case_id, []).append(finding)
+
     @property
     def regressions(self) -> list[Finding]:
         """Findings that are regressions."""
@@ -360,7 +362,7 @@ class Assessment:
 
     def findings_for(self, case_id: str) -> list[Finding]:
         """The findings of one case."""
-        return [f for f in self.findings if f.case_id == case_id]
+        return self._by_case.get(case_id, [])
 
     def outcome(self, case_id: str) -> str:
         """'fail', 'regression' (not failing), 'improvement', 'note' or 'pass' for one case."""
@@ -467,6 +469,12 @@ def _numerics_findings(case: CaseComparison, improvement_fails: bool) -> list[Fi
         found.append(Finding(cid, "regression", "numerics", message, True))
     elif change == "missing":
         message = "numerics missing in CURRENT (BASE had them)"
+        found.append(Finding(cid, "regression", "numerics", message, True))
+    elif change == "unjudged":
+        reasons = "; ".join((case.current.numerics or {}).get("reasons") or [])
+        message = f"numerics gave no verdict in CURRENT (BASE: {case.base_verdict})" + (
+            f": {reasons}" if reasons else ""
+        )
         found.append(Finding(cid, "regression", "numerics", message, True))
     elif change == "fixed":
         message = f"numerics pass works again (verdict {case.current_verdict})"

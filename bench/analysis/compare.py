@@ -20,7 +20,13 @@ from typing import Any
 from bench.analysis.stats import bootstrap_median_ratio_ci, mann_whitney_p, smallest_p_value
 from bench.results.identity import DeviceIdentity
 from bench.results.rundir import Run
-from bench.results.schema import DIVERGENCE_KEYS, Case, CaseResult, verdict_rank
+from bench.results.schema import (
+    DIVERGENCE_KEYS,
+    Case,
+    CaseResult,
+    finite_or_none,
+    verdict_rank,
+)
 
 DEFAULT_ALPHA = 0.002  # asv's p-value threshold: a CI gate must rarely cry wolf
 BOOTSTRAP_RESAMPLES = 2000
@@ -171,16 +177,17 @@ class CaseComparison:
     def numerics_change(self) -> str:
         """How CURRENT's numerics pass compares with BASE's, beyond the verdict itself:
         'errored' (CURRENT's pass failed where BASE had numerics), 'missing' (CURRENT has none
-        where BASE had), 'fixed' (CURRENT judged where BASE errored), or 'n/a'."""
+        where BASE had), 'unjudged' (CURRENT has no verdict where BASE had one: its fp32
+        reference went non-finite), 'fixed' (CURRENT judged where BASE errored), or 'n/a'."""
         if self.presence != "both" or self.current_status != "ok":
             return "n/a"
         base, current = numerics_state(self.base), numerics_state(self.current)
         if base == "none":
             return "n/a"
-        if current == "error":
-            return "errored"
-        if current == "none":
-            return "missing"
+        if current in ("error", "none"):
+            return {"error": "errored", "none": "missing"}[current]
+        if base == "verdict" and current == "unjudged":
+            return "unjudged"
         if base == "error" and current == "verdict":
             return "fixed"
         return "n/a"
@@ -247,19 +254,15 @@ def _change(spec: MetricSpec, base: float, current: float) -> tuple[float | None
     return ratio, change, worse
 
 
-def timing_delta(
-    metric: str,
-    base_value: float,
-    current_value: float,
-    base_step_s: tuple[float, ...] | list[float],
-    current_step_s: tuple[float, ...] | list[float],
-    options: CompareOptions,
-) -> MetricDelta:
-    """Step time or throughput, tested on the per-step samples."""
-    spec = METRICS[metric]
-    ratio, change, worse = _change(spec, base_value, current_value)
-    p = mann_whitney_p(base_step_s, current_step_s)
-    nb, nc = len(base_step_s), len(current_step_s)
+def timing_deltas(
+    base: CaseResult, current: CaseResult, options: CompareOptions
+) -> dict[str, MetricDelta]:
+    """Median step time and throughput, tested once on the per-step samples: the two are
+    inverse to each other, so they share the p-value and (inverted) the bootstrap interval."""
+    b_steps = [s for s in base.step_s if math.isfinite(s)]
+    c_steps = [s for s in current.step_s if math.isfinite(s)]
+    p = mann_whitney_p(b_steps, c_steps)
+    nb, nc = len(b_steps), len(c_steps)
     if p is None:
         significant, test = None, "no per-step samples to test"
     elif smallest_p_value(nb, nc) >= options.alpha:
@@ -267,24 +270,30 @@ def timing_delta(
         significant, test = None, f"too few samples ({nb} vs {nc}) for p < {options.alpha:g}"
     else:
         significant, test = p < options.alpha, f"Mann-Whitney U, p < {options.alpha:g}"
-    ci = bootstrap_median_ratio_ci(base_step_s, current_step_s, options.bootstrap_resamples)
-    if ci is not None and spec.higher_is_better:
-        ci = (1.0 / ci[1], 1.0 / ci[0])  # throughput is the inverse of step time
-    return MetricDelta(
-        metric,
-        base_value,
-        current_value,
-        ratio,
-        change,
-        worse,
-        significant,
-        test,
-        p_value=p,
-        ci_low=ci[0] if ci else None,
-        ci_high=ci[1] if ci else None,
-        base_n=nb,
-        current_n=nc,
-    )
+    ci = bootstrap_median_ratio_ci(b_steps, c_steps, options.bootstrap_resamples)
+    values = {"step_time": (base.timing.median_s, current.timing.median_s, ci)}
+    if base.samples_per_s is not None and current.samples_per_s is not None:
+        inverse = (1.0 / ci[1], 1.0 / ci[0]) if ci else None  # throughput = 1 / step time
+        values["throughput"] = (base.samples_per_s, current.samples_per_s, inverse)
+    deltas = {}
+    for metric, (b, c, interval) in values.items():
+        ratio, change, worse = _change(METRICS[metric], b, c)
+        deltas[metric] = MetricDelta(
+            metric,
+            b,
+            c,
+            ratio,
+            change,
+            worse,
+            significant,
+            test,
+            p_value=p,
+            ci_low=interval[0] if interval else None,
+            ci_high=interval[1] if interval else None,
+            base_n=nb,
+            current_n=nc,
+        )
+    return deltas
 
 
 def single_delta(
@@ -304,22 +313,14 @@ def single_delta(
     )
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def _divergence(base: CaseResult, current: CaseResult) -> tuple[str, float, float] | None:
     """The first divergence metric both results carry, as finite numbers."""
     for key in DIVERGENCE_KEYS:
-        b = _finite(_number((base.numerics or {}).get(key)))
-        c = _finite(_number((current.numerics or {}).get(key)))
+        b = finite_or_none((base.numerics or {}).get(key))
+        c = finite_or_none((current.numerics or {}).get(key))
         if b is not None and c is not None:
             return key, b, c
     return None
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def compare_metrics(
@@ -333,21 +334,7 @@ def compare_metrics(
         if base.timing.method != current.timing.method:
             methods = (base.timing.method, current.timing.method)
         else:
-            b_steps = [s for s in base.step_s if math.isfinite(s)]
-            c_steps = [s for s in current.step_s if math.isfinite(s)]
-            deltas["step_time"] = timing_delta(
-                "step_time",
-                base.timing.median_s,
-                current.timing.median_s,
-                b_steps,
-                c_steps,
-                options,
-            )
-            b_tp, c_tp = base.samples_per_s, current.samples_per_s
-            if b_tp is not None and c_tp is not None:
-                deltas["throughput"] = timing_delta(
-                    "throughput", b_tp, c_tp, b_steps, c_steps, options
-                )
+            deltas.update(timing_deltas(base, current, options))
     if base.peak_bytes is not None and current.peak_bytes is not None:
         exact = base.memory.exact and current.memory.exact
         deltas["peak_memory"] = single_delta(

@@ -12,20 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.analysis.summary import GroupSummary, RunAnalysis
-from bench.results.schema import BASELINE_PRECISION, precision_rank
+from bench.results.schema import BASELINE_PRECISION, is_number, precision_rank
 
-FP16_MAX = 65504.0
+FP16_MAX = 65504.0  # drawn as the limit line; each module's headroom is the engine's own
 
 
 def _numbers(value: Any) -> list[float]:
     """A JSON list of numbers as floats; anything else becomes NaN so step indices stay aligned."""
     if not isinstance(value, (list, tuple)):
         return []
-    out = []
-    for item in value:
-        ok = isinstance(item, (int, float)) and not isinstance(item, bool)
-        out.append(float(item) if ok else math.nan)
-    return out
+    return [float(item) if is_number(item) else math.nan for item in value]
 
 
 def _ordered(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
         if divs:
             rel_div[precision] = divs
         value = numerics.get("tolerance")
-        if tolerance is None and isinstance(value, (int, float)):
+        if tolerance is None and is_number(value):
             tolerance = float(value)
     if curves:
         baseline = baseline or curves.get(BASELINE_PRECISION, [])
@@ -194,24 +190,23 @@ class ActivationProfile:
 
 
 def _activation_profile(model: str, case_id: str, entries: list[Any]) -> ActivationProfile:
+    """The engine's per-module record as it is (bench.engine.numerics.activations): an all-zero
+    activation (no range to draw) is left out; one that overflowed to inf or NaN stays."""
     profile = ActivationProfile(model, case_id, [], [], [], [], [])
     for entry in entries:
         if not isinstance(entry, dict):
             continue
         max_abs = entry.get("max_abs")
-        max_abs = float(max_abs) if isinstance(max_abs, (int, float)) else math.nan
-        # A log axis can show neither 0 nor a negative, and neither has a headroom.
-        if not (0 < max_abs < math.inf):
+        max_abs = float(max_abs) if is_number(max_abs) else math.nan
+        if max_abs == 0:
             continue
-        headroom = math.log2(FP16_MAX / max_abs)
+        headroom = entry.get("fp16_headroom_log2")
         below = entry.get("frac_below_fp16_normal")
         profile.modules.append(str(entry.get("module") or "?"))
         profile.max_abs.append(max_abs)
-        profile.headroom_log2.append(headroom)
-        profile.overflow.append(max_abs > FP16_MAX)
-        profile.frac_below_fp16_normal.append(
-            float(below) if isinstance(below, (int, float)) else math.nan
-        )
+        profile.headroom_log2.append(float(headroom) if is_number(headroom) else -math.inf)
+        profile.overflow.append(bool(entry.get("fp16_overflow")))
+        profile.frac_below_fp16_normal.append(float(below) if is_number(below) else math.nan)
     return profile
 
 

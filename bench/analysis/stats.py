@@ -28,8 +28,12 @@ def mann_whitney_p(base: Sequence[float], current: Sequence[float]) -> float | N
 
 def smallest_p_value(n_base: int, n_current: int) -> float:
     """The smallest two-sided p the exact Mann-Whitney test can give for these sample sizes
-    (all of one side below all of the other): 2 / C(n_base + n_current, n_base)."""
-    return min(1.0, 2.0 / math.comb(n_base + n_current, n_base))
+    (all of one side below all of the other): 2 / C(n_base + n_current, n_base), computed in log
+    space (the binomial overflows a float past about 500 samples a side)."""
+    log_comb = (
+        math.lgamma(n_base + n_current + 1) - math.lgamma(n_base + 1) - math.lgamma(n_current + 1)
+    )
+    return min(1.0, math.exp(math.log(2.0) - log_comb))
 
 
 def bootstrap_median_ratio_ci(

@@ -53,11 +53,6 @@ def _float(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    return int(number) if number is not None and math.isfinite(number) else None
-
-
 def _text(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -117,7 +112,8 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
     frame = frame.merge(fp32, on=[*GROUP, *SHAPE], how="left").sort_values("order")
     measured = ok & frame["sweep"]
     frame["speedup"] = (frame["fp32_median_s"] / frame["median_s"]).where(measured)
-    peak_known = (frame["fp32_peak_bytes"] > 0) & frame["peak_bytes"].notna()
+    # A zero peak (a window too short for the resident set to move) is no measurement.
+    peak_known = (frame["fp32_peak_bytes"] > 0) & (frame["peak_bytes"] > 0)
     frame["memory_saving"] = (1.0 - frame["peak_bytes"] / frame["fp32_peak_bytes"]).where(
         measured & peak_known
     )
@@ -162,7 +158,7 @@ class ModeSummary:
     median_s: float | None
     rate: float | None
     speedup: float | None
-    peak_bytes: float | None
+    peak_bytes: int | None
     memory_saving: float | None
     verdict: str | None  # the triple's numerics verdict; None without one
     numerics_error: str | None
@@ -200,6 +196,7 @@ class GroupSummary:
     speed_only: str | None  # the fastest mode, set only where no mode has numerics
     has_numerics: bool
     has_baseline: bool  # fp32 ran ok at the headline point: speedups exist
+    divergence_metric: str | None  # the group's headline divergence (see DIVERGENCE_KEYS)
 
     def mode(self, precision: str) -> ModeSummary | None:
         """The summary of one precision, if the group has it."""
@@ -220,8 +217,8 @@ class RunAnalysis:
     """Everything the views of a run show: the case frame, one summary per model x workload,
     and the cases that did not run ok."""
 
-    cases: pd.DataFrame
-    groups: list[GroupSummary]
+    cases: pd.DataFrame  # every case, sweep points and labelled benchmarks alike
+    groups: list[GroupSummary]  # one per model x workload of the sweep points
     problems: list[ProblemGroup] = field(default_factory=list)
     results: dict[str, CaseResult] = field(default_factory=dict)  # by case id, for curves
 
@@ -234,6 +231,19 @@ class RunAnalysis:
         """How many cases ended in each status."""
         return {str(k): int(v) for k, v in self.cases["status"].value_counts().sort_index().items()}
 
+    def records(self, sweep: bool | None = None) -> list[dict[str, Any]]:
+        """The case frame as dicts, missing values as None (NaN in the frame): `sweep` True for
+        sweep points only, False for labelled benchmarks (plain pytest-benchmark tests)."""
+        frame = self.cases if sweep is None else self.cases[self.cases["sweep"] == sweep]
+        rows = []
+        for row in frame.to_dict("records"):
+            clean = {key: None if _missing(value) else value for key, value in row.items()}
+            for key in _INTEGER_COLUMNS:  # the frame holds them as floats (NaN for missing)
+                if clean[key] is not None:
+                    clean[key] = int(clean[key])
+            rows.append(clean)
+        return rows
+
     def group(self, model: str, workload: str) -> GroupSummary | None:
         """The summary of one model x workload."""
         return next((g for g in self.groups if (g.model, g.workload) == (model, workload)), None)
@@ -241,7 +251,7 @@ class RunAnalysis:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (`mpbench report --json`): NaN and infinities become null."""
         cases = []
-        for row in self.cases.to_dict("records"):
+        for row in self.records():
             cases.append(
                 {
                     key: _json_value(row[key])
@@ -284,6 +294,13 @@ RULES = {
     "batch x sequence, then larger batch)",
     "recommended": "the fastest mode at the headline point whose numerics verdict is ok",
 }
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+_INTEGER_COLUMNS = ("batch_size", "seq_len", "peak_bytes")
 
 
 def _json_value(value: Any) -> Any:
@@ -345,7 +362,7 @@ def _mode_summary(precision: str, row: Any, numerics: dict[str, Any]) -> ModeSum
         median_s=_float(row.median_s) if ok else None,
         rate=_float(row.rate) if ok else None,
         speedup=_float(row.speedup) if ok else None,
-        peak_bytes=_float(row.peak_bytes) if ok else None,
+        peak_bytes=int(row.peak_bytes) if ok and _float(row.peak_bytes) is not None else None,
         memory_saving=_float(row.memory_saving) if ok else None,
         verdict=numerics.get("verdict"),
         numerics_error=numerics.get("numerics_error"),
@@ -379,6 +396,7 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
     elif measured:
         speed_only = max(measured, key=lambda m: m.rate or 0.0).precision
     baseline = next((m for m in modes if m.is_baseline), None)
+    metrics = [m.divergence_metric for m in modes if m.divergence_metric]
     units = set(group["rate_unit"].dropna())
     return GroupSummary(
         model=model,
@@ -391,6 +409,7 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
         speed_only=speed_only,
         has_numerics=has_numerics,
         has_baseline=baseline is not None and baseline.ok,
+        divergence_metric=max(sorted(set(metrics)), key=metrics.count) if metrics else None,
     )
 
 
@@ -409,14 +428,16 @@ def analyze(results: Sequence[CaseResult] | Iterable[CaseResult]) -> RunAnalysis
     """The analysis of a run's results (a later result for the same case id wins)."""
     results = list(results)
     frame = case_frame(results)
-    models = list(dict.fromkeys(frame["model"]))
+    # Labelled benchmarks (plain pytest-benchmark tests) are no sweep point: no group, no fp32.
+    sweep = frame[frame["sweep"]]
+    models = list(dict.fromkeys(sweep["model"]))
     keys = sorted(
-        {(m, w) for m, w in zip(frame["model"], frame["workload"], strict=True)},
+        {(m, w) for m, w in zip(sweep["model"], sweep["workload"], strict=True)},
         key=lambda mw: (models.index(mw[0]), workload_rank(mw[1])),
     )
     groups = [
         summarize_group(
-            model, workload, frame[(frame["model"] == model) & (frame["workload"] == workload)]
+            model, workload, sweep[(sweep["model"] == model) & (sweep["workload"] == workload)]
         )
         for model, workload in keys
     ]

@@ -45,6 +45,7 @@ exit status:
   2  usage or input error: unreadable or corrupt files, a baseline recorded on a different
      device model (see --allow-device-mismatch), runs with no case in common, timings taken by
      different methods (CUDA events vs a plain pytest-benchmark timer)
+  3  an output file (--junit, --markdown, --json, --html) could not be written
 
 thresholds come from --threshold, else the [check] table of CURRENT's suite.toml (else the
 baseline's), else the defaults: throughput=-10 peak_memory=10 divergence=50 (percent;
@@ -123,7 +124,8 @@ def register(subparsers: Any) -> None:
         description="Compare two runs: cases are matched by id; every metric gets a ratio "
         "CURRENT/BASE, its direction, and whether the change is significant (Mann-Whitney U "
         "on the per-step samples). Cases found in one run only are listed. Runs on different "
-        "devices (A100 vs H100) can be compared. Always exits 0 unless the input is bad (2).",
+        "devices (A100 vs H100) can be compared. Always exits 0 unless the input is bad (2) or an "
+        "output file cannot be written (3).",
     )
     compare.add_argument("base", metavar="BASE", help=INPUT_HELP)
     compare.add_argument("current", metavar="CURRENT", help=INPUT_HELP)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.analysis.summary import analyze
 from bench.cli.output import write_output
-from bench.errors import EXIT_OK
+from bench.errors import EXIT_OK, MpbenchError
 from bench.results.inputs import INPUT_HELP, load_input
 from bench.views.report import render_report, report_json
 
@@ -25,7 +25,12 @@ def register_report(sub: Any) -> None:
         "verdicts, the recommended mode) are the same in every view; --json writes them.",
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help=INPUT_HELP)
-    report.add_argument("--out", type=Path, help="HTML file to write (default RUN_DIR/index.html)")
+    report.add_argument(
+        "--out",
+        type=Path,
+        help="HTML file to write (default RUN_DIR/index.html; required for a baseline or "
+        "pytest-benchmark file)",
+    )
     report.add_argument(
         "--json",
         nargs="?",
@@ -40,9 +45,15 @@ def register_report(sub: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """`mpbench report`: render the report of an existing run (exit 2 if it holds no result)."""
     run = load_input(args.run_dir, "RUN_DIR")
-    path = render_report(run, args.out)
+    if args.out is None and run.source != "run directory":
+        raise MpbenchError(
+            f"--out: {args.run_dir} is a {run.source} file, not a run directory; name the HTML "
+            "file to write (results.csv and summary.md go beside it)"
+        )
+    analysis = analyze(run.results)
+    path = render_report(run, args.out, analysis)
     if args.json is not None:
-        write_output(args.json, report_json(analyze(run.results)))
+        write_output(args.json, report_json(analysis))
     print(f"report: {path}", file=sys.stderr if args.json == "-" else sys.stdout)
     return EXIT_OK
 

@@ -139,7 +139,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="largest batch size --find-max-batch tries (default 1024)",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress display (for CI logs)")
+    run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only errors: no progress, tables or hints (results and report are written "
+        "as usual; for CI logs)",
+    )
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
     run.set_defaults(handler=cmd_run)
 
@@ -225,11 +231,11 @@ def show_run(out: Path, console: Any, render: bool, exit_code: int) -> int:
         return exit_code
     analysis = analyze(run.results)
     console.print(terminal.results_table(analysis))
-    if terminal.has_numerics(analysis):
+    if analysis.groups:
         console.print(terminal.verdict_table(analysis))
     if render:
         try:
-            console.print(f"report: {render_report(run)}")
+            console.print(f"report: {render_report(run, analysis=analysis)}")
         except OutputError as exc:
             console.print(f"[red]report not written[/]: {exc}", highlight=False)
             exit_code = exit_code or EXIT_OUTPUT

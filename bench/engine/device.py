@@ -106,12 +106,6 @@ def _reset_vmhwm() -> bool:
         return False
 
 
-def vmhwm_available() -> bool:
-    """True where this process may reset its resident high-water mark (memory method 'vmhwm');
-    containers can refuse /proc/self/clear_refs, and the window then samples RSS instead."""
-    return _reset_vmhwm()
-
-
 def _malloc_trim() -> None:
     """Give freed heap pages back to the OS (glibc), so an earlier case's cached heap is not
     counted as "already resident" and hidden from the next case's peak."""

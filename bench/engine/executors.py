@@ -31,7 +31,6 @@ from bench.engine.suite import Suite
 from bench.errors import MpbenchError
 from bench.results.schema import Case, CaseResult
 
-ISOLATION_MODES = ("none", "model", "case")
 RUNNER_FACTORY_ENV = "MPBENCH_RUNNER_FACTORY"
 
 # Substrings of errors after which a CUDA context cannot be trusted (CUDA docs: sticky errors).
@@ -213,11 +212,6 @@ class WorkerExecutor:
         if self._conn is not None:
             self._conn.close()
         self._proc = self._conn = self._model = None
-
-    @property
-    def worker_pid(self) -> int | None:
-        """The live worker's pid (None between workers)."""
-        return self._proc.pid if self._proc is not None else None
 
     def _await_result(self, phase: PhaseCallback) -> CaseResult | None:
         """Forward the case's phases until its result arrives; None when the timeout passes."""

@@ -17,7 +17,6 @@ import torch
 
 from bench.errors import ModelError
 
-FAMILIES = ("gpt2", "bert")
 BERT_MASK_TOKEN_ID = 103  # [MASK] in BERT's uncased vocabulary
 
 

@@ -21,18 +21,12 @@ from typing import Any
 
 from bench.errors import ResultsError
 from bench.results.rundir import Run
-from bench.results.schema import SCHEMA_VERSION, CaseResult, Throughput
+from bench.results.schema import SCHEMA_VERSION, CaseResult, Throughput, finite_or_none
 
 RESULT_KEY = "mpbench_result"  # extra_info key holding the whole CaseResult (plugin)
 MACHINE_INFO_KEY = "mpbench"  # machine_info key holding the device identity (plugin)
 # extra_info keys of the case fields, as mpbench 0.1's plugin wrote them.
 LEGACY_CASE_KEYS = ("model", "family", "workload", "precision", "batch_size", "seq_len", "device")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def _legacy_case(bench: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -51,17 +45,17 @@ def _legacy_case(bench: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
 
 def _legacy_timing(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The timing object from pytest-benchmark's statistics (and samples, when saved)."""
-    data = [float(v) for v in stats.get("data") or [] if _number(v) is not None]
+    data = [float(v) for v in stats.get("data") or [] if finite_or_none(v) is not None]
     return {
         "warmup": extra.get("warmup"),
         "iterations": stats.get("rounds"),
         "step_s": data,
-        "median_s": _number(stats.get("median")),
-        "mean_s": _number(stats.get("mean")),
-        "stdev_s": _number(stats.get("stddev")),
-        "iqr_s": _number(stats.get("iqr")),
-        "min_s": _number(stats.get("min")),
-        "max_s": _number(stats.get("max")),
+        "median_s": finite_or_none(stats.get("median")),
+        "mean_s": finite_or_none(stats.get("mean")),
+        "stdev_s": finite_or_none(stats.get("stddev")),
+        "iqr_s": finite_or_none(stats.get("iqr")),
+        "min_s": finite_or_none(stats.get("min")),
+        "max_s": finite_or_none(stats.get("max")),
         "method": "pytest-benchmark",
     }
 
@@ -75,17 +69,18 @@ def result_from_benchmark(bench: dict[str, Any], where: str) -> CaseResult:
     case = _legacy_case(bench, extra)
     timing = _legacy_timing(stats, extra)
     memory = None
-    if _number(extra.get("peak_bytes")) is not None:
+    if finite_or_none(extra.get("peak_bytes")) is not None:
         memory = {
             "peak_bytes": extra.get("peak_bytes"),
             "reserved_bytes": extra.get("reserved_bytes"),
             "method": extra.get("memory_method"),
         }
     throughput = None
-    batch, median = _number(case.get("batch_size")), timing["median_s"]
+    batch, median = finite_or_none(case.get("batch_size")), timing["median_s"]
     if batch and median:
+        tokens = finite_or_none(extra.get("tokens_per_sample"))
         throughput = Throughput.from_median(
-            int(batch), extra.get("tokens_per_sample"), median
+            int(batch), int(tokens) if tokens else None, median
         ).to_dict()
     numerics = extra.get("numerics") if isinstance(extra.get("numerics"), dict) else None
     data = {

@@ -257,5 +257,10 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         )
     env = read_env(run_dir / ENV_FILE) if (run_dir / ENV_FILE).is_file() else {}
     suite_path = run_dir / SUITE_FILE
-    suite_text = suite_path.read_text(encoding="utf-8") if suite_path.is_file() else None
+    suite_text = None
+    if suite_path.is_file():
+        try:
+            suite_text = suite_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"{suite_path}: cannot read the run's suite ({exc})") from None
     return Run(run_dir, env, results, problems, suite_text)

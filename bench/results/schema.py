@@ -72,8 +72,14 @@ def _fail(where: str, key: str, message: str) -> ResultsError:
     return ResultsError(f"{where}: {key}: {message}")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (int or float, NaN and infinities included), not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A finite number as a float; None for NaN, infinities, None and non-numbers."""
+    return float(value) if is_number(value) and math.isfinite(value) else None
 
 
 def _number(data: dict[str, Any], key: str, where: str, required: bool = False) -> float | None:
@@ -82,7 +88,7 @@ def _number(data: dict[str, Any], key: str, where: str, required: bool = False) 
         if required:
             raise _fail(where, key, "missing")
         return None
-    if not _is_number(value):
+    if not is_number(value):
         raise _fail(where, key, f"must be a number; got {value!r}")
     return float(value)
 
@@ -93,7 +99,7 @@ def _integer(data: dict[str, Any], key: str, where: str, required: bool = False)
         if required:
             raise _fail(where, key, "missing")
         return None
-    if not _is_number(value) or value != int(value):
+    if not is_number(value) or not math.isfinite(value) or value != int(value):
         raise _fail(where, key, f"must be an integer; got {value!r}")
     return int(value)
 
@@ -147,11 +153,6 @@ class Case:
         return (
             f"{self.model}/{self.workload}/{self.precision}/bs{self.batch_size}/seq{self.seq_len}"
         )
-
-    @property
-    def shape(self) -> tuple[int | None, int | None]:
-        """(batch size, sequence length)."""
-        return (self.batch_size, self.seq_len)
 
     def to_dict(self) -> dict[str, Any]:
         """The `case` object of a results line (`label` only where set)."""
@@ -251,7 +252,7 @@ class Timing:
     def from_dict(cls, data: dict[str, Any], where: str) -> Timing:
         """Validate a `timing` object (median_s and method required; samples finite numbers)."""
         samples = data.get("step_s") or []
-        if not isinstance(samples, list) or not all(_is_number(s) for s in samples):
+        if not isinstance(samples, list) or not all(is_number(s) for s in samples):
             raise _fail(where, "timing.step_s", "must be a list of numbers")
         method = _text(data, "method", where, required=True)
         if method not in TIMING_METHODS:
@@ -418,7 +419,7 @@ class CaseResult:
         numerics = self.numerics or {}
         for key in DIVERGENCE_KEYS:
             value = numerics.get(key)
-            if _is_number(value):
+            if is_number(value):
                 return key, float(value)
         return None
 
@@ -467,10 +468,17 @@ class CaseResult:
                         raise _fail(where, key, "an 'ok' result must have it")
         losses = data.get("losses")
         if losses is not None and (
-            not isinstance(losses, list) or not all(_is_number(v) for v in losses)
+            not isinstance(losses, list) or not all(is_number(v) for v in losses)
         ):
             raise _fail(where, "losses", "must be a list of numbers or null")
         details = _table(data, "details", where) or {}
+        numerics = _table(data, "numerics", where)
+        if numerics is not None and numerics.get("verdict") not in (None, *VERDICTS):
+            raise _fail(
+                where,
+                "numerics.verdict",
+                f"must be one of {', '.join(VERDICTS)} or null; got {numerics['verdict']!r}",
+            )
         return cls(
             case=case,
             status=status,
@@ -481,7 +489,7 @@ class CaseResult:
             ),
             memory=Memory.from_dict(parts["memory"], where) if parts["memory"] else None,
             losses=tuple(float(v) for v in losses) if losses is not None else None,
-            numerics=_table(data, "numerics", where),
+            numerics=numerics,
             details=details,
             started_at=_text(data, "started_at", where),
             wall_s=_number(data, "wall_s", where),

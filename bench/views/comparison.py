@@ -69,7 +69,7 @@ def _throughput_values(delta: MetricDelta | None) -> str:
 
 
 def _verdict_text(case: CaseComparison) -> str:
-    if case.numerics_change in ("errored", "missing"):
+    if case.numerics_change in ("errored", "missing", "unjudged"):
         return f"{case.base_verdict or '-'} -> {case.numerics_change}"
     if case.base_verdict == case.current_verdict or case.verdict_change == "n/a":
         return case.current_verdict or ""

@@ -86,23 +86,17 @@ def fmt_divergence(value: float | None) -> str:
     return "0" if value == 0 else f"{value:.1e}"
 
 
-def fmt_pct(value: float | None) -> str:
-    """A signed percentage change: +12.3 %."""
-    if value is None:
-        return MISSING
-    if not math.isfinite(value):
-        return "from 0"
-    return f"{value:+.1f} %"
+def case_verdict_key(verdict: str | None, numerics_error: str | None) -> str | None:
+    """The verdict to show for one case: 'error' for a failed numerics pass, else its verdict."""
+    return "error" if numerics_error else verdict
 
 
 def verdict_key(mode: ModeSummary) -> str | None:
     """The verdict to show for a mode: 'baseline' for fp32 against itself, 'error' for a failed
     numerics pass, else its verdict (None: no numerics)."""
-    if mode.numerics_error:
-        return "error"
-    if mode.is_baseline and mode.verdict in (None, "ok"):
+    if mode.is_baseline and mode.verdict in (None, "ok") and not mode.numerics_error:
         return "baseline"
-    return mode.verdict
+    return case_verdict_key(mode.verdict, mode.numerics_error)
 
 
 def fmt_verdict(mode: ModeSummary) -> str:

@@ -35,7 +35,7 @@ def md_table(
 def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
     """summary.md: per model x workload, each precision at the headline point."""
     lines = [f"## mpbench summary: {md_text(title)}" if title else "## mpbench summary", ""]
-    if not analysis.groups:
+    if analysis.cases.empty:
         lines.append("No results.")
     for group in analysis.groups:
         lines += [
@@ -45,7 +45,6 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             f"**{md_text(fmt.recommendation_text(group))}**",
             "",
         ]
-        metric = next((m.divergence_metric for m in group.modes if m.divergence_metric), None)
         headers = (
             "precision",
             group.rate_unit,
@@ -53,7 +52,7 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             "peak memory",
             "saving vs fp32",
             "verdict",
-            fmt.METRIC_LABELS.get(metric or "", "divergence"),
+            fmt.METRIC_LABELS.get(group.divergence_metric or "", "divergence"),
         )
         rows = []
         for mode in group.modes:
@@ -78,6 +77,15 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
                 ]
             )
         lines += md_table(headers, rows, "lrrrrlr")
+        lines.append("")
+    others = analysis.records(sweep=False)
+    if others:
+        lines += ["### Other benchmarks (no sweep point: no fp32 to compare against)", ""]
+        rows = [
+            [r["id"], r["status"], fmt.fmt_seconds(r["median_s"]), fmt.fmt_bytes(r["peak_bytes"])]
+            for r in others
+        ]
+        lines += md_table(("benchmark", "status", "median step", "peak memory"), rows, "llrr")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -432,7 +432,10 @@ def activation_headroom(profile: ActivationProfile, *, title: str, max_modules: 
         order = sorted(sorted(order, key=lambda i: profile.headroom_log2[i])[:max_modules])
         note = f" ({max_modules} of {len(profile.modules)} modules, least headroom)"
     names = [profile.modules[i] for i in order]
-    values = [profile.max_abs[i] for i in order]
+    finite = [profile.max_abs[i] for i in order if math.isfinite(profile.max_abs[i])]
+    right = max([FP16_MAX, *finite]) * 3
+    # A module whose activations overflowed to inf (or NaN) is drawn to the axis' end.
+    values = [v if math.isfinite(v) else right for v in (profile.max_abs[i] for i in order)]
     colors = []
     for i in order:
         if profile.overflow[i]:
@@ -452,7 +455,7 @@ def activation_headroom(profile: ActivationProfile, *, title: str, max_modules: 
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.axvline(FP16_MAX, color="#d62728", linestyle="--", linewidth=1, label=legend_label)
-    ax.set_xlim(right=max([FP16_MAX, *values]) * 3)
+    ax.set_xlim(right=right)
     ax.set_xlabel("max |activation| (fp32 run)")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(axis="y", visible=False)

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,53 +86,37 @@ def _device_memory_bytes(env: dict[str, Any], analysis: RunAnalysis) -> float | 
     return float(memory) if ran_on_gpu and isinstance(memory, (int, float)) else None
 
 
-def throughput_section(analysis: RunAnalysis, problems: list[str]) -> Section:
-    """Throughput vs batch size, one line per precision, per model x workload."""
-    section = Section(
-        "throughput",
-        "Throughput vs batch size",
-        "Successful cases at the headline sequence length; higher is better.",
-        empty="No successful case: nothing to plot.",
-    )
-    for group in analysis.groups:
-        data = series.series_vs_batch(analysis, group, "rate")
-        if data:
-            title = f"{_title(group)}, seq {group.seq_len}"
-            section.plots.append(
-                _draw(
-                    title,
-                    lambda s=data, t=title, u=group.rate_unit: plots.throughput_vs_batch(
-                        s, title=t, unit=u
-                    ),
-                    problems,
-                )
-            )
-    return section
-
-
-def memory_section(analysis: RunAnalysis, env: dict[str, Any], problems: list[str]) -> Section:
-    """Peak memory vs batch size, one line per precision, with the device's memory on a GPU."""
-    section = Section(
-        "memory",
-        "Peak memory vs batch size",
-        "Peak memory as measured by each case's method (on a GPU, the dotted line is the "
-        "device's total memory).",
-        empty="No case recorded peak memory.",
-    )
+def per_batch_section(
+    analysis: RunAnalysis, env: dict[str, Any], column: str, problems: list[str]
+) -> Section:
+    """Throughput ("rate") or peak memory ("peak_bytes") vs batch size, one line per precision,
+    per model x workload at the headline sequence length."""
+    if column == "rate":
+        section = Section(
+            "throughput",
+            "Throughput vs batch size",
+            "Successful cases at the headline sequence length; higher is better.",
+            empty="No successful case: nothing to plot.",
+        )
+    else:
+        section = Section(
+            "memory",
+            "Peak memory vs batch size",
+            "Peak memory as measured by each case's method (on a GPU, the dotted line is the "
+            "device's total memory).",
+            empty="No case recorded peak memory.",
+        )
     device_bytes = _device_memory_bytes(env, analysis)
     for group in analysis.groups:
-        data = series.series_vs_batch(analysis, group, "peak_bytes")
-        if data:
-            title = f"{_title(group)}, seq {group.seq_len}"
-            section.plots.append(
-                _draw(
-                    title,
-                    lambda s=data, t=title: plots.memory_vs_batch(
-                        s, title=t, device_bytes=device_bytes
-                    ),
-                    problems,
-                )
-            )
+        data = series.series_vs_batch(analysis, group, column)
+        if not data:
+            continue
+        title = f"{_title(group)}, seq {group.seq_len}"
+        if column == "rate":
+            draw = partial(plots.throughput_vs_batch, data, title=title, unit=group.rate_unit)
+        else:
+            draw = partial(plots.memory_vs_batch, data, title=title, device_bytes=device_bytes)
+        section.plots.append(_draw(title, draw, problems))
     return section
 
 
@@ -197,14 +182,10 @@ def tradeoff_section(analysis: RunAnalysis, problems: list[str]) -> Section:
         wide=True,
     )
     for workload, by_model in series.tradeoff_points(analysis).items():
-        metrics = [
-            m.divergence_metric
-            for g in analysis.groups
-            if g.workload == workload
-            for m in g.modes
-            if m.divergence_metric
-        ]
-        ylabel = fmt.METRIC_LABELS.get(metrics[0] if metrics else "", "divergence from fp32")
+        metric = next(
+            (g.divergence_metric for g in analysis.groups if g.workload == workload), None
+        )
+        ylabel = fmt.METRIC_LABELS.get(metric or "", "divergence from fp32")
         section.plots.append(
             _draw(
                 f"{workload}: speed vs accuracy",
@@ -318,7 +299,7 @@ RAW_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("speedup", "speedup", fmt.fmt_speedup, True),
     ("peak memory", "peak_bytes", fmt.fmt_bytes, True),
     ("saving", "memory_saving", fmt.fmt_saving, True),
-    ("verdict", "verdict", str, False),
+    ("verdict", "verdict_key", str, False),
     ("divergence", "divergence", fmt.fmt_divergence, True),
     ("reason", "reason", str, False),
 ]
@@ -332,21 +313,18 @@ class RawCell:
     sort: str | None
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def raw_table(analysis: RunAnalysis) -> tuple[list[tuple[str, bool]], list[list[RawCell]]]:
     """Headers (name, numeric?) and formatted cells for every case."""
     headers = [(name, numeric) for name, _, _, numeric in RAW_COLUMNS]
     body = []
-    for record in analysis.cases.to_dict("records"):
+    for record in analysis.records():
+        record["verdict_key"] = fmt.case_verdict_key(record["verdict"], record["numerics_error"])
         cells = []
         for _, column, formatter, numeric in RAW_COLUMNS:
             value = record[column]
-            text = fmt.MISSING if _missing(value) else formatter(value)
+            text = fmt.MISSING if value is None else formatter(value)
             sort = None
-            if numeric and not _missing(value) and math.isfinite(value):
+            if numeric and value is not None and math.isfinite(value):
                 sort = repr(float(value))
             cells.append(RawCell(text, sort))
         body.append(cells)
@@ -452,8 +430,8 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
     env = run.env
     problems: list[str] = []
     sections = [
-        throughput_section(analysis, problems),
-        memory_section(analysis, env, problems),
+        per_batch_section(analysis, env, "rate", problems),
+        per_batch_section(analysis, env, "peak_bytes", problems),
         speedup_section(analysis, problems),
         loss_section(analysis, problems),
         tradeoff_section(analysis, problems),
@@ -479,16 +457,22 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
                 "title": _title(g),
                 "point": fmt.point_label(g),
                 "recommendation": fmt.recommendation_text(g),
-                "metric": fmt.METRIC_LABELS.get(
-                    next((m.divergence_metric for m in g.modes if m.divergence_metric), "") or "",
-                    "divergence",
-                ),
+                "metric": fmt.METRIC_LABELS.get(g.divergence_metric or "", "divergence"),
                 "rows": summary_rows(g),
             }
             for g in analysis.groups
         ],
         "sections": sections,
         "problems": analysis.problems,
+        "others": [
+            {
+                "id": r["id"],
+                "status": r["status"],
+                "median": fmt.fmt_seconds(r["median_s"]),
+                "peak": fmt.fmt_bytes(r["peak_bytes"]),
+            }
+            for r in analysis.records(sweep=False)
+        ],
         "raw_headers": headers,
         "raw_rows": raw_rows,
         "csv_name": csv_name,
@@ -521,7 +505,9 @@ def report_json(analysis: RunAnalysis) -> str:
 
 
 def render_report(
-    run: Run | str | os.PathLike[str], out: str | os.PathLike[str] | None = None
+    run: Run | str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    analysis: RunAnalysis | None = None,
 ) -> Path:
     """Render a run's report to `out` (default RUN_DIR/index.html), with results.csv and summary.md
     beside it; returns the HTML's path. Raises OutputError (and leaves no temp file) when a file
@@ -533,7 +519,7 @@ def render_report(
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(out_path, exc) from None
-    analysis = analyze(run.results)
+    analysis = analysis if analysis is not None else analyze(run.results)
     csv_path = out_path.parent / CSV_FILE
     write_text_atomic(csv_path, results_frame(run.results).to_csv(index=False))
     write_text_atomic(out_path.parent / SUMMARY_FILE, summary_markdown(analysis, report_title(run)))

@@ -26,11 +26,6 @@ VERDICT_STYLES = {
 }
 
 
-def _value(number: Any) -> float | None:
-    """A frame cell as a float, None where missing (NaN)."""
-    return None if number is None or number != number else float(number)
-
-
 def describe_result(result: CaseResult) -> str:
     """One line for a finished case: 'ok, median 12.3 ms, 456 samples/s' or 'oom: reason'."""
     if result.ok:
@@ -53,17 +48,18 @@ def results_table(analysis: RunAnalysis) -> Table:
         title="mpbench results",
         caption="vs fp32: median step of fp32 / this case's, at the same batch size and length",
     )
-    for row in analysis.cases.itertuples():
-        if row.status != "ok":
-            table.add_row(row.id, row.status, "", "", "", "")
+    for row in analysis.records():
+        if row["status"] != "ok":
+            table.add_row(row["id"], row["status"], "", "", "", "")
             continue
+        rate = f"{fmt.fmt_number(row['rate'])} {row['rate_unit']}" if row["rate"] else ""
         table.add_row(
-            row.id,
-            row.status,
-            fmt.fmt_seconds(_value(row.median_s)),
-            f"{fmt.fmt_number(_value(row.rate))} {row.rate_unit}",
-            fmt.fmt_bytes(_value(row.peak_bytes)),
-            fmt.fmt_speedup(_value(row.speedup)),  # missing where fp32 did not run at the shape
+            row["id"],
+            row["status"],
+            fmt.fmt_seconds(row["median_s"]),
+            rate,
+            fmt.fmt_bytes(row["peak_bytes"]),
+            fmt.fmt_speedup(row["speedup"]),  # missing where fp32 did not run at the shape
         )
     return table
 
@@ -85,7 +81,9 @@ def verdict_table(analysis: RunAnalysis) -> Table:
     for group in analysis.groups:
         shape = f"bs{group.batch_size} seq{group.seq_len}" if group.batch_size else ""
         for mode in group.modes:
-            mark = " ★" if mode.precision == group.recommended else ""
+            mark = {group.recommended: " ★", group.speed_only: " (fastest, speed only)"}.get(
+                mode.precision, ""
+            )
             verdict = fmt.verdict_key(mode)
             table.add_row(
                 group.model,
@@ -99,16 +97,11 @@ def verdict_table(analysis: RunAnalysis) -> Table:
             )
     table.caption = (
         "per model and workload at its headline point (the shape where fp32 and the most "
-        "precisions ran); ★ recommended: the fastest mode whose numerics verdict is ok; "
-        "divergence: max rel. loss divergence (train) or rel. RMSE of outputs (infer), "
-        "floor: fp32's own"
+        "precisions ran); ★ recommended: the fastest mode whose numerics verdict is ok (without "
+        "numerics, the fastest is marked speed only); divergence: max rel. loss divergence "
+        "(train) or rel. RMSE of outputs (infer), floor: fp32's own"
     )
     return table
-
-
-def has_numerics(analysis: RunAnalysis) -> bool:
-    """True when any case of the run carries numerics (the verdict table is worth printing)."""
-    return any(g.has_numerics for g in analysis.groups)
 
 
 def print_comparison(assessment: Assessment, gate: bool, stream: TextIO) -> None:

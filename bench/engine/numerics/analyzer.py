@@ -33,6 +33,7 @@ from bench.engine.numerics.passes import (
 from bench.engine.numerics.verdicts import inference_verdict, training_verdict
 from bench.engine.precision import PRECISION_MODES, PrecisionMode
 from bench.engine.progress import PhaseCallback, no_phase
+from bench.engine.runner import first_line
 from bench.engine.suite import Suite
 from bench.results.schema import Case
 
@@ -77,7 +78,7 @@ class NumericsAnalyzer:
         try:
             return copy.deepcopy(self.analyze(case))
         except Exception as exc:  # a numerics failure must never lose the case's timing
-            message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+            message = first_line(f"{type(exc).__name__}: {exc}".strip())
             return {"verdict": None, "error": message}
         finally:
             self._phase = no_phase
@@ -174,7 +175,7 @@ class NumericsAnalyzer:
         try:
             return run(), None
         except (torch.OutOfMemoryError, MemoryError) as exc:
-            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return None, first_line(f"{type(exc).__name__}: {exc}", limit=200)
 
     def _common(self, spec: ModelSpec, kind: str) -> dict[str, Any]:
         """Keys every case of this kind records: the pass's shape and settings."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from bench.errors import SuiteError
+from bench.results.schema import finite_or_none
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+def _finite(value: Any) -> bool:
+    return finite_or_none(value) is not None
 
 
 def _fraction(value: Any) -> bool:
-    return _is_number(value) and 0 <= value <= 1
+    return _finite(value) and 0 <= value <= 1
 
 
 # key: (what the message says it must be, check)
@@ -73,12 +73,12 @@ _RULES: dict[str, tuple[str, Any]] = {
     "train_steps": ("an integer from 1 to 10000", lambda v: _is_int(v) and 1 <= v <= 10000),
     "batch_size": ("a positive integer", lambda v: _is_int(v) and v > 0),
     "seq_len": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
-    "warn_rel_div": ("a positive number", lambda v: _is_number(v) and v > 0),
-    "diverged_rel_div": ("a positive number", lambda v: _is_number(v) and v > 0),
-    "warn_grad_sqnr_db": ("a number (dB)", _is_number),
+    "warn_rel_div": ("a positive number", lambda v: _finite(v) and v > 0),
+    "diverged_rel_div": ("a positive number", lambda v: _finite(v) and v > 0),
+    "warn_grad_sqnr_db": ("a number (dB)", _finite),
     "warn_skipped_frac": ("a number from 0 to 1", _fraction),
-    "warn_sqnr_db": ("a number (dB)", _is_number),
-    "diverged_sqnr_db": ("a number (dB)", _is_number),
+    "warn_sqnr_db": ("a number (dB)", _finite),
+    "diverged_sqnr_db": ("a number (dB)", _finite),
     "diverged_cosine": ("a number from 0 to 1", _fraction),
     "warn_top1_agreement": ("a number from 0 to 1", _fraction),
     "noise_floor": ("true or false", lambda v: isinstance(v, bool)),

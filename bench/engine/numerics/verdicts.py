@@ -56,14 +56,14 @@ def inference_verdict(
         return "nan", ["non-finite outputs"]
     sqnr, cosine, top1 = metrics["sqnr_db"], metrics["cosine"], metrics["top1_agreement"]
     reasons = []
-    if sqnr < config.diverged_sqnr_db:
+    if _below(sqnr, config.diverged_sqnr_db):
         reasons.append(f"sqnr_db {sqnr:.1f} < {config.diverged_sqnr_db:g}")
-    if cosine < config.diverged_cosine:
+    if _below(cosine, config.diverged_cosine):
         reasons.append(f"cosine {cosine:.4f} < {config.diverged_cosine:g}")
     if reasons:
         return "diverged", reasons
-    if sqnr < config.warn_sqnr_db:
+    if _below(sqnr, config.warn_sqnr_db):
         reasons.append(f"sqnr_db {sqnr:.1f} < {config.warn_sqnr_db:g}")
-    if top1 < config.warn_top1_agreement:
+    if _below(top1, config.warn_top1_agreement):
         reasons.append(f"top1_agreement {top1:.3f} < {config.warn_top1_agreement:g}")
     return ("warn" if reasons else "ok"), reasons
