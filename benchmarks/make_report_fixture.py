@@ -31,7 +31,7 @@ seed = 0
 [sweep]
 models = ["gpt2-tiny", "bert-tiny"]
 workloads = ["train", "infer"]
-precisions = ["fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8"]
+precisions = ["fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8", "fp8_rowwise", "mxfp8"]
 batch_sizes = [2, 4]
 seq_lens = [64]
 

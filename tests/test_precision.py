@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.engine.device import Device
-from bench.engine.precision import PRECISION_MODES
+from bench.engine.modes import PRECISION_MODES
 
 CPU = Device(torch.device("cpu"))
 
@@ -27,20 +27,19 @@ def fake_gpu(monkeypatch, cc: tuple[int, int], bf16: bool = True) -> Device:
 
 
 def test_every_torchbench_name_is_declared() -> None:
-    assert list(PRECISION_MODES) == ["fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8"]
+    names = "fp32 tf32 amp_fp16 amp_bf16 bf16 fp16 fp8 fp8_rowwise mxfp8"
+    assert list(PRECISION_MODES) == names.split()
 
 
 def test_cpu_support_and_reasons() -> None:
     reasons = {name: mode.unsupported_reason(CPU) for name, mode in PRECISION_MODES.items()}
     assert reasons["tf32"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
-    assert "fp8 is declared but not implemented" in reasons["fp8"]
-    assert {n for n, r in reasons.items() if r is None} == {
-        "fp32",
-        "amp_fp16",
-        "amp_bf16",
-        "bf16",
-        "fp16",
-    }
+    assert "compute capability >= 10.0" in reasons["mxfp8"] and "emulate" in reasons["mxfp8"]
+    # fp8 runs on this CPU through torch's CPU _scaled_mm (bench.engine.fp8), with a caveat.
+    assert {n for n, r in reasons.items() if r is None} == set(PRECISION_MODES) - {"tf32", "mxfp8"}
+    caveats = {n: m.caveat(CPU, compiled=False) for n, m in PRECISION_MODES.items()}
+    assert {n for n, c in caveats.items() if c} == {"fp8", "fp8_rowwise", "mxfp8"}
+    assert "no fp8-hardware figure" in caveats["fp8"]
 
 
 def test_gpu_gates_by_compute_capability(monkeypatch) -> None:
@@ -55,15 +54,34 @@ def test_gpu_gates_by_compute_capability(monkeypatch) -> None:
     assert PRECISION_MODES["bf16"].unsupported_reason(hopper) is None
 
 
-def test_prepare_model_casts_only_pure_modes() -> None:
+def test_prepare_casts_only_pure_modes_and_leaves_the_pristine_model() -> None:
+    pristine = torch.nn.Linear(4, 4)
+    before = pristine.weight.detach().clone()
     for name, dtype in [
         ("fp32", torch.float32),
         ("amp_bf16", torch.float32),
         ("bf16", torch.bfloat16),
         ("fp16", torch.float16),
     ]:
-        model = PRECISION_MODES[name].prepare_model(torch.nn.Linear(4, 4))
-        assert model.weight.dtype == dtype, name
+        prepared = PRECISION_MODES[name].prepare(pristine, CPU, "train")
+        assert prepared.model is not pristine, name
+        assert prepared.model.weight.dtype == dtype, name
+        assert prepared.details == {} and prepared.transposed == frozenset(), name
+        with torch.no_grad():
+            prepared.model.weight.add_(
+                1.0
+            )  # a working copy: the pristine weights stay as they were
+    assert pristine.weight.dtype == torch.float32
+    assert torch.equal(pristine.weight, before)
+
+
+def test_copy_in_dtype_keeps_tied_weights_tied() -> None:
+    from bench.engine.precision import copy_in_dtype
+
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 8, bias=False))
+    model[1].weight = model[0].weight
+    copy = copy_in_dtype(model, torch.bfloat16)
+    assert copy[1].weight is copy[0].weight and copy[0].weight.dtype == torch.bfloat16
 
 
 def test_autocast_context_on_cpu() -> None:

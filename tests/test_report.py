@@ -81,7 +81,7 @@ def realistic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_the_fixture_is_a_real_run_that_reads_back() -> None:
     """Every line validates through the one reader; it is what the engine wrote on a CPU."""
     run = load_run(FIXTURE_RUN)
-    assert len(run.results) == 56 and not run.warnings
+    assert len(run.results) == 72 and not run.warnings
     assert {r.status for r in run.results} == {"ok", "skipped"}
     ok = [r for r in run.results if r.ok]
     assert {r.timing.method for r in ok} == {"perf-counter"}
@@ -123,7 +123,7 @@ def test_header_shows_the_cpu_environment(smoke: tuple[Path, str]) -> None:
     env = json.loads((FIXTURE_RUN / ENV_FILE).read_text())
     for text in (env["suite"], env["started_at"], env["cpu"]["model"], env["versions"]["torch"]):
         assert text in header, text
-    assert "Skipped modes: tf32 (8), fp8 (8)." in header
+    assert "Skipped modes: tf32 (8), mxfp8 (8)." in header
 
 
 def test_summary_shows_the_analysis(smoke: tuple[Path, str]) -> None:
@@ -149,7 +149,7 @@ def test_results_csv_is_flat(smoke: tuple[Path, str]) -> None:
     """One row per case, dotted scalar columns, per-step lists left out."""
     with open(smoke[0].parent / "results.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 56
+    assert len(rows) == 72
     columns = rows[0].keys()
     assert list(columns)[:3] == ["case.id", "status", "reason"]
     assert {"timing.median_s", "timing.method", "throughput.samples_per_s"} <= columns

@@ -41,17 +41,27 @@ def result_sets(draw: Any) -> list[CaseResult]:
     batch_sizes = draw(st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=3, unique=True))
     seq_lens = draw(st.lists(st.sampled_from([16, 32]), min_size=1, max_size=2, unique=True))
     numerics_kind = st.sampled_from(["none", "ok", "warn", "diverged", "nan", "error"])
+    # --compile: a precision ran eager, compiled, or both (compiled cases are their own modes).
+    variants = st.sampled_from([(False,), (False,), (False, True), (True,)])
     out = []
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
+    modes = [(p, c) for p in precisions for c in draw(variants)]
     for model in models:
         for workload in workloads:
-            for precision in precisions:
+            for precision, compiled in modes:
                 kind = draw(numerics_kind)
                 for batch_size, seq_len in shapes:
                     if draw(st.integers(0, 9)) == 0:
                         continue  # a case the sweep never ran
                     case = Case(
-                        model, MODELS[model], workload, precision, batch_size, seq_len, "cpu"
+                        model,
+                        MODELS[model],
+                        workload,
+                        precision,
+                        batch_size,
+                        seq_len,
+                        "cpu",
+                        compiled=compiled,
                     )
                     status = draw(st.sampled_from(STATUSES))
                     if status != "ok":
@@ -155,7 +165,8 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
         rows = [r for r in verdict_rows if r[0] == group.model and r[1] == group.workload]
         starred = [r[2].removesuffix(" ★") for r in rows if r[2].endswith("★")]
         assert starred == ([group.recommended] if group.recommended else [])
-        fastest = [r[2].split(" ")[0] for r in rows if r[2].endswith("(fastest, speed only)")]
+        speed_only = " (fastest, speed only)"
+        fastest = [r[2].removesuffix(speed_only) for r in rows if r[2].endswith(speed_only)]
         assert fastest == ([group.speed_only] if group.speed_only else [])
         md_rows = markdown[key]
         md_recommended = [p.split(" (")[0] for p in md_rows if p.endswith("(recommended)")]
@@ -163,19 +174,20 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
         for mode, mode_json, row in zip(group.modes, group_json["modes"], rows, strict=True):
             assert mode_json["speedup"] == mode.speedup
             assert mode_json["memory_saving"] == mode.memory_saving
-            assert row[2].split(" ")[0] == mode.precision and row[3] == shape
-            md = next(c for p, c in md_rows.items() if p.split(" (")[0] == mode.precision)
+            assert row[2].removesuffix(" ★").removesuffix(speed_only) == mode.label
+            assert row[3] == shape
+            md = next(c for p, c in md_rows.items() if p.split(" (")[0] == mode.label)
             if not mode.ok:
                 assert row[4] == mode.status and md[1].startswith(mode.status)
                 continue
             speedup, saving = fmt.fmt_speedup(mode.speedup), fmt.fmt_saving(mode.memory_saving)
             assert row[4] == speedup and md[2] == speedup
             assert (row[5] or fmt.MISSING) == saving and md[4] == saving
-            assert html_cells[(key, mode.precision)] == {"speedup": speedup, "saving": saving}
+            assert html_cells[(key, mode.label)] == {"speedup": speedup, "saving": saving}
             # The per-case results table shows the same figure for the headline case.
             assert results_rows[mode.case_id][5] == speedup
     # Every per-case speedup in the results table is the analysis' own, and the analysis' own is
-    # right: fp32's median over the case's, at the same model, workload and shape.
+    # right: eager fp32's median over the case's, at the same model, workload and shape.
     by_id = {r.case.id: r for r in results}
     for case in data["cases"]:
         if case["status"] != "ok":
@@ -183,6 +195,7 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
         assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"])
         result = by_id[case["id"]]
         fp32_id = result.case.id.replace(f"/{result.case.precision}/", "/fp32/", 1)
+        fp32_id = fp32_id.removesuffix("/compiled")
         fp32 = by_id.get(fp32_id)
         if result.case.label is None and fp32 is not None and fp32.ok:
             assert case["speedup"] == pytest.approx(fp32.median_s / result.median_s)

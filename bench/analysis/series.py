@@ -26,7 +26,13 @@ def _numbers(value: Any) -> list[float]:
 
 def _ordered(mapping: dict[str, Any]) -> dict[str, Any]:
     """A precision-keyed dict in precision order."""
-    return dict(sorted(mapping.items(), key=lambda kv: precision_rank(kv[0])))
+    return dict(sorted(mapping.items(), key=lambda kv: _label_rank(kv[0])))
+
+
+def _label_rank(label: str) -> tuple[int, str, bool]:
+    """Sort key of a mode label ("bf16", "bf16 +compile"): precision order, eager first."""
+    precision, _, compiled = label.partition(" +")
+    return (*precision_rank(precision), bool(compiled))
 
 
 def series_vs_batch(
@@ -44,7 +50,7 @@ def series_vs_batch(
         & frame["batch_size"].notna()
     ]
     out: dict[str, tuple[list[int], list[float]]] = {}
-    for precision, part in rows.groupby("precision"):
+    for precision, part in rows.groupby("mode"):
         part = part[part[column].map(math.isfinite)].sort_values("batch_size")
         if not part.empty:
             out[str(precision)] = (
@@ -61,7 +67,7 @@ def step_samples(analysis: RunAnalysis, group: GroupSummary) -> dict[str, list[f
         result = analysis.result(mode.case_id) if mode.ok else None
         samples = [s for s in result.step_s if math.isfinite(s)] if result is not None else []
         if samples:
-            out[mode.precision] = samples
+            out[mode.label] = samples
     return out
 
 
@@ -89,6 +95,7 @@ def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
         (frame["model"] == group.model)
         & (frame["workload"] == group.workload)
         & (frame["status"] == "ok")
+        & ~frame["compiled"]  # a compiled case carries its precision's eager pass
     ].sort_values("order")
     curves: dict[str, list[float]] = {}
     rel_div: dict[str, list[float]] = {}
@@ -121,7 +128,7 @@ def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
     for mode in group.modes:
         result = analysis.result(mode.case_id) if mode.ok else None
         if result is not None and result.losses:
-            curves[mode.precision] = list(result.losses)
+            curves[mode.label] = list(result.losses)
     if not curves:
         return None
     baseline = curves.pop(BASELINE_PRECISION, [])
@@ -161,7 +168,7 @@ def tradeoff_points(analysis: RunAnalysis) -> dict[str, dict[str, list[TradeoffP
     out: dict[str, dict[str, list[TradeoffPoint]]] = {}
     for group in analysis.groups:
         points = [
-            TradeoffPoint(group.model, m.precision, m.speedup, m.divergence, m.verdict)
+            TradeoffPoint(group.model, m.label, m.speedup, m.divergence, m.verdict)
             for m in group.modes
             if not m.is_baseline
             and m.speedup is not None

@@ -4,7 +4,9 @@ The terminal tables, summary.md, index.html and `mpbench report --json` all read
 they cannot disagree. The rules (README, "Reading the results"):
 
 * **Speedup** of a case = median step of fp32 / median step of the case, at the same model,
-  workload, batch size and sequence length, both ok (METHODS rule 5).
+  workload, batch size and sequence length, both ok (METHODS rule 5); the baseline is always
+  fp32 run eagerly, so a case under torch.compile ("bf16 +compile") shows what precision and
+  compiler give together.
 * **Memory saving** of a case = 1 - peak(case) / peak(fp32), at that same shape.
 * **Headline point** of a model x workload, the one shape its summary shows: among the shapes
   where fp32 ran ok, the one where the most precisions ran ok; ties go to the larger
@@ -83,6 +85,8 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                 "family": case.family,
                 "workload": case.workload,
                 "precision": case.precision,
+                "compiled": case.compiled,
+                "mode": case.mode,
                 "batch_size": case.batch_size,
                 "seq_len": case.seq_len,
                 "sweep": case.label is None,
@@ -101,11 +105,13 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                 "divergence_floor": _divergence_floor(
                     result, divergence[0] if divergence else None
                 ),
+                "caveat": result.details.get("caveat") if result.ok else None,
             }
         )
     frame = pd.DataFrame(rows, columns=_CASE_COLUMNS).astype(_CASE_DTYPES)
     ok = frame["status"] == "ok"
-    fp32 = frame[ok & frame["sweep"] & (frame["precision"] == BASELINE_PRECISION)]
+    eager_fp32 = (frame["precision"] == BASELINE_PRECISION) & ~frame["compiled"]
+    fp32 = frame[ok & frame["sweep"] & eager_fp32]
     fp32 = fp32[[*GROUP, *SHAPE, "median_s", "peak_bytes"]].rename(
         columns={"median_s": "fp32_median_s", "peak_bytes": "fp32_peak_bytes"}
     )
@@ -127,6 +133,8 @@ _CASE_DTYPES = {
     "family": object,
     "workload": object,
     "precision": object,
+    "compiled": bool,
+    "mode": object,
     "batch_size": "float64",
     "seq_len": "float64",
     "sweep": bool,
@@ -143,15 +151,23 @@ _CASE_DTYPES = {
     "divergence_metric": object,
     "divergence": "float64",
     "divergence_floor": "float64",
+    "caveat": object,
 }
 _CASE_COLUMNS = list(_CASE_DTYPES)
 
 
+def mode_rank(precision: str, compiled: bool) -> tuple[int, str, bool]:
+    """Sort key of a mode: the documented precision order, each eager before compiled."""
+    return (*precision_rank(precision), compiled)
+
+
 @dataclass(frozen=True)
 class ModeSummary:
-    """One precision of a model x workload: its case at the headline point and its verdict."""
+    """One mode (a precision, eager or compiled) of a model x workload: its case at the headline
+    point and its verdict."""
 
     precision: str
+    compiled: bool
     status: str  # the case's status at the headline point, or "not run"
     reason: str | None
     case_id: str | None
@@ -165,7 +181,13 @@ class ModeSummary:
     divergence: float | None
     divergence_metric: str | None
     divergence_floor: float | None
-    is_baseline: bool  # fp32 itself
+    is_baseline: bool  # eager fp32 itself
+    caveat: str | None = None  # what to know about this mode's figures here (fp8 on a CPU)
+
+    @property
+    def label(self) -> str:
+        """What views call the mode: the precision, with ' +compile' under torch.compile."""
+        return f"{self.precision} +compile" if self.compiled else self.precision
 
     @property
     def ok(self) -> bool:
@@ -192,15 +214,15 @@ class GroupSummary:
     seq_len: int | None
     rate_unit: str
     modes: tuple[ModeSummary, ...]
-    recommended: str | None  # the fastest mode that passes the numerics check
-    speed_only: str | None  # the fastest mode, set only where no mode has numerics
+    recommended: str | None  # label of the fastest mode that passes the numerics check
+    speed_only: str | None  # label of the fastest mode, set only where no mode has numerics
     has_numerics: bool
     has_baseline: bool  # fp32 ran ok at the headline point: speedups exist
     divergence_metric: str | None  # the group's headline divergence (see DIVERGENCE_KEYS)
 
-    def mode(self, precision: str) -> ModeSummary | None:
-        """The summary of one precision, if the group has it."""
-        return next((m for m in self.modes if m.precision == precision), None)
+    def mode(self, label: str) -> ModeSummary | None:
+        """The summary of one mode ("bf16", "bf16 +compile"), if the group has it."""
+        return next((m for m in self.modes if m.label == label), None)
 
 
 @dataclass(frozen=True)
@@ -260,6 +282,8 @@ class RunAnalysis:
                         "model",
                         "workload",
                         "precision",
+                        "compiled",
+                        "mode",
                         "batch_size",
                         "seq_len",
                         "status",
@@ -320,10 +344,10 @@ def headline_point(group: pd.DataFrame) -> tuple[int, int] | None:
     ok = group[(group["status"] == "ok") & group["sweep"]]
     if ok.empty:
         return None
-    by_shape = ok.groupby(SHAPE)["precision"]
+    by_shape = ok.groupby(SHAPE)["mode"]
     table = pd.DataFrame(
         {
-            "has_fp32": by_shape.apply(lambda p: BASELINE_PRECISION in set(p)),
+            "has_fp32": by_shape.apply(lambda m: BASELINE_PRECISION in set(m)),
             "precisions": by_shape.nunique(),
         }
     ).reset_index()
@@ -352,10 +376,13 @@ def _triple_numerics(group: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _mode_summary(precision: str, row: Any, numerics: dict[str, Any]) -> ModeSummary:
+def _mode_summary(
+    precision: str, compiled: bool, row: Any, numerics: dict[str, Any]
+) -> ModeSummary:
     ok = row is not None and row.status == "ok"
     return ModeSummary(
         precision=precision,
+        compiled=compiled,
         status=row.status if row is not None else "not run",
         reason=_text(row.reason) if row is not None else None,
         case_id=row.id if row is not None else None,
@@ -369,7 +396,8 @@ def _mode_summary(precision: str, row: Any, numerics: dict[str, Any]) -> ModeSum
         divergence=numerics.get("divergence"),
         divergence_metric=numerics.get("divergence_metric"),
         divergence_floor=numerics.get("divergence_floor"),
-        is_baseline=precision == BASELINE_PRECISION,
+        is_baseline=precision == BASELINE_PRECISION and not compiled,
+        caveat=_text(row.caveat) if ok else None,
     )
 
 
@@ -382,19 +410,25 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
         at_point = group[(group["batch_size"] == point[0]) & (group["seq_len"] == point[1])]
     else:  # nothing ran ok: show each precision's largest case (its status says why)
         at_point = group.sort_values(["batch_size", "seq_len", "order"], na_position="first")
-    rows = {row.precision: row for row in at_point.itertuples()}
-    numerics = _triple_numerics(group)
-    precisions = sorted(set(group["precision"]), key=precision_rank)
-    modes = tuple(_mode_summary(p, rows.get(p), numerics.get(p, {})) for p in precisions)
+    rows = {row.mode: row for row in at_point.itertuples()}
+    numerics = _triple_numerics(group)  # per precision: a compiled case shares the eager pass
+    kinds = sorted(
+        set(zip(group["precision"], group["compiled"], strict=True)),
+        key=lambda pc: mode_rank(*pc),
+    )
+    modes = tuple(
+        _mode_summary(p, c, rows.get(f"{p} +compile" if c else p), numerics.get(p, {}))
+        for p, c in kinds
+    )
     measured = [m for m in modes if m.ok and m.rate is not None]
     has_numerics = bool(numerics)
     recommended = speed_only = None
     if has_numerics:
         passing = [m for m in measured if m.passes]
         if passing:
-            recommended = max(passing, key=lambda m: m.rate or 0.0).precision
+            recommended = max(passing, key=lambda m: m.rate or 0.0).label
     elif measured:
-        speed_only = max(measured, key=lambda m: m.rate or 0.0).precision
+        speed_only = max(measured, key=lambda m: m.rate or 0.0).label
     baseline = next((m for m in modes if m.is_baseline), None)
     metrics = [m.divergence_metric for m in modes if m.divergence_metric]
     units = set(group["rate_unit"].dropna())

@@ -78,11 +78,12 @@ def register(sub: Any) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     """`mpbench list`: what can run here, and why not where it cannot."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from bench.engine.device import resolve_device
     from bench.engine.models import PRESETS
-    from bench.engine.precision import PRECISION_MODES
+    from bench.engine.modes import PRECISION_MODES
     from bench.engine.workloads import WORKLOADS
 
     device = resolve_device(args.device)
@@ -91,11 +92,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     modes = Table("precision", "on this device", "what it does", title="Precision modes")
     for mode in PRECISION_MODES.values():
         reason = mode.unsupported_reason(device)
-        modes.add_row(
-            mode.name,
-            "[green]supported[/]" if reason is None else f"[yellow]skipped[/]: {reason}",
-            mode.summary,
-        )
+        if reason is not None:
+            status = f"[yellow]skipped[/]: {escape(reason)}"
+        else:
+            caveat = mode.caveat(device, compiled=False)
+            status = "[green]supported[/]" + (f" [dim]({escape(caveat)})[/]" if caveat else "")
+        modes.add_row(mode.name, status, mode.summary)
     console.print(modes)
     models = Table("model", "family", "max positions", "shape", title="Model presets")
     for spec in PRESETS.values():

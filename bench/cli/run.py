@@ -87,6 +87,13 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--seq-lens", type=_comma_list(int), help="replace the suite's sequence lengths"
     )
+    run.add_argument(
+        "--compile",
+        choices=("eager", "compiled", "both"),
+        help="run the cases eagerly, under torch.compile (ids end in /compiled; the compiling "
+        "first call is timed apart, not as a step), or both side by side (default: the "
+        "suite's [sweep] compile, else eager)",
+    )
     run.add_argument("--data", help='data for the numerics passes: "random" or "text:PATH"')
     run.add_argument("--warmup", type=int, help="warm-up steps per case (excluded from timing)")
     run.add_argument("--iterations", type=int, help="timed steps per case")
@@ -177,6 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_flags(args)
     device = resolve_device(args.device)
     overrides = {k: getattr(args, k) for k in LIST_FLAGS if getattr(args, k) is not None}
+    if args.compile is not None:
+        overrides["compile"] = ["eager", "compiled"] if args.compile == "both" else [args.compile]
     timing = {
         k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None
     }

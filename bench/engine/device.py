@@ -10,7 +10,7 @@ import gc
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,11 +21,16 @@ from bench.errors import MpbenchError
 
 @dataclass
 class MemoryReading:
-    """Filled in when a memory window closes: the case's peak over what was held before it."""
+    """Filled in when a memory window closes: the case's peak over what was held before it.
+
+    `restart_peak()` forgets the peak so far (what is held now still counts): torch.compile's
+    compiling first call uses memory the case never needs again.
+    """
 
     peak_bytes: int | None = None
     reserved_bytes: int | None = None
     method: str = "unknown"
+    restart_peak: Callable[[], None] = lambda: None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +111,12 @@ def _reset_vmhwm() -> bool:
         return False
 
 
+def _restart_vmhwm() -> None:
+    """Return freed heap to the OS, then start the high-water mark again from the RSS."""
+    _malloc_trim()
+    _reset_vmhwm()
+
+
 def _malloc_trim() -> None:
     """Give freed heap pages back to the OS (glibc), so an earlier case's cached heap is not
     counted as "already resident" and hidden from the next case's peak."""
@@ -128,6 +139,10 @@ class _RssSampler:
     def _run(self) -> None:
         while not self._done.wait(self._interval_s):
             self.peak_kib = max(self.peak_kib, _proc_status_kib("VmRSS") or 0)
+
+    def restart(self) -> None:
+        """Forget the peak so far: it starts again from the current RSS."""
+        self.peak_kib = _proc_status_kib("VmRSS") or 0
 
     def __enter__(self) -> _RssSampler:
         self._thread.start()
@@ -215,8 +230,13 @@ class Device:
         reading = MemoryReading()
         self.free_memory()
         if self.is_cuda:
-            self.synchronize()
-            torch.cuda.reset_peak_memory_stats(self.torch_device)
+
+            def restart() -> None:
+                self.synchronize()
+                torch.cuda.reset_peak_memory_stats(self.torch_device)
+
+            reading.restart_peak = restart
+            restart()
             before = torch.cuda.memory_allocated(self.torch_device)
             before_reserved = torch.cuda.memory_reserved(self.torch_device)
             try:
@@ -234,6 +254,7 @@ class Device:
             yield reading
             return
         if _reset_vmhwm():
+            reading.restart_peak = _restart_vmhwm
             before_kib = _proc_status_kib("VmRSS") or 0
             try:
                 yield reading
@@ -243,6 +264,7 @@ class Device:
             return
         before_kib = _proc_status_kib("VmRSS") or 0
         with _RssSampler() as sampler:
+            reading.restart_peak = sampler.restart
             yield reading
         reading.peak_bytes = max(0, sampler.peak_kib - before_kib) * 1024
         reading.method = "rss-sampled"

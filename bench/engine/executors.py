@@ -71,7 +71,13 @@ def runner_factory() -> RunnerFactory:
 
 def quiet_transformers() -> None:
     """transformers' config and generation notices would break the progress display; mpbench
-    owns this process, so keep only its errors."""
+    owns this process, so keep only its errors. The same for torchao, which transformers may
+    import first: on a CPU it logs that its CUDA-only extension libraries cannot load, and torch
+    warns about one of its enums (bench.engine.fp8 explains)."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

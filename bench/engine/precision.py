@@ -1,5 +1,11 @@
-"""Precision modes: each knows whether a device can run it, how to prepare a model, the context
-for a step, and whether training needs a GradScaler. Names follow TorchBench.
+"""Precision modes: each is one component that knows whether a device can run it, how to make a
+case's working copy of the model (`prepare`), the context of a step (`autocast`,
+`inference_context`), its optimizer and whether training needs a GradScaler. Names follow
+TorchBench.
+
+The timed runner (bench.engine.runner) and the numerics passes (bench.engine.numerics.passes)
+both go through these methods and nothing else, so a mode that converts a model (fp8,
+bench.engine.fp8) is timed and judged as the same model.
 
 A mode never emulates what the device cannot do: `unsupported_reason` returns why, and the case
 is recorded as skipped with that reason.
@@ -8,12 +14,43 @@ is recorded as skipped with that reason.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from bench.engine import workloads
 from bench.engine.device import Device
+
+
+@dataclass
+class PreparedModel:
+    """A mode's working copy of a model, on the device, and what preparing it did."""
+
+    model: torch.nn.Module
+    details: dict[str, Any] = field(default_factory=dict)  # recorded with the case's result
+    # Parameters stored transposed against the pristine model (GPT-2's Conv1D turned into
+    # nn.Linear): gradients are transposed back before they are compared with fp32's.
+    transposed: frozenset[str] = frozenset()
+
+
+def copy_in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy whose floating-point parameters and buffers are made directly in `dtype`, so a
+    bf16/fp16 copy never holds a transient fp32 copy (which would inflate its peak memory). Tied
+    weights stay tied: deepcopy's memo maps each shared tensor to one new tensor."""
+    memo: dict[int, Any] = {}
+    if dtype != torch.float32:
+        for p in model.parameters():
+            if p.is_floating_point() and id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(
+                    p.detach().to(dtype), requires_grad=p.requires_grad
+                )
+        for b in model.buffers():
+            if b.is_floating_point() and id(b) not in memo:
+                memo[id(b)] = b.detach().to(dtype)
+    return copy.deepcopy(model, memo)
 
 
 @dataclass(frozen=True)
@@ -27,16 +64,9 @@ class PrecisionMode:
     tf32: bool = False  # TF32 tensor-core math for fp32 matmuls/convolutions
     grad_scaler: bool = False  # torch.amp.GradScaler for training
     min_compute_capability: tuple[int, int] | None = None  # CUDA only when set
-    implemented: bool = True
 
-    def unsupported_reason(self, device: Device) -> str | None:
-        """Why this mode cannot run on `device`, or None when it can."""
-        if not self.implemented:
-            need = _format_cc(self.min_compute_capability)
-            return (
-                f"{self.name} is declared but not implemented in this mpbench version "
-                f"(planned with torchao; needs a CUDA GPU with compute capability >= {need})"
-            )
+    def unsupported_reason(self, device: Device, workload: str | None = None) -> str | None:
+        """Why this mode cannot run on `device` (for `workload`, when given), or None."""
         if self.min_compute_capability is not None:
             need = _format_cc(self.min_compute_capability)
             cc = device.compute_capability()
@@ -59,17 +89,36 @@ class PrecisionMode:
             return f"{self.name} needs native bfloat16 (compute capability >= 8.0); {device.product_name()} has none"
         return None
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Cast the model's weights to the mode's parameter dtype (in place; returns it)."""
-        if self.param_dtype != torch.float32:
-            model.to(dtype=self.param_dtype)
-        return model
+    def prepare(self, pristine: torch.nn.Module, device: Device, workload: str) -> PreparedModel:
+        """The working copy a case runs, timed or in a numerics pass: the pristine fp32 weights
+        copied straight into the mode's parameter dtype, on the device."""
+        model = copy_in_dtype(pristine, self.param_dtype)
+        return PreparedModel(model.to(device.torch_device))
 
-    def autocast(self, device: Device) -> contextlib.AbstractContextManager[object]:
+    def autocast(
+        self, device: Device, workload: str = "train"
+    ) -> contextlib.AbstractContextManager[object]:
         """The context each step runs in: torch.autocast for amp modes, else nothing."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def caveat(self, device: Device, compiled: bool) -> str | None:
+        """What a reader must know about this mode's figures on this device, or None."""
+        return None
+
+    def inference_context(self) -> contextlib.AbstractContextManager[object]:
+        """The context of a forward pass that needs no gradients."""
+        return torch.inference_mode()
+
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The training optimizer (AdamW, lr 1e-4: bench.engine.workloads)."""
+        return workloads.make_optimizer(model)
+
+    def after_optimizer_step(self, model: torch.nn.Module) -> Callable[[], None] | None:
+        """A hook a training step runs after optimizer.step(), or None (none of the built-in
+        modes needs one: the step then calls nothing extra)."""
+        return None
 
     def make_grad_scaler(self, device: Device) -> torch.amp.GradScaler | None:
         """A GradScaler with PyTorch's defaults (init 2**16, growth 2, backoff 0.5, interval 2000)."""
@@ -145,42 +194,35 @@ def _format_cc(cc: tuple[int, int] | None) -> str:
     return "?" if cc is None else f"{cc[0]}.{cc[1]}"
 
 
-PRECISION_MODES: dict[str, PrecisionMode] = {
-    mode.name: mode
-    for mode in (
-        PrecisionMode("fp32", "fp32 weights and math; TF32 explicitly off (matmul and cuDNN)"),
-        PrecisionMode(
-            "tf32",
-            "fp32 weights; TF32 tensor-core matmuls and convolutions on",
-            tf32=True,
-            min_compute_capability=(8, 0),
-        ),
-        PrecisionMode(
-            "amp_fp16",
-            "fp32 master weights, torch.autocast(float16), GradScaler for training",
-            autocast_dtype=torch.float16,
-            grad_scaler=True,
-        ),
-        PrecisionMode(
-            "amp_bf16",
-            "fp32 master weights, torch.autocast(bfloat16), no loss scaling",
-            autocast_dtype=torch.bfloat16,
-        ),
-        PrecisionMode(
-            "bf16",
-            "pure bfloat16: weights, gradients and AdamW state in bfloat16, no autocast",
-            param_dtype=torch.bfloat16,
-        ),
-        PrecisionMode(
-            "fp16",
-            "pure float16 weights and optimizer state, no loss scaling (failure is a finding)",
-            param_dtype=torch.float16,
-        ),
-        PrecisionMode(
-            "fp8",
-            "float8 training via torchao (declared; not implemented yet, always skipped)",
-            min_compute_capability=(8, 9),
-            implemented=False,
-        ),
-    )
-}
+# The modes that are dtype, autocast and flag settings; the fp8 modes convert the model
+# (bench.engine.fp8); bench.engine.modes holds them all.
+BASE_MODES: tuple[PrecisionMode, ...] = (
+    PrecisionMode("fp32", "fp32 weights and math; TF32 explicitly off (matmul and cuDNN)"),
+    PrecisionMode(
+        "tf32",
+        "fp32 weights; TF32 tensor-core matmuls and convolutions on",
+        tf32=True,
+        min_compute_capability=(8, 0),
+    ),
+    PrecisionMode(
+        "amp_fp16",
+        "fp32 master weights, torch.autocast(float16), GradScaler for training",
+        autocast_dtype=torch.float16,
+        grad_scaler=True,
+    ),
+    PrecisionMode(
+        "amp_bf16",
+        "fp32 master weights, torch.autocast(bfloat16), no loss scaling",
+        autocast_dtype=torch.bfloat16,
+    ),
+    PrecisionMode(
+        "bf16",
+        "pure bfloat16: weights, gradients and AdamW state in bfloat16, no autocast",
+        param_dtype=torch.bfloat16,
+    ),
+    PrecisionMode(
+        "fp16",
+        "pure float16 weights and optimizer state, no loss scaling (failure is a finding)",
+        param_dtype=torch.float16,
+    ),
+)

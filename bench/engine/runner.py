@@ -9,7 +9,6 @@ run`, `--find-max-batch` and the pytest plugin all measure through it.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,8 @@ import torch
 from bench.engine import workloads
 from bench.engine.device import Device
 from bench.engine.models import ModelSpec, count_parameters
-from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.modes import PRECISION_MODES
+from bench.engine.precision import PrecisionMode
 from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.suite import Suite
 from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
@@ -42,6 +42,7 @@ class PreparedCase:
     step: Callable[[], Any]
     scaler: torch.amp.GradScaler | None
     parameters: int
+    details: dict[str, Any]  # what the mode's prepare did (fp8: which layers run in fp8)
 
 
 def measure_steps(
@@ -122,18 +123,25 @@ class CaseRunner:
     def skip_reason(self, case: Case) -> str | None:
         """Why a case cannot run here (precision or workload unsupported), or None."""
         mode = PRECISION_MODES[case.precision]
-        return mode.unsupported_reason(self.device) or workloads.unsupported_reason(
-            case.workload, self.suite.model(case.model)
+        return mode.unsupported_reason(self.device, case.workload) or workloads.unsupported_reason(
+            case.workload, self.suite.model(case.model), case.compiled
         )
 
     @contextmanager
     def prepare(self, case: Case) -> Iterator[PreparedCase]:
-        """Build the case's model, optimizer and inputs on the device."""
+        """Build the case's model (through its precision mode), optimizer and inputs."""
         spec = self.suite.model(case.model)
         mode = PRECISION_MODES[case.precision]
         torch_device = self.device.torch_device
-        model = copy_in_dtype(self.pristine_model(spec), mode.param_dtype)
-        model.to(torch_device)
+        prepared = mode.prepare(self.pristine_model(spec), self.device, case.workload)
+        model = prepared.model
+        # Under --compile the steps call the compiled module; the optimizer holds the same
+        # parameters. A fresh compiler state per case: dynamo's caches would otherwise fill up
+        # across cases and fall back to eager without a word.
+        run_model = model
+        if case.compiled:
+            torch.compiler.reset()
+            run_model = torch.compile(model)
         # Dropout draws from the global RNG: seed it so every precision sees the same masks.
         torch.manual_seed(self.suite.info.seed)
         batch = workloads.make_batch(
@@ -142,22 +150,33 @@ class CaseRunner:
         scaler = None
 
         def autocast() -> Any:
-            return mode.autocast(self.device)
+            return mode.autocast(self.device, case.workload)
 
         if case.workload == "train":
             model.train()
-            optimizer = workloads.make_optimizer(model)
+            optimizer = mode.make_optimizer(model)
             scaler = mode.make_grad_scaler(self.device)
-            step = workloads.train_step_fn(model, batch, optimizer, autocast, scaler)
+            after_step = mode.after_optimizer_step(model)
+            step = workloads.train_step_fn(
+                run_model, batch, optimizer, autocast, scaler, after_step
+            )
         elif case.workload == "infer":
             model.eval()
-            step = workloads.infer_step_fn(model, batch, autocast, spec.family)
+            step = workloads.infer_step_fn(
+                run_model, batch, autocast, spec.family, mode.inference_context
+            )
         else:
             model.eval()
             step = workloads.generate_step_fn(
-                model, batch, autocast, self.suite.sweep.generate_new_tokens
+                model,
+                batch,
+                autocast,
+                self.suite.sweep.generate_new_tokens,
+                mode.inference_context,
             )
-        yield PreparedCase(case, mode, model, step, scaler, count_parameters(model))
+        yield PreparedCase(
+            case, mode, model, step, scaler, count_parameters(model), prepared.details
+        )
 
     def tokens_per_sample(self, case: Case) -> int:
         """Tokens a step produces per sample: new tokens for generate, the sequence otherwise."""
@@ -178,6 +197,14 @@ class CaseRunner:
             self.pristine_model(self.suite.model(case.model))
             with mode.global_state(self.device), self.device.memory_window() as memory:
                 with self.prepare(case) as prepared:
+                    compile_s = None
+                    if case.compiled:  # the first call compiles: timed apart, not a step,
+                        phase("compiling", None, None)  # and its memory is not the case's
+                        t_compile = time.perf_counter()
+                        prepared.step()
+                        self.device.synchronize()
+                        compile_s = time.perf_counter() - t_compile
+                        memory.restart_peak()
                     scales: list[float] = []
                     after_warmup = None
                     if prepared.scaler is not None:
@@ -190,7 +217,14 @@ class CaseRunner:
                         after_warmup,
                         phase,
                     )
-                    details = {**mode.describe(), "parameters": prepared.parameters}
+                    details = {
+                        **mode.describe(),
+                        **prepared.details,
+                        "parameters": prepared.parameters,
+                    }
+                    caveat = mode.caveat(self.device, case.compiled)
+                    if caveat:
+                        details["caveat"] = caveat
                     if prepared.scaler is not None:
                         details.update(_scaler_details(scales[0], prepared.scaler.get_scale()))
                     losses = _losses(outputs) if case.workload == "train" else None
@@ -205,7 +239,11 @@ class CaseRunner:
         self.device.free_memory()
         if failed is not None:
             return failed.replace(wall_s=time.perf_counter() - t0)
-        timed = Timing.from_samples(step_s, timing.warmup, self.device.timing_method)
+        if case.compiled:
+            torch.compiler.reset()  # the compiled graphs die with the case
+        timed = Timing.from_samples(
+            step_s, timing.warmup, self.device.timing_method, compile_s=compile_s
+        )
         numerics = self.numerics(case, phase) if self.numerics is not None else None
         return CaseResult(
             case,
@@ -221,23 +259,6 @@ class CaseRunner:
             started_at=started_at,
             wall_s=time.perf_counter() - t0,
         )
-
-
-def copy_in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A deep copy whose floating-point parameters and buffers are made directly in `dtype`, so a
-    bf16/fp16 copy never holds a transient fp32 copy (which would inflate its peak memory). Tied
-    weights stay tied: deepcopy's memo maps each shared tensor to one new tensor."""
-    memo: dict[int, Any] = {}
-    if dtype != torch.float32:
-        for p in model.parameters():
-            if p.is_floating_point() and id(p) not in memo:
-                memo[id(p)] = torch.nn.Parameter(
-                    p.detach().to(dtype), requires_grad=p.requires_grad
-                )
-        for b in model.buffers():
-            if b.is_floating_point() and id(b) not in memo:
-                memo[id(b)] = b.detach().to(dtype)
-    return copy.deepcopy(model, memo)
 
 
 def _scaler_details(scale_after_warmup: float, final_scale: float) -> dict[str, Any]:

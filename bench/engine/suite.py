@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine.models import ModelSpec, resolve_model
+from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.config import validate_table as validate_numerics_table
-from bench.engine.precision import PRECISION_MODES
 from bench.engine.workloads import WORKLOADS
 from bench.errors import MpbenchError, SuiteError
 from bench.results.schema import Case
@@ -27,6 +27,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 BUILTIN_SUITES = ("smoke", "standard", "ci")
+COMPILE_CHOICES = ("eager", "compiled")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Sweep:
     batch_sizes: tuple[int, ...] = (1,)
     seq_lens: tuple[int, ...] = (128,)
     generate_new_tokens: int = 16
+    compile: tuple[str, ...] = ("eager",)  # "eager" and/or "compiled" (torch.compile)
 
 
 @dataclass(frozen=True)
@@ -76,25 +78,28 @@ class Suite:
         return self.info.name
 
     def cases(self, device: str) -> list[Case]:
-        """Every case, ordered model > workload > seq_len > batch size > precision, so precisions
-        being compared run back to back (drift hits them alike) and batch sizes grow."""
+        """Every case, ordered model > workload > seq_len > batch size > precision > eager or
+        compiled, so the cases being compared run back to back (drift hits them alike) and batch
+        sizes grow."""
         out = []
         for spec in self.models:
             for workload in self.sweep.workloads:
                 for seq_len in self.sweep.seq_lens:
                     for batch_size in self.sweep.batch_sizes:
                         for precision in self.sweep.precisions:
-                            out.append(
-                                Case(
-                                    spec.name,
-                                    spec.family,
-                                    workload,
-                                    precision,
-                                    batch_size,
-                                    seq_len,
-                                    device,
+                            for execution in self.sweep.compile:
+                                out.append(
+                                    Case(
+                                        spec.name,
+                                        spec.family,
+                                        workload,
+                                        precision,
+                                        batch_size,
+                                        seq_len,
+                                        device,
+                                        compiled=execution == "compiled",
+                                    )
                                 )
-                            )
         return out
 
     def with_timing(self, values: dict[str, int]) -> Suite:
@@ -325,6 +330,10 @@ _FIELD_RULES: dict[tuple[type, str], tuple[str, Any]] = {
     (Sweep, "batch_sizes"): ("a non-empty list of positive integers", _list_of(_positive_int)),
     (Sweep, "seq_lens"): ("a non-empty list of positive integers", _list_of(_positive_int)),
     (Sweep, "generate_new_tokens"): ("a positive integer", _positive_int),
+    (Sweep, "compile"): (
+        'a non-empty list from: "eager", "compiled" (torch.compile)',
+        _list_of(_string, COMPILE_CHOICES),
+    ),
     (Timing, "warmup"): ("a non-negative integer", _non_negative_int),
     (Timing, "iterations"): (
         "an integer >= 2",

@@ -1,7 +1,8 @@
 """Workloads: the inputs of a case and the one step that gets timed.
 
 - train:    forward with labels, backward, AdamW step, zero_grad
-- infer:    forward under torch.inference_mode() (GPT: prefill over the whole sequence)
+- infer:    forward without autograd, in the mode's inference context (torch.inference_mode(),
+            torch.no_grad() for fp8's Float8Linear) (GPT: prefill over the whole sequence)
 - generate: greedy token-by-token decode with the KV cache (causal LMs only)
 """
 
@@ -18,7 +19,8 @@ from bench.engine.models import ModelSpec
 
 WORKLOADS: dict[str, str] = {
     "train": "forward with labels, backward, AdamW step, zero_grad",
-    "infer": "forward pass under torch.inference_mode() (GPT: prefill of the whole sequence)",
+    "infer": "forward pass without autograd (torch.inference_mode(); torch.no_grad() for fp8 "
+    "on a CPU) (GPT: prefill of the whole sequence)",
     "generate": "greedy decode of new tokens with the KV cache, after a prefill (GPT only)",
 }
 
@@ -26,10 +28,15 @@ MLM_PROBABILITY = 0.15  # BERT pre-training masks 15% of positions
 LEARNING_RATE = 1e-4
 
 
-def unsupported_reason(workload: str, spec: ModelSpec) -> str | None:
-    """Why `workload` cannot run on this model family, or None."""
+def unsupported_reason(workload: str, spec: ModelSpec, compiled: bool = False) -> str | None:
+    """Why `workload` cannot run on this model family (or under torch.compile), or None."""
     if workload == "generate" and spec.family != "gpt2":
         return f"generate needs a causal LM; {spec.name} is a masked LM ({spec.family})"
+    if workload == "generate" and compiled:
+        return (
+            "generate is not compiled: its decode loop changes shapes every token, so "
+            "torch.compile would recompile rather than run one graph"
+        )
     return None
 
 
@@ -92,8 +99,10 @@ def train_step_fn(
     optimizer: torch.optim.Optimizer,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     scaler: torch.amp.GradScaler | None,
+    after_step: Callable[[], None] | None = None,
 ) -> Callable[[], torch.Tensor]:
-    """One training step returning the loss as a detached tensor (no host sync to read it)."""
+    """One training step returning the loss as a detached tensor (no host sync to read it).
+    `after_step` is the precision mode's hook after optimizer.step(), if it has one."""
 
     def step() -> torch.Tensor:
         with autocast():
@@ -105,23 +114,30 @@ def train_step_fn(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+        if after_step is not None:
+            after_step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     return step
 
 
+Context = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
 def infer_step_fn(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    autocast: Context,
     family: str,
+    no_grad: Context = torch.inference_mode,
 ) -> Callable[[], None]:
-    """One forward pass; logits are dropped so a step holds no memory after it ends."""
+    """One forward pass; logits are dropped so a step holds no memory after it ends. `no_grad` is
+    the precision mode's inference context (torch.inference_mode unless the mode says)."""
     kwargs = {"use_cache": False} if family == "gpt2" else {}
 
     def step() -> None:
-        with torch.inference_mode(), autocast():
+        with no_grad(), autocast():
             model(**batch, **kwargs)
 
     return step
@@ -130,15 +146,16 @@ def infer_step_fn(
 def generate_step_fn(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    autocast: Context,
     new_tokens: int,
+    no_grad: Context = torch.inference_mode,
 ) -> Callable[[], None]:
     """Greedy decode of exactly `new_tokens` tokens after the prompt, with the KV cache."""
     pad_id = model.config.eos_token_id
     attention_mask = torch.ones_like(batch["input_ids"])
 
     def step() -> None:
-        with torch.inference_mode(), autocast():
+        with no_grad(), autocast():
             model.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=attention_mask,

@@ -13,6 +13,9 @@ Schema history (bump SCHEMA_VERSION on any change a reader must know about):
      by different methods. Version-1 lines are upgraded on read: the method is inferred from the
      memory method ("cuda-*" means CUDA events, anything else perf_counter; results read from a
      pytest-benchmark file, "pytest-benchmark").
+  3  `case.compiled` (the case ran under torch.compile; its id ends in "/compiled") and
+     `timing.compile_s` (the compiling first call, kept out of the step times). Version-2 lines
+     read as eager cases.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from typing import Any
 
 from bench.errors import ResultsError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Case statuses. "ok" is measured; every other status carries a `reason`.
 STATUSES = ("ok", "skipped", "oom", "error", "crashed", "timeout")
 # The statuses that mean something broke (oom and skipped are outcomes, not faults).
 FAILURES = ("error", "crashed", "timeout")
 # Precision modes in the order every view shows them (bench.engine.precision defines them).
-PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8")
+PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8", "fp8_rowwise", "mxfp8")
 BASELINE_PRECISION = "fp32"  # what every speedup, saving and divergence is measured against
 WORKLOADS = ("train", "infer", "generate")
 # Numerics verdicts, best first.
@@ -133,7 +136,8 @@ class Case:
     length, on one device.
 
     `label` is set only for a benchmark that is not a sweep point (a plain pytest-benchmark test):
-    it is then the case's id, and the sweep fields it cannot know are None.
+    it is then the case's id, and the sweep fields it cannot know are None. `compiled` cases ran
+    under torch.compile.
     """
 
     model: str
@@ -144,15 +148,24 @@ class Case:
     seq_len: int | None
     device: str | None
     label: str | None = None
+    compiled: bool = False
 
     @property
     def id(self) -> str:
-        """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (no device)."""
+        """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (no device),
+        with `/compiled` at the end for a case under torch.compile."""
         if self.label is not None:
             return self.label
+        suffix = "/compiled" if self.compiled else ""
         return (
             f"{self.model}/{self.workload}/{self.precision}/bs{self.batch_size}/seq{self.seq_len}"
+            + suffix
         )
+
+    @property
+    def mode(self) -> str:
+        """The precision, and ' +compile' under torch.compile: what views list as a row."""
+        return f"{self.precision} +compile" if self.compiled else self.precision
 
     def to_dict(self) -> dict[str, Any]:
         """The `case` object of a results line (`label` only where set)."""
@@ -168,6 +181,9 @@ class Case:
             raise ResultsError(f"{where}: case: must be an object")
         label = _text(data, "label", where)
         sweep_point = label is None
+        compiled = data.get("compiled", False)
+        if not isinstance(compiled, bool):
+            raise _fail(where, "compiled", f"must be true or false; got {compiled!r}")
         case = cls(
             model=_text(data, "model", where, required=True),
             family=_text(data, "family", where),
@@ -177,6 +193,7 @@ class Case:
             seq_len=_integer(data, "seq_len", where, required=sweep_point),
             device=_text(data, "device", where),
             label=label,
+            compiled=compiled,
         )
         given = data.get("id")
         if given is not None and given != case.id:
@@ -218,10 +235,16 @@ class Timing:
     min_s: float | None = None
     max_s: float | None = None
     method: str = "perf-counter"
+    compile_s: float | None = None  # torch.compile's first call (compiling), not a step
 
     @classmethod
     def from_samples(
-        cls, step_s: Sequence[float], warmup: int | None, method: str, iterations: int | None = None
+        cls,
+        step_s: Sequence[float],
+        warmup: int | None,
+        method: str,
+        iterations: int | None = None,
+        compile_s: float | None = None,
     ) -> Timing:
         """Median, mean, stdev, IQR, p10/p90, min and max of the per-step seconds."""
         values = sorted(float(s) for s in step_s)
@@ -240,6 +263,7 @@ class Timing:
             min_s=values[0],
             max_s=values[-1],
             method=method,
+            compile_s=compile_s,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,7 +288,7 @@ class Timing:
             f.name: _number(data, f.name, where)
             for f in fields(cls)
             if f.name.endswith("_s") and f.name not in ("median_s", "step_s")
-        }
+        }  # compile_s included
         return cls(
             warmup=_integer(data, "warmup", where),
             iterations=_integer(data, "iterations", where),
@@ -506,7 +530,9 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
     if version == SCHEMA_VERSION:
         return data
     if version == 1:
-        return _upgrade_v1(data)
+        return {**_upgrade_v1(data), "schema": SCHEMA_VERSION}
+    if version == 2:
+        return {**data, "schema": SCHEMA_VERSION}  # eager cases: `compiled` defaults to false
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ResultsError(
             f"{where}: schema {version} was written by a newer mpbench; this version reads "
@@ -520,7 +546,7 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 1 -> 2: `timing.method` inferred from how memory was measured."""
-    out = {**data, "schema": SCHEMA_VERSION}
+    out = {**data, "schema": 2}
     timing = data.get("timing")
     if isinstance(timing, dict) and "method" not in timing:
         memory_method = str((data.get("memory") or {}).get("method") or "")

@@ -57,6 +57,7 @@ def bars_for(cases: list[CaseComparison], metric: str) -> list[Bar]:
         (c for c in cases if metric in c.metrics),
         key=lambda c: (
             precision_rank(c.case.precision),
+            c.case.compiled,
             c.case.workload,
             c.case.batch_size or 0,
             c.case.seq_len or 0,
@@ -71,10 +72,10 @@ def bars_for(cases: list[CaseComparison], metric: str) -> list[Bar]:
         high = (delta.ci_high - 1) * 100 if delta.ci_high is not None else None
         c = case.case
         if c.label is None:
-            label = f"{c.precision} {c.workload} bs{c.batch_size} seq{c.seq_len}"
+            label = f"{c.mode} {c.workload} bs{c.batch_size} seq{c.seq_len}"
         else:
             label = case.case_id
-        bars.append(Bar(label, c.precision, delta.change_pct, low, high, delta.significant))
+        bars.append(Bar(label, c.mode, delta.change_pct, low, high, delta.significant))
     return bars
 
 

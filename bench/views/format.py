@@ -112,6 +112,15 @@ def fmt_divergence_with_floor(mode: ModeSummary) -> str:
     return text
 
 
+def caveat_lines(group: GroupSummary) -> list[str]:
+    """'fp8, fp8_rowwise: fp8 on a CPU: ...': each caveat once, with the modes it concerns."""
+    by_text: dict[str, list[str]] = {}
+    for mode in group.modes:
+        if mode.caveat:
+            by_text.setdefault(mode.caveat, []).append(mode.label)
+    return [f"{', '.join(labels)}: {text}" for text, labels in by_text.items()]
+
+
 def point_label(group: GroupSummary) -> str:
     """Where precisions were compared: 'batch 8, seq 512'."""
     if group.batch_size is None:

@@ -56,10 +56,10 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
         )
         rows = []
         for mode in group.modes:
-            name = mode.precision
-            if mode.precision == group.recommended:
+            name = mode.label
+            if mode.label == group.recommended:
                 name = f"{name} (recommended)"
-            elif mode.precision == group.speed_only:
+            elif mode.label == group.speed_only:
                 name = f"{name} (fastest, speed only)"
             if not mode.ok:
                 reason = f": {mode.reason}" if mode.reason else ""
@@ -78,6 +78,8 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             )
         lines += md_table(headers, rows, "lrrrrlr")
         lines.append("")
+        for caveat in fmt.caveat_lines(group):
+            lines += [f"Note ({md_text(caveat)})", ""]
     others = analysis.records(sweep=False)
     if others:
         lines += ["### Other benchmarks (no sweep point: no fp32 to compare against)", ""]

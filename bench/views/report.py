@@ -138,7 +138,7 @@ def speedup_section(analysis: RunAnalysis, problems: list[str]) -> Section:
             _draw(
                 title,
                 lambda b=bars, t=title: plots.speedup_bars(
-                    [m.precision for m in b],
+                    [m.label for m in b],
                     [m.speedup for m in b],
                     [fmt.verdict_key(m) for m in b],
                     title=t,
@@ -262,13 +262,13 @@ def summary_rows(group: GroupSummary) -> list[SummaryRow]:
     rows = []
     for mode in group.modes:
         mark = ""
-        if mode.precision == group.recommended:
+        if mode.label == group.recommended:
             mark = "recommended"
-        elif mode.precision == group.speed_only:
+        elif mode.label == group.speed_only:
             mark = "speed-only"
         rows.append(
             SummaryRow(
-                precision=mode.precision,
+                precision=mode.label,
                 status=mode.status,
                 reason=mode.reason,
                 rate=fmt.fmt_number(mode.rate),
@@ -289,7 +289,7 @@ RAW_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("case", "id", str, False),
     ("model", "model", str, False),
     ("workload", "workload", str, False),
-    ("precision", "precision", str, False),
+    ("precision", "mode", str, False),
     ("batch", "batch_size", lambda v: str(int(v)), True),
     ("seq", "seq_len", lambda v: str(int(v)), True),
     ("status", "status", str, False),
@@ -459,6 +459,7 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
                 "recommendation": fmt.recommendation_text(g),
                 "metric": fmt.METRIC_LABELS.get(g.divergence_metric or "", "divergence"),
                 "rows": summary_rows(g),
+                "caveats": fmt.caveat_lines(g),
             }
             for g in analysis.groups
         ],

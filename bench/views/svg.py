@@ -44,9 +44,11 @@ PRECISION_COLORS = {
     "amp_bf16": "#2ca02c",
     "bf16": "#2ca02c",
     "fp8": "#9467bd",
+    "fp8_rowwise": "#9467bd",
+    "mxfp8": "#d62790",
 }
 EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-DASHED = ("fp16", "bf16")
+DASHED = ("fp16", "bf16", "fp8_rowwise")
 VERDICT_COLORS = {
     "ok": "#4c9a2a",
     "baseline": "#555555",
@@ -80,16 +82,21 @@ def literal(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def color_of(precision: str) -> str:
-    """The precision's colour (unknown precisions get a stable one from the spare palette)."""
+def color_of(mode: str) -> str:
+    """The colour of a mode's precision ("bf16 +compile" is bf16's); unknown precisions get a
+    stable one from the spare palette."""
+    precision = mode.partition(" +")[0]
     if precision in PRECISION_COLORS:
         return PRECISION_COLORS[precision]
     digest = int(hashlib.sha1(precision.encode()).hexdigest(), 16)
     return EXTRA_COLORS[digest % len(EXTRA_COLORS)]
 
 
-def linestyle_of(precision: str) -> str:
-    """Dashed for a pure low-precision dtype, solid for amp and fp32."""
+def linestyle_of(mode: str) -> str:
+    """Dotted under torch.compile, dashed for a pure low-precision dtype, solid otherwise."""
+    precision, _, compiled = mode.partition(" +")
+    if compiled:
+        return ":"
     return "--" if precision in DASHED else "-"
 
 

@@ -82,20 +82,21 @@ def verdict_table(analysis: RunAnalysis) -> Table:
         shape = f"bs{group.batch_size} seq{group.seq_len}" if group.batch_size else ""
         for mode in group.modes:
             mark = {group.recommended: " ★", group.speed_only: " (fastest, speed only)"}.get(
-                mode.precision, ""
+                mode.label, ""
             )
             verdict = fmt.verdict_key(mode)
             table.add_row(
                 group.model,
                 group.workload,
-                mode.precision + mark,
+                mode.label + mark,
                 shape,
                 fmt.fmt_speedup(mode.speedup) if mode.ok else mode.status,
                 fmt.fmt_saving(mode.memory_saving) if mode.ok else "",
                 Text(fmt.fmt_verdict(mode), style=VERDICT_STYLES.get(verdict or "", "")),
                 fmt.fmt_divergence_with_floor(mode) if mode.divergence is not None else "",
             )
-    table.caption = (
+    notes = list(dict.fromkeys(line for g in analysis.groups for line in fmt.caveat_lines(g)))
+    table.caption = "".join(f"Note ({line})\n" for line in notes) + (
         "per model and workload at its headline point (the shape where fp32 and the most "
         "precisions ran); ★ recommended: the fastest mode whose numerics verdict is ok (without "
         "numerics, the fastest is marked speed only); divergence: max rel. loss divergence "

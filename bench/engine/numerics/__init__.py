@@ -69,11 +69,13 @@ The `numerics` object of a case (inference and generate):
   without fp64), baseline_finite, outputs ("prompt (prefill) logits", generate only),
   noise_floor {fp32_runs_identical, fp32_repeat_max_abs_err, fp64_reference, fp64_error,
   fp32_vs_fp64_max_abs_err, fp32_vs_fp64_rel_rmse, fp32_vs_fp64_sqnr_db, sqnr_db (the floor)}
-Both: fp32 cases carry `activations` [{module, max_abs, fp16_headroom_log2,
-frac_below_fp16_normal, frac_below_bf16_normal, fp16_overflow}] (zeros are not counted as
-underflow); fp16 and amp_fp16 cases carry `activation_summary` {worst_module, max_abs,
+Both: fp32 cases carry `activations` [{module, max_abs, and for each format F of fp16, e4m3
+and e5m2: F_headroom_log2, F_overflow, frac_below_F_normal; frac_below_bf16_normal;
+frac_below_e4m3_normal_scaled}] (zeros are not counted as underflow; see activations.py);
+fp16 and amp_fp16 cases carry `activation_summary` {format "fp16", worst_module, max_abs,
 min_fp16_headroom_log2, fp16_overflow_modules, fp16_underflow_modules (over 1% of values below
-fp16's smallest normal), max_frac_below_fp16_normal}.
+fp16's smallest normal), max_frac_below_fp16_normal}; the fp8 modes the same for "e4m3"
+(underflow after tensorwise scaling: max_frac_below_e4m3_normal_scaled).
 A failed analysis is {"verdict": null, "error": "..."}.
 
 Modules: config ([numerics] table), data batches come from bench.engine.data, passes (the

@@ -1,10 +1,22 @@
 """Activation range analysis: one instrumented fp32 forward, forward hooks on every module.
 
-Per module: the largest |activation| and the fraction of non-zero values below the smallest normal
-number of fp16 (2**-14 ~ 6.1e-5) and of bf16 (~1.18e-38). Zeros are exactly representable in
-every format, so they do not count as underflow. An fp16 run overflows where max |activation|
-exceeds 65504 (METHODS rule 13: T5 reached 66246); `fp16_headroom_log2` = log2(65504 / max_abs)
-is the number of doublings left before that happens (negative: it already overflows).
+Per module and per low-precision format (fp16, and fp8's e4m3 and e5m2): the largest
+|activation|, the headroom `<fmt>_headroom_log2` = log2(format max / max_abs) (the doublings left
+before the format overflows; negative: it already does), whether it overflows, and the fraction
+of non-zero values below the format's smallest normal number (zeros are exact in every format,
+so they do not count as underflow); bf16 only for underflow (its range is fp32's).
+
+  format  max     smallest normal
+  fp16    65504   2**-14 ~ 6.1e-5   (METHODS rule 13: T5 reached 66246)
+  e4m3    448     2**-6  = 0.0156   (fp8 inputs and weights)
+  e5m2    57344   2**-14 ~ 6.1e-5   (fp8 gradients, tensorwise recipe)
+  bf16    3.4e38  ~1.18e-38
+
+These are unscaled figures: what the format would do to the raw values. torchao's fp8 scales
+each tensor dynamically (amax maps to the format's max), so overflow cannot happen there; what
+scaling cannot save is the small end of a wide range. `frac_below_e4m3_normal_scaled` is the
+fraction of non-zero values that fall below e4m3's smallest normal *after* tensorwise scaling
+(|x| < amax * 2**-6 / 448): the values an fp8 run flushes or rounds coarsely.
 """
 
 from __future__ import annotations
@@ -14,11 +26,19 @@ from typing import Any
 
 import torch
 
-FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
-FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 2**-14 ~ 6.1e-5
+# format: (largest finite value, smallest normal value)
+FORMATS: dict[str, tuple[float, float]] = {
+    "fp16": (float(torch.finfo(torch.float16).max), float(torch.finfo(torch.float16).tiny)),
+    "e4m3": (
+        float(torch.finfo(torch.float8_e4m3fn).max),
+        float(torch.finfo(torch.float8_e4m3fn).tiny),
+    ),
+    "e5m2": (float(torch.finfo(torch.float8_e5m2).max), float(torch.finfo(torch.float8_e5m2).tiny)),
+}
+FP16_MAX = FORMATS["fp16"][0]  # 65504
 BF16_MIN_NORMAL = float(torch.finfo(torch.bfloat16).tiny)  # ~1.18e-38
-# A module "underflows" fp16 in the summary when more than this fraction of its values would
-# be subnormal or zero there: a few tiny values are normal in any layer.
+# A module "underflows" a format in the summary when more than this fraction of its values would
+# be subnormal there: a few tiny values are normal in any layer.
 UNDERFLOW_REPORT_FRAC = 0.01
 # Modules whose output is their input in eval mode: they would only repeat their neighbour.
 _SKIPPED_TYPES = (torch.nn.Dropout,)
@@ -35,12 +55,34 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _headroom_log2(max_abs: float) -> float:
+def headroom_log2(max_abs: float, format_max: float) -> float:
+    """log2(format max / max |value|): inf for all zeros, -inf for non-finite values."""
     if max_abs == 0:
         return math.inf
     if not math.isfinite(max_abs):
         return -math.inf
-    return math.log2(FP16_MAX / max_abs)
+    return math.log2(format_max / max_abs)
+
+
+def range_entry(name: str, tensor: torch.Tensor) -> dict[str, Any]:
+    """The range figures of one module's activation."""
+    values = tensor.detach().float().abs()
+    nonzero = values > 0
+    max_abs = float(values.max())
+
+    def fraction_below(threshold: float) -> float:
+        return float((nonzero & (values < threshold)).float().mean())
+
+    entry: dict[str, Any] = {"module": name, "max_abs": max_abs}
+    for fmt, (fmt_max, fmt_tiny) in FORMATS.items():
+        entry[f"{fmt}_headroom_log2"] = headroom_log2(max_abs, fmt_max)
+        entry[f"{fmt}_overflow"] = not max_abs <= fmt_max  # inf and NaN overflow too
+        entry[f"frac_below_{fmt}_normal"] = fraction_below(fmt_tiny)
+    entry["frac_below_bf16_normal"] = fraction_below(BF16_MIN_NORMAL)
+    e4m3_max, e4m3_tiny = FORMATS["e4m3"]
+    scaled_cut = max_abs * e4m3_tiny / e4m3_max if math.isfinite(max_abs) else math.inf
+    entry["frac_below_e4m3_normal_scaled"] = fraction_below(scaled_cut)
+    return entry
 
 
 def activation_ranges(
@@ -53,20 +95,10 @@ def activation_ranges(
         tensor = _first_tensor(output)
         if tensor is None or tensor.numel() == 0:
             return
-        values = tensor.detach().float().abs()
-        nonzero = values > 0
-        max_abs = float(values.max())
-        entry = {
-            "module": name,
-            "max_abs": max_abs,
-            "fp16_headroom_log2": _headroom_log2(max_abs),
-            "frac_below_fp16_normal": float((nonzero & (values < FP16_MIN_NORMAL)).float().mean()),
-            "frac_below_bf16_normal": float((nonzero & (values < BF16_MIN_NORMAL)).float().mean()),
-            "fp16_overflow": not max_abs <= FP16_MAX,  # inf and NaN overflow too
-        }
+        entry = range_entry(name, tensor)
         previous = stats.get(name)
         # A module called twice (a shared block) keeps its worst range.
-        if previous is None or max_abs > previous["max_abs"]:
+        if previous is None or entry["max_abs"] > previous["max_abs"]:
             stats[name] = entry
 
     handles = []
@@ -85,20 +117,23 @@ def activation_ranges(
     return list(stats.values())
 
 
-def activation_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """What an fp16 case needs to know: the module with the least headroom, and every module
-    that would overflow fp16 or has over UNDERFLOW_REPORT_FRAC of its values below fp16's
-    smallest normal number."""
+def activation_summary(entries: list[dict[str, Any]], fmt: str = "fp16") -> dict[str, Any]:
+    """What a case of a low-precision format needs to know: the module with the least headroom
+    in `fmt` ("fp16" or "e4m3"), every module that would overflow it, and every module with over
+    UNDERFLOW_REPORT_FRAC of its values below its smallest normal number (for e4m3, after
+    tensorwise scaling, as torchao's fp8 sees them)."""
     if not entries:
-        return {"worst_module": None, "min_fp16_headroom_log2": None}
-    worst = min(entries, key=lambda e: e["fp16_headroom_log2"])
+        return {"format": fmt, "worst_module": None, f"min_{fmt}_headroom_log2": None}
+    underflow_key = "frac_below_e4m3_normal_scaled" if fmt == "e4m3" else f"frac_below_{fmt}_normal"
+    worst = min(entries, key=lambda e: e[f"{fmt}_headroom_log2"])
     return {
+        "format": fmt,
         "worst_module": worst["module"],
         "max_abs": worst["max_abs"],
-        "min_fp16_headroom_log2": worst["fp16_headroom_log2"],
-        "fp16_overflow_modules": [e["module"] for e in entries if e["fp16_overflow"]],
-        "fp16_underflow_modules": [
-            e["module"] for e in entries if e["frac_below_fp16_normal"] > UNDERFLOW_REPORT_FRAC
+        f"min_{fmt}_headroom_log2": worst[f"{fmt}_headroom_log2"],
+        f"{fmt}_overflow_modules": [e["module"] for e in entries if e[f"{fmt}_overflow"]],
+        f"{fmt}_underflow_modules": [
+            e["module"] for e in entries if e[underflow_key] > UNDERFLOW_REPORT_FRAC
         ],
-        "max_frac_below_fp16_normal": max(e["frac_below_fp16_normal"] for e in entries),
+        f"max_{underflow_key}": max(e[underflow_key] for e in entries),
     }

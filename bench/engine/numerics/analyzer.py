@@ -20,6 +20,7 @@ import torch
 from bench.engine.data import Batches, make_batches, stable_seed
 from bench.engine.device import Device
 from bench.engine.models import ModelSpec, count_parameters
+from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics import metrics
 from bench.engine.numerics.activations import activation_summary
 from bench.engine.numerics.config import NumericsConfig
@@ -31,14 +32,21 @@ from bench.engine.numerics.passes import (
     run_training,
 )
 from bench.engine.numerics.verdicts import inference_verdict, training_verdict
-from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.precision import PrecisionMode
 from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.runner import first_line
 from bench.engine.suite import Suite
 from bench.results.schema import Case
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # deterministic cuBLAS (METHODS rule 11)
-FP16_MODES = ("fp16", "amp_fp16")  # cases that carry an activation_summary
+# Cases that carry an activation_summary, and in which format.
+SUMMARY_FORMAT = {
+    "fp16": "fp16",
+    "amp_fp16": "fp16",
+    "fp8": "e4m3",
+    "fp8_rowwise": "e4m3",
+    "mxfp8": "e4m3",
+}
 INFER_BATCHES = 1  # forward passes compared per inference check
 
 
@@ -110,12 +118,14 @@ class NumericsAnalyzer:
         )
         if case.workload == "generate":
             out["outputs"] = "prompt (prefill) logits"
-        if self.config.activations and case.precision in ("fp32", *FP16_MODES):
+        if self.config.activations and case.precision in ("fp32", *SUMMARY_FORMAT):
             entries = self._memo(("activations",), lambda: self._activations(spec))
             if case.precision == "fp32":
                 out["activations"] = entries
             else:
-                out["activation_summary"] = activation_summary(entries)
+                out["activation_summary"] = activation_summary(
+                    entries, SUMMARY_FORMAT[case.precision]
+                )
         return out
 
     # -- caching and pass context ------------------------------------------------------------
@@ -201,7 +211,9 @@ class NumericsAnalyzer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def _train(self, spec: ModelSpec, mode: PrecisionMode, label: str) -> TrainingTrace:
+    def training_trace(self, spec: ModelSpec, mode: PrecisionMode, label: str) -> TrainingTrace:
+        """One training pass of `mode` on the suite's numerics batches, from the pristine weights,
+        in the deterministic pass context (uncached: a trace holds a copy of the gradients)."""
         batches = self._batches(spec, "train").batches
         name = f"numerics: {label}"
         self._phase(name, 0, len(batches))
@@ -217,10 +229,10 @@ class NumericsAnalyzer:
     def _training_reference(self, spec: ModelSpec) -> dict[str, Any]:
         """fp32 run (the baseline), a second fp32 run and an fp64 run (the noise floor)."""
         fp32 = PRECISION_MODES["fp32"]
-        reference = self._train(spec, fp32, "fp32 reference")
-        repeat = self._train(spec, fp32, "fp32 repeat") if self.config.noise_floor else None
+        reference = self.training_trace(spec, fp32, "fp32 reference")
+        repeat = self.training_trace(spec, fp32, "fp32 repeat") if self.config.noise_floor else None
         fp64, fp64_error = self._optional_fp64(
-            lambda: self._train(spec, FP64_REFERENCE, "fp64 reference"), spec
+            lambda: self.training_trace(spec, FP64_REFERENCE, "fp64 reference"), spec
         )
         floor: dict[str, Any] = {
             "fp32_runs_identical": None,
@@ -261,7 +273,7 @@ class NumericsAnalyzer:
             # fp32 against itself is the repeat run (METHODS rule 11); without one, itself.
             trace = reference["repeat"] or base
         else:
-            trace = self._train(spec, mode, precision)
+            trace = self.training_trace(spec, mode, precision)
         div = metrics.loss_divergence(trace.loss, base.loss)
         if trace.first_nan_step is not None:
             # Stopped on NaN/inf weights or gradients: the divergence from here on is unbounded,

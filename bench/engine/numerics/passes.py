@@ -2,14 +2,13 @@
 
 Both start from a copy of the model's pristine fp32 state, cast as the precision requires, and
 see the same batches in the same order (METHODS rule 9). The training step is
-`bench.engine.workloads.train_step_fn` itself (AdamW from `make_optimizer`, GradScaler from the mode).
+`bench.engine.workloads.train_step_fn` itself, with the mode's optimizer and GradScaler.
 Dropout is switched off in these copies: its masks would make two precisions differ by their
 random streams, not by their arithmetic.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,9 @@ import torch
 
 from bench.engine import workloads
 from bench.engine.device import Device
+from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.activations import activation_ranges
-from bench.engine.precision import PRECISION_MODES, PrecisionMode
+from bench.engine.precision import PrecisionMode, PreparedModel
 
 # The reference fp32 is judged against where it is affordable (METHODS rule 12: PyTorch's same()).
 FP64_REFERENCE = PrecisionMode(
@@ -30,14 +30,16 @@ FP64_REFERENCE = PrecisionMode(
 _MAX_BACKOFFS = 64
 
 
-def working_copy(pristine: torch.nn.Module, mode: PrecisionMode, device: Device) -> torch.nn.Module:
-    """A copy of the pristine fp32 model with dropout off, cast for `mode`, on the device."""
-    model = copy.deepcopy(pristine)
-    for module in model.modules():
+def working_copy(
+    pristine: torch.nn.Module, mode: PrecisionMode, device: Device, workload: str
+) -> PreparedModel:
+    """The mode's own working copy (`PrecisionMode.prepare`, as the timed case makes it), with
+    dropout off."""
+    prepared = mode.prepare(pristine, device, workload)
+    for module in prepared.model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    mode.prepare_model(model)
-    return model.to(device.torch_device)
+    return prepared
 
 
 def parameter_names(model: torch.nn.Module) -> dict[str, tuple[str, ...]]:
@@ -52,13 +54,17 @@ def _to_device(batch: dict[str, torch.Tensor], device: Device) -> dict[str, torc
     return {k: v.to(device.torch_device) for k, v in batch.items()}
 
 
-def _gradients_cpu(model: torch.nn.Module, divide_by: float = 1.0) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient on the CPU in at least fp32, divided by the loss scale."""
+def _gradients_cpu(
+    model: torch.nn.Module, divide_by: float = 1.0, transposed: frozenset[str] = frozenset()
+) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient on the CPU in at least fp32, divided by the loss scale, in the
+    pristine model's layout (a weight the mode stored transposed is transposed back)."""
     out = {}
     for name, param in model.named_parameters():
         if param.grad is not None:
             dtype = torch.float64 if param.grad.dtype == torch.float64 else torch.float32
-            out[name] = param.grad.detach().to("cpu", dtype) / divide_by
+            grad = param.grad.detach().to("cpu", dtype) / divide_by
+            out[name] = grad.t() if name in transposed else grad
     return out
 
 
@@ -68,7 +74,7 @@ def _all_finite(tensors: Any) -> bool:
 
 
 def first_step_gradients(
-    model: torch.nn.Module,
+    prepared: PreparedModel,
     mode: PrecisionMode,
     device: Device,
     batch: dict[str, torch.Tensor],
@@ -80,9 +86,10 @@ def first_step_gradients(
     finite, as the scaler's first steps would; the result is unscaled (powers of two: exact).
     Leaves the model's gradients cleared.
     """
+    model = prepared.model
     scale = float(scaler.get_scale()) if scaler is not None else 1.0
     for _ in range(_MAX_BACKOFFS):
-        with mode.autocast(device):
+        with mode.autocast(device, "train"):
             loss = model(**batch).loss
         (loss * scale if scaler is not None else loss).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -90,7 +97,7 @@ def first_step_gradients(
             break
         model.zero_grad(set_to_none=True)
         scale /= 2.0
-    out = _gradients_cpu(model, scale)
+    out = _gradients_cpu(model, scale, prepared.transposed)
     model.zero_grad(set_to_none=True)
     return out
 
@@ -122,14 +129,15 @@ def run_training(
     gradient is a skipped step, which is the scaler's job) or in the weights after the optimizer
     step ends the pass and is recorded with its step.
     """
-    model = working_copy(pristine, mode, device)
+    prepared = working_copy(pristine, mode, device, "train")
+    model = prepared.model
     model.train()
-    optimizer = workloads.make_optimizer(model)
+    optimizer = mode.make_optimizer(model)
     scaler = mode.make_grad_scaler(device)
     trace = TrainingTrace(names=parameter_names(model))
     device_batches = [_to_device(b, device) for b in batches]
     if gradients:
-        trace.grads = first_step_gradients(model, mode, device, device_batches[0], scaler)
+        trace.grads = first_step_gradients(prepared, mode, device, device_batches[0], scaler)
     grad_flags: list[torch.Tensor] = []
 
     def check_grad(param: torch.Tensor) -> None:
@@ -141,7 +149,14 @@ def run_training(
     handles = [p.register_post_accumulate_grad_hook(check_grad) for p in params]
     # train_step_fn closes over this dict: refilling it feeds the next batch to the same step.
     current: dict[str, torch.Tensor] = {}
-    step = workloads.train_step_fn(model, current, optimizer, lambda: mode.autocast(device), scaler)
+    step = workloads.train_step_fn(
+        model,
+        current,
+        optimizer,
+        lambda: mode.autocast(device, "train"),
+        scaler,
+        mode.after_optimizer_step(model),
+    )
     if scaler is not None:
         trace.scale = []
     try:
@@ -194,13 +209,13 @@ def run_inference(
     family: str,
 ) -> torch.Tensor:
     """Logits of every batch (concatenated on the batch dimension), fp32 (fp64 for the fp64
-    reference) on the CPU, from a forward under the mode's autocast and inference_mode."""
-    model = working_copy(pristine, mode, device)
+    reference) on the CPU, from a forward under the mode's autocast and inference context."""
+    model = working_copy(pristine, mode, device, "infer").model
     model.eval()
     outputs = []
-    with torch.inference_mode():
+    with mode.inference_context():
         for batch in batches:
-            with mode.autocast(device):
+            with mode.autocast(device, "infer"):
                 logits = model(**_to_device(batch, device), **forward_kwargs(family)).logits
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
             outputs.append(logits.to("cpu", dtype))
@@ -211,6 +226,6 @@ def fp32_activation_ranges(
     pristine: torch.nn.Module, device: Device, batch: dict[str, torch.Tensor], family: str
 ) -> list[dict[str, Any]]:
     """The activation range analysis on an fp32 copy (eval mode, fp32 math)."""
-    model = working_copy(pristine, PRECISION_MODES["fp32"], device)
+    model = working_copy(pristine, PRECISION_MODES["fp32"], device, "infer").model
     model.eval()
     return activation_ranges(model, _to_device(batch, device), forward_kwargs(family))

@@ -1,0 +1,363 @@
+"""fp8 precision modes through torchao: one small component with a hardware gate, a clear import
+error and a module filter (torchtitan's `Float8LinearConverter` is the model).
+
+Modes:
+  fp8          float8 training with tensorwise dynamic scaling (one scale per tensor; e4m3 for
+               inputs and weights, e5m2 for gradients): torchao.float8.convert_to_float8_training
+  fp8_rowwise  the same with rowwise scaling (one power-of-two scale per row, e4m3 throughout)
+  mxfp8        MX block scaling (torchao's MXFP8Linear: blocks of 32 values share an e8m0 scale)
+Training keeps fp32 master weights and runs the step under bf16 autocast, as torchtitan does.
+
+Inference (infer, generate):
+  GPU  the same layers quantized by torchao's float8 inference config (`quantize_` with
+       Float8DynamicActivationFloat8WeightConfig: dynamic per-tensor or per-row activation and
+       weight scales), bf16 weights, no autocast.
+  CPU  torchao's inference config refuses a CPU, so the Float8Linear forward runs instead: the
+       same dynamic scaling, under torch.no_grad (its tensors refuse torch.inference_mode).
+`details.fp8_path` records which path ran.
+
+Gates, each with its own skip reason: torchao importable; on a GPU compute capability >= 8.9
+(Ada, Hopper; mxfp8: >= 10.0, Blackwell); on a CPU a float8 matmul in this torch build
+(torch._scaled_mm has a CPU kernel since torch 2.13). fp8 on a CPU is real float8 quantisation
+through that kernel: its numerics are the real thing, its speed is no fp8-hardware figure, and
+the result says so (`details.caveat`). mxfp8 on a CPU would only be torchao's high-precision
+emulation of MX, so it is skipped there.
+
+Module filter (every nn.Linear, after GPT-2's Conv1D layers are turned into nn.Linear with the
+transposed weight): both dimensions divisible by 16 (the float8 matmul's rule; 32 for mxfp8) and
+not the output head tied to the input embedding. `details` records how many Linear layers (and
+parameters) run in fp8 out of how many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.engine.device import Device
+from bench.engine.precision import PrecisionMode, PreparedModel, copy_in_dtype
+
+INSTALL = "pip install 'torchao>=0.18' (a dependency of mpbench: reinstalling mpbench brings it)"
+CPU_CAVEAT = (
+    "fp8 on a CPU: real float8 quantisation through torch._scaled_mm's CPU kernel, not fp8 "
+    "tensor cores; its numerics are real, its speed is no fp8-hardware figure"
+)
+EAGER_GPU_CAVEAT = (
+    "fp8 without torch.compile: torchao's float8 is meant to run compiled (its casts are fused "
+    "there); eager fp8 is known to be slow on small shapes"
+)
+
+
+def _quiet_import() -> None:
+    """Import torchao without its notices: on a CPU it logs that its CUDA-only extension
+    libraries cannot load, and torch warns about one of its enums; neither concerns mpbench."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import torchao.float8  # noqa: F401
+
+
+@functools.cache
+def torchao_reason(name: str) -> str | None:
+    """Why torchao's float8 cannot be imported here, or None."""
+    try:
+        _quiet_import()
+    except ImportError as exc:
+        return f"{name} needs torchao's float8 ({exc}); {INSTALL}"
+    return None
+
+
+@functools.cache
+def cpu_float8_matmul_reason() -> str | None:
+    """Why this torch build cannot multiply float8 matrices on the CPU, or None."""
+    try:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        one = torch.ones((), dtype=torch.float32)
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"torch {torch.__version__} has no float8 matmul on the CPU ({first[:120]})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2's Conv1D, and which Linear layers run in fp8
+# ---------------------------------------------------------------------------------------------
+
+
+def swap_conv1d_for_linear(model: torch.nn.Module) -> frozenset[str]:
+    """Replace every transformers Conv1D (weight [in, out], x @ W + b) by an nn.Linear holding the
+    transposed weight (outputs and gradients are the same); returns the swapped weights' names."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return frozenset()
+    swapped = set()
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, Conv1D):
+                continue
+            in_features, out_features = child.weight.shape
+            linear = torch.nn.Linear(
+                in_features,
+                out_features,
+                bias=child.bias is not None,
+                device=child.weight.device,
+                dtype=child.weight.dtype,
+            )
+            with torch.no_grad():
+                linear.weight.copy_(child.weight.t())
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias)
+            setattr(parent, name, linear)
+            swapped.add(f"{parent_name}.{name}.weight" if parent_name else f"{name}.weight")
+    return frozenset(swapped)
+
+
+class LinearFilter:
+    """torchao's module filter: an nn.Linear runs in fp8 when both its dimensions are divisible by
+    `multiple` and it is not the output head tied to the input embedding (the tied matrix is
+    also the embedding table, and the head's vocabulary dimension rarely divides)."""
+
+    def __init__(self, model: torch.nn.Module, multiple: int = 16) -> None:
+        self.multiple = multiple
+        embeddings = (
+            model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        )
+        self._tied = {id(embeddings.weight)} if embeddings is not None else set()
+        self.accepted: list[str] = []
+        self.linears = {
+            name: module
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+
+    def __call__(self, module: torch.nn.Module, fqn: str) -> bool:
+        keep = (
+            isinstance(module, torch.nn.Linear)
+            and id(module.weight) not in self._tied
+            and module.in_features % self.multiple == 0
+            and module.out_features % self.multiple == 0
+        )
+        if keep and fqn not in self.accepted:
+            self.accepted.append(fqn)
+        return keep
+
+    def details(self) -> dict[str, Any]:
+        """How much of the model runs in fp8: Linear layers and their parameters."""
+
+        def params(names: Any) -> int:
+            return sum(
+                sum(p.numel() for p in self.linears[n].parameters(recurse=False)) for n in names
+            )
+
+        return {
+            "fp8_linear_layers": len(self.accepted),
+            "linear_layers": len(self.linears),
+            "fp8_linear_parameters": params(self.accepted),
+            "linear_parameters": params(self.linears),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# The modes
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_float8_config(config: Any) -> dict[str, Any]:
+    """A Float8LinearConfig as plain data (scaling type, granularity and dtype per cast)."""
+
+    def cast(c: Any) -> dict[str, str]:
+        return {
+            "scaling": c.scaling_type.value,
+            "granularity": c.scaling_granularity.value,
+            "dtype": str(c.target_dtype).removeprefix("torch."),
+        }
+
+    return {
+        "input": cast(config.cast_config_input),
+        "weight": cast(config.cast_config_weight),
+        "grad_output": cast(config.cast_config_grad_output),
+        "round_scales_to_power_of_2": config.round_scales_to_power_of_2,
+        "emulate": config.emulate,
+    }
+
+
+@dataclass(frozen=True)
+class Float8Training(PrecisionMode):
+    """fp8 and fp8_rowwise: torchao float8 training (dynamic scaling), fp32 master weights."""
+
+    recipe: str = "tensorwise"  # torchao's Float8LinearConfig recipe name
+    fp8_capability: tuple[int, int] = (8, 9)  # the GPU generation with the kernels it needs
+    fp8_hardware: str = "(Ada, Hopper) for fp8 tensor cores"
+
+    def unsupported_reason(self, device: Device, workload: str | None = None) -> str | None:
+        """torchao missing; a GPU below its compute capability; a CPU it cannot run on."""
+        reason = torchao_reason(self.name)
+        if reason is not None:
+            return reason
+        cc = device.compute_capability()
+        if cc is None:
+            return self.cpu_reason(device)
+        if cc < self.fp8_capability:
+            need = ".".join(map(str, self.fp8_capability))
+            return (
+                f"{self.name} needs compute capability >= {need} {self.fp8_hardware}; "
+                f"{device.product_name()} has {cc[0]}.{cc[1]}"
+            )
+        return super().unsupported_reason(device, workload)  # native bf16, for the autocast
+
+    def cpu_reason(self, device: Device) -> str | None:
+        """Why this mode cannot run on a CPU: only when this torch has no float8 matmul there."""
+        return cpu_float8_matmul_reason()
+
+    def _gpu_inference(self, device: Device, workload: str) -> bool:
+        return device.is_cuda and workload != "train"
+
+    def prepare(self, pristine: torch.nn.Module, device: Device, workload: str) -> PreparedModel:
+        """An fp32 copy with Conv1D as Linear, its eligible Linear layers in fp8, on the device."""
+        _quiet_import()
+        model = copy_in_dtype(pristine, torch.float32)
+        transposed = swap_conv1d_for_linear(model)
+        gpu_inference = self._gpu_inference(device, workload)
+        model.to(device.torch_device, dtype=torch.bfloat16 if gpu_inference else None)
+        accept = LinearFilter(model)
+        details: dict[str, Any] = {"fp8_recipe": self.recipe}
+        if gpu_inference:
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                PerRow,
+                PerTensor,
+                quantize_,
+            )
+
+            granularity = PerRow() if self.recipe == "rowwise" else PerTensor()
+            config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
+            quantize_(model, config, filter_fn=accept)
+            details["fp8_path"] = (
+                f"torchao quantize_ (Float8DynamicActivationFloat8WeightConfig, "
+                f"{type(granularity).__name__}), bf16 weights"
+            )
+        else:
+            from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+            config = Float8LinearConfig.from_recipe_name(self.recipe)
+            convert_to_float8_training(model, module_filter_fn=accept, config=config)
+            details["fp8_path"] = f"torchao float8 training (Float8Linear, {self.recipe} scaling)"
+            if workload != "train":  # a GPU-less inference: the same Float8Linear, forward only
+                details["fp8_path"] += ", forward only without gradients"
+            details["fp8_config"] = describe_float8_config(config)
+        details.update(accept.details(), conv1d_to_linear=len(transposed))
+        return PreparedModel(model, details, transposed)
+
+    def caveat(self, device: Device, compiled: bool) -> str | None:
+        """On a CPU: no fp8 hardware. On a GPU, eagerly: torchao's fp8 wants torch.compile."""
+        if not device.is_cuda:
+            return CPU_CAVEAT
+        return None if compiled else EAGER_GPU_CAVEAT
+
+    def autocast(
+        self, device: Device, workload: str = "train"
+    ) -> contextlib.AbstractContextManager[object]:
+        """bf16 autocast around the fp8 layers; none for GPU inference (bf16 weights there)."""
+        if self._gpu_inference(device, workload):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def inference_context(self) -> contextlib.AbstractContextManager[object]:
+        """torch.no_grad: Float8Linear's tensors refuse torch.inference_mode (torchao 0.18)."""
+        return torch.no_grad()
+
+
+@dataclass(frozen=True)
+class MXFP8Training(Float8Training):
+    """mxfp8: torchao's MXFP8Linear (block scaling, 32 values a scale); compute capability 10.0.
+    On anything else it is skipped: torchao's MX kernels need Blackwell, and its CPU path is a
+    high-precision emulation, which would be reported as mxfp8 without being it."""
+
+    recipe: str = "mxfp8"
+    fp8_capability: tuple[int, int] = (10, 0)
+    fp8_hardware: str = "(Blackwell) for torchao's MX kernels"
+
+    def cpu_reason(self, device: Device) -> str | None:
+        """Always: on a CPU torchao's MX path is an emulation, which mpbench never reports."""
+        return (
+            f"{self.name} needs a CUDA GPU with compute capability >= 10.0 {self.fp8_hardware}; "
+            f"found {device.name} (torchao would only emulate MX there)"
+        )
+
+    def prepare(self, pristine: torch.nn.Module, device: Device, workload: str) -> PreparedModel:
+        """An fp32 copy with Conv1D as Linear and its eligible Linear layers as MXFP8Linear."""
+        _quiet_import()
+        model = copy_in_dtype(pristine, torch.float32)
+        transposed = swap_conv1d_for_linear(model)
+        model.to(device.torch_device)
+        accept = LinearFilter(model, multiple=32)  # MX blocks are 32 values long
+        convert_to_mxfp8(model, accept, emulated=not device.is_cuda)
+        details = {
+            "fp8_recipe": self.recipe,
+            "fp8_path": "torchao MXFP8Linear (e4m3 values, e8m0 scale per 32-value block)",
+            **accept.details(),
+            "conv1d_to_linear": len(transposed),
+        }
+        return PreparedModel(model, details, transposed)
+
+    def autocast(
+        self, device: Device, workload: str = "train"
+    ) -> contextlib.AbstractContextManager[object]:
+        """bf16 autocast around the MX layers."""
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def convert_to_mxfp8(
+    model: torch.nn.Module, accept: Callable[[torch.nn.Module, str], bool], emulated: bool = False
+) -> None:
+    """Swap every accepted nn.Linear for torchao's MXFP8Linear, keeping its parameter objects
+    (so tied weights stay tied). `emulated` selects torchao's high-precision emulation, which
+    only the tests use (a GPU of compute capability 10.0 runs the real kernels)."""
+    from torchao.prototype.moe_training.mxfp8_linear import MXFP8Linear
+    from torchao.quantization.quantize_.common.kernel_preference import KernelPreference
+
+    preference = KernelPreference.EMULATED if emulated else KernelPreference.AUTO
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            fqn = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is not torch.nn.Linear or not accept(child, fqn):
+                continue
+            mx = MXFP8Linear(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                device="meta",
+                kernel_preference=preference,
+            )
+            mx.weight, mx.bias = child.weight, child.bias
+            setattr(parent, name, mx)
+
+
+FP8_MODES = (
+    Float8Training(
+        "fp8",
+        "float8 training via torchao: tensorwise dynamic scaling (e4m3, e5m2 gradients), fp32 "
+        "master weights, bf16 autocast; GPU inference via torchao's float8 quantize_",
+        autocast_dtype=torch.bfloat16,
+        recipe="tensorwise",
+    ),
+    Float8Training(
+        "fp8_rowwise",
+        "float8 training via torchao: rowwise dynamic scaling (e4m3, power-of-two scales), fp32 "
+        "master weights, bf16 autocast",
+        autocast_dtype=torch.bfloat16,
+        recipe="rowwise",
+    ),
+    MXFP8Training(
+        "mxfp8",
+        "MX block-scaled fp8 via torchao's MXFP8Linear (compute capability >= 10.0)",
+        autocast_dtype=torch.bfloat16,
+    ),
+)
