@@ -413,3 +413,57 @@ def test_assess_without_samples_uses_the_threshold_alone(tmp_path: Path) -> None
     result = assess(compare_runs(load_run(base), load_run(current)), CheckConfig())
     assert result.failed
     assert "significance not tested" in result.regressions[0].message
+
+
+# ---------------------------------------------------------------------------------------------
+# Energy and stability
+# ---------------------------------------------------------------------------------------------
+
+
+def with_energy(joules_per_sample: float) -> Any:
+    """An edit that gives every ok case an NVML energy figure."""
+
+    def edit(r: dict[str, Any]) -> dict[str, Any]:
+        if r["status"] != "ok":
+            return r
+        telemetry = {"method": "nvml-energy-counter", "energy_per_sample_j": joules_per_sample}
+        return {**r, "telemetry": telemetry}
+
+    return edit
+
+
+def test_energy_is_compared_but_gated_only_on_request(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = copy_run(base_run, tmp_path / "base-energy")
+    edit_results(base, with_energy(0.50))
+    hungrier = copy_run(base_run, tmp_path / "hungrier")
+    edit_results(hungrier, with_energy(0.60))  # 20% more energy per sample, same speed
+    assert mpbench("check", str(hungrier), "--baseline", str(base)) == 0  # off by default
+    comparison = compare_runs(load_run(base), load_run(hungrier))
+    delta = comparison.matched[0].metrics["energy"]
+    assert delta.change_pct == pytest.approx(20.0) and delta.significant and delta.worse_pct > 0
+    capsys.readouterr()
+    assert mpbench("check", str(hungrier), "--baseline", str(base), "--threshold", "energy=10") == 1
+    assert "energy +20.0% (0.5 J/sample -> 0.6 J/sample" in capsys.readouterr().out
+    # A change within the noise of power draw (under 2%) is not significant.
+    close = copy_run(base_run, tmp_path / "close")
+    edit_results(close, with_energy(0.505))
+    assert mpbench("check", str(close), "--baseline", str(base), "--threshold", "energy=0.5") == 0
+
+
+def test_check_names_cases_with_unstable_timing(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shaky = copy_run(base_run, tmp_path / "shaky")
+    victim = fixture_cases()[2].id
+
+    def unstable(r: dict[str, Any]) -> dict[str, Any]:
+        if r["case"]["id"] != victim:
+            return r
+        return {**r, "timing": {**r["timing"], "cv": 0.14, "unstable": True}}
+
+    edit_results(shaky, unstable)
+    assert mpbench("check", str(shaky), "--baseline", str(base_run)) == 0  # a note, not a failure
+    out = capsys.readouterr().out
+    assert "unstable timing in CURRENT (CV 14%)" in out and victim in out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_gpu import FakeGpu
 
 from bench.engine import fp8
 from bench.engine.device import Device
@@ -90,28 +91,6 @@ def test_cpu_training_conversion(name: str) -> None:
     infer = PRECISION_MODES[name].prepare(tiny("gpt2-tiny"), CPU, "infer")
     assert infer.details["fp8_path"].endswith("forward only without gradients")
     assert infer.details["fp8_linear_layers"] == 8
-
-
-class FakeGpu(Device):
-    """A CPU that reports a CUDA device's identity, for the gates and the inference path."""
-
-    def __init__(self, cc: tuple[int, int], name: str = "NVIDIA Test GPU") -> None:
-        super().__init__(torch.device("cpu"))
-        self._cc, self._name = cc, name
-
-    @property
-    def is_cuda(self) -> bool:
-        return True
-
-    @property
-    def type(self) -> str:
-        return "cpu"  # autocast and tensors stay on the CPU
-
-    def compute_capability(self) -> tuple[int, int]:
-        return self._cc
-
-    def product_name(self) -> str:
-        return self._name
 
 
 def test_gates_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

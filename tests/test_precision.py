@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from bench.engine import precision
 from bench.engine.device import Device
 from bench.engine.modes import PRECISION_MODES
 
@@ -104,37 +107,69 @@ def test_grad_scaler_only_for_amp_fp16() -> None:
     )
 
 
-def test_global_state_sets_tf32_and_restores_everything() -> None:
-    before = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.get_float32_matmul_precision(),
+def _globals() -> tuple:
+    """Every global a mode touches, read through the API this torch has."""
+    return (
+        precision._GlobalFlags.capture(),
         torch.get_default_dtype(),
         torch.are_deterministic_algorithms_enabled(),
     )
+
+
+def test_global_state_sets_tf32_and_restores_everything() -> None:
+    before = _globals()
     with PRECISION_MODES["tf32"].global_state(CPU):
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert precision.tf32_state()["matmul"] and precision.tf32_state()["cudnn"]
         torch.use_deterministic_algorithms(True)  # a case that changes more must not leak it
         torch.set_default_dtype(torch.float64)
     with PRECISION_MODES["fp32"].global_state(CPU):
-        assert not torch.backends.cuda.matmul.allow_tf32
-        assert not torch.backends.cudnn.allow_tf32
-        assert torch.get_float32_matmul_precision() == "highest"
-    after = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.get_float32_matmul_precision(),
-        torch.get_default_dtype(),
-        torch.are_deterministic_algorithms_enabled(),
+        state = precision.tf32_state()
+        assert not state["matmul"] and not state["cudnn"]
+        if precision.new_tf32_api():  # exact fp32 for oneDNN on a CPU too
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+    assert _globals() == before
+
+
+def test_global_state_after_the_new_tf32_api_was_used() -> None:
+    """transformers' enable_tf32 uses torch's new API; after that, reading a legacy flag raises.
+    mpbench must still set, record and restore TF32 (through the new API)."""
+    if not precision.new_tf32_api():
+        pytest.skip(f"torch {torch.__version__} has no fp32_precision API")
+    saved = precision._GlobalFlags.capture()
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # what enable_tf32 does
+        with PRECISION_MODES["fp32"].global_state(CPU):
+            assert precision.tf32_state() == {
+                "matmul": False,
+                "cudnn": False,
+                "api": "fp32_precision",
+            }
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert precision.tf32_state()["matmul"] is True
+    finally:
+        saved.restore()
+
+
+def test_global_state_legacy_api_in_a_fresh_process() -> None:
+    """On a torch without the new API, the legacy flags are set and restored (run in a fresh
+    interpreter: once the new API has been used in a process, legacy reads raise)."""
+    code = (
+        "import torch; from bench.engine import precision as p; "
+        "p.new_tf32_api = lambda: False; "
+        "from bench.engine.modes import PRECISION_MODES as M; from bench.engine.device import Device; "
+        "d = Device(torch.device('cpu')); before = p.tf32_state(); "
+        "ctx = M['tf32'].global_state(d); ctx.__enter__(); on = p.tf32_state(); ctx.__exit__(None, None, None); "
+        "print(before == p.tf32_state(), on['matmul'], on['cudnn'], on['float32_matmul_precision'], on['api'])"
     )
-    assert after == before
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["True", "True", "True", "high", "allow_tf32"]
 
 
 def test_global_state_restores_after_an_exception() -> None:
-    before = torch.backends.cudnn.allow_tf32
-    with pytest.raises(RuntimeError), PRECISION_MODES["fp32"].global_state(CPU):
+    before = _globals()
+    with pytest.raises(RuntimeError), PRECISION_MODES["tf32"].global_state(CPU):
         raise RuntimeError("case failed")
-    assert torch.backends.cudnn.allow_tf32 == before
+    assert _globals() == before
 
 
 def test_the_results_schema_knows_every_mode_and_workload() -> None:

@@ -9,13 +9,15 @@ import pytest
 import torch
 from tiny import TINY_SUITE
 
+from bench.engine import runner as runner_module
 from bench.engine.device import Device
 from bench.engine.executors import default_runner_factory
 from bench.engine.runner import CaseRunner, measure_steps
+from bench.engine.suite import Timing as TimingConfig
 from bench.engine.suite import load_suite
 from bench.engine.workloads import make_batch
 from bench.results.rundir import ResultsWriter, load_run
-from bench.results.schema import Case, CaseResult
+from bench.results.schema import Case, CaseResult, Timing
 
 CPU = Device(torch.device("cpu"))
 
@@ -63,8 +65,16 @@ def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -
             continue
         timing = line["timing"]
         assert timing["iterations"] == len(timing["step_s"]) == 3
-        assert timing["warmup"] == 1
+        # At least the suite's warm-up, more until steady, at most the cap (default 20).
+        assert 1 <= timing["warmup"] <= 20 and isinstance(timing["warmup_steady"], bool)
+        assert timing["warmup_steady"] or timing["warmup"] == 20
+        assert timing["cv"] == pytest.approx(timing["stdev_s"] / timing["mean_s"])
+        assert timing["unstable"] is (timing["cv"] > 0.10)
         assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
+        assert line["telemetry"]["method"] == "unavailable"
+        assert line["telemetry"]["reason"] == "no NVML on CPU"
+        assert line["flops"]["per_step"] > 0 and line["flops"]["peak_tflops"] is None
+        assert line["flops"]["peak_reason"] == "no peak table for CPUs; give --peak-tflops"
         for key in ("mean_s", "stdev_s", "iqr_s", "p10_s", "p90_s"):
             assert key in timing
         bs, seq = line["case"]["batch_size"], line["case"]["seq_len"]
@@ -111,9 +121,48 @@ def test_losses_are_kept_on_device_and_read_after_the_loop() -> None:
         calls.append("step")
         return torch.tensor(1.0)
 
-    step_s, outputs = measure_steps(step, warmup=2, iterations=4, device=CPU)
-    assert len(calls) == 6 and len(step_s) == 4
-    assert all(isinstance(o, torch.Tensor) for o in outputs)
+    measured = measure_steps(step, warmup=2, iterations=4, device=CPU)
+    assert len(calls) == 6 and len(measured.step_s) == 4
+    assert measured.warmup_steps == 2 and measured.warmup_steady is None  # a fixed warm-up
+    assert all(isinstance(o, torch.Tensor) for o in measured.outputs)
+
+
+def scripted_steps(monkeypatch, durations_s: list[float]):
+    """A step that takes the next scripted duration on a fake clock (the host clock the warm-up
+    and the CPU step timer read)."""
+    clock = [0.0]
+    remaining = iter(durations_s)
+    monkeypatch.setattr(runner_module.time, "perf_counter", lambda: clock[0])
+
+    def step() -> None:
+        clock[0] += next(remaining)
+
+    return step
+
+
+def test_warmup_goes_on_until_the_step_time_is_steady(monkeypatch) -> None:
+    """A cold start (1.0, 0.5, 0.3 s), then 0.2 s steps: steady once the last five agree."""
+    step = scripted_steps(monkeypatch, [1.0, 0.5, 0.3] + [0.2] * 20)
+    timing = TimingConfig(warmup=2, iterations=3, max_warmup=20, steady_window=5)
+    measured = measure_steps(step, 2, 3, CPU, timing=timing)
+    assert measured.warmup_steps == 8 and measured.warmup_steady is True
+    assert measured.step_s == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_warmup_stops_at_its_cap_and_says_it_never_settled(monkeypatch) -> None:
+    step = scripted_steps(monkeypatch, [0.1, 0.2] * 20)
+    timing = TimingConfig(warmup=2, iterations=4, max_warmup=6, steady_window=3)
+    measured = measure_steps(step, 2, 4, CPU, timing=timing)
+    assert measured.warmup_steps == 6 and measured.warmup_steady is False
+    timed = Timing.from_samples(measured.step_s, 6, "perf-counter", unstable_cv=0.10)
+    assert timed.unstable and timed.cv == pytest.approx(0.0577 / 0.15, abs=1e-3)  # 0.1, 0.2, ..
+
+
+def test_the_minimum_warmup_runs_even_when_already_steady(monkeypatch) -> None:
+    step = scripted_steps(monkeypatch, [0.2] * 30)
+    timing = TimingConfig(warmup=7, iterations=2, max_warmup=3, steady_window=2)
+    measured = measure_steps(step, 7, 2, CPU, timing=timing)
+    assert measured.warmup_steps == 7 and measured.warmup_steady is True  # cap never below min
 
 
 def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tiny_suite_path, monkeypatch) -> None:
@@ -172,13 +221,11 @@ def test_a_case_reports_its_phases_between_steps(tiny_suite_path) -> None:
     seen: list[tuple[str, int | None, int | None]] = []
     first, second = suite.cases("cpu")[:2]
     assert runner.run(first, lambda *p: seen.append(p)).ok
-    assert seen[:5] == [
-        ("building", None, None),
-        ("warm-up", 1, 1),
-        ("timed", 1, 3),
-        ("timed", 2, 3),
-        ("timed", 3, 3),
-    ]
+    assert seen[:3] == [("building", None, None), ("counting FLOPs", None, None), ("warm-up", 1, 1)]
+    # More warm-up steps until the step time is steady (no known total), then the timed ones.
+    timed_at = seen.index(("timed", 1, 3))
+    assert all(p[0] == "warm-up" and p[2] is None for p in seen[3:timed_at])
+    assert seen[timed_at : timed_at + 3] == [("timed", 1, 3), ("timed", 2, 3), ("timed", 3, 3)]
     numerics = [p for p in seen if p[0].startswith("numerics:")]
     names = list(dict.fromkeys(name for name, _, _ in numerics))
     assert names[:3] == [

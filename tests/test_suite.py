@@ -121,7 +121,7 @@ def test_override_errors_name_the_flag(tiny_suite_path: Path) -> None:
 def test_missing_suite_file_and_unknown_builtin() -> None:
     with pytest.raises(SuiteError, match="no such suite file"):
         load_suite("nope/missing.toml")
-    with pytest.raises(SuiteError, match="built-in: smoke, standard, ci"):
+    with pytest.raises(SuiteError, match="built-in: smoke, standard, ci, full"):
         load_suite("smok")
 
 

@@ -17,7 +17,15 @@ from rich.console import Console
 
 from bench.analysis.summary import analyze
 from bench.results.rundir import Run
-from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
+from bench.results.schema import (
+    Case,
+    CaseResult,
+    Flops,
+    Memory,
+    TelemetryReading,
+    Throughput,
+    Timing,
+)
 from bench.views import format as fmt
 from bench.views import plots, terminal
 from bench.views.markdown import summary_markdown
@@ -77,6 +85,8 @@ def result_sets(draw: Any) -> list[CaseResult]:
                             throughput=Throughput.from_median(batch_size, seq_len, median),
                             memory=Memory(peak, None, "vmhwm" if peak else "unavailable"),
                             numerics=_numerics(kind, workload),
+                            flops=draw(_flops()),
+                            telemetry=draw(_telemetry()),
                         )
                     )
     for i in range(draw(st.integers(0, 2))):  # plain pytest-benchmark tests
@@ -84,6 +94,31 @@ def result_sets(draw: Any) -> list[CaseResult]:
         timing = Timing.from_samples([0.01] * 3, None, "pytest-benchmark")
         out.append(CaseResult(case, "ok", timing=timing))
     return out
+
+
+def _flops() -> Any:
+    """No count, a count without a peak (a CPU), or a count and a peak (a known GPU)."""
+    count = st.integers(10**6, 10**13)
+    return st.one_of(
+        st.none(),
+        st.builds(Flops, count, st.just("torch FlopCounterMode"), peak_reason=st.just("CPU")),
+        st.builds(
+            Flops, count, st.just("torch FlopCounterMode"), peak_tflops=st.floats(10.0, 2000.0)
+        ),
+    )
+
+
+def _telemetry() -> Any:
+    """No telemetry, NVML unavailable (a CPU), or an energy figure."""
+    return st.one_of(
+        st.none(),
+        st.just(TelemetryReading("unavailable", "no NVML on CPU")),
+        st.builds(
+            TelemetryReading,
+            st.just("nvml-energy-counter"),
+            energy_per_sample_j=st.floats(1e-5, 50.0),
+        ),
+    )
 
 
 def _numerics(kind: str, workload: str) -> dict[str, Any] | None:
@@ -107,7 +142,8 @@ def rich_rows(table: Any) -> list[list[str]]:
 
 
 def markdown_tables(text: str) -> dict[str, dict[str, list[str]]]:
-    """'model/workload' -> precision (recommended mark stripped) -> cells, from summary.md."""
+    """'model/workload' -> precision (recommended mark stripped) -> cells, from summary.md; the
+    header row of each table under the key "| precision"."""
     out: dict[str, dict[str, list[str]]] = {}
     for block in text.split("### ")[1:]:
         title = block.splitlines()[0]
@@ -116,21 +152,27 @@ def markdown_tables(text: str) -> dict[str, dict[str, list[str]]]:
         model, workload = title.split(" (")[0].split(" / ")
         rows = {}
         for line in block.splitlines():
-            if line.startswith("| ") and not line.startswith("| precision"):
+            if line.startswith("| "):
                 cells = [c.strip() for c in line.strip("|").split(" | ")]
-                rows[cells[0]] = cells
+                rows["| precision" if line.startswith("| precision") else cells[0]] = cells
         out[f"{model}/{workload}"] = rows
     return out
 
 
 def html_summary(html: str) -> tuple[dict[tuple[str, str], dict[str, str]], list[str]]:
-    """(group, precision) -> speedup and saving cells, and the recommended mode per group."""
+    """(group, precision) -> speedup, saving and optional cells by header, and the recommended
+    mode per group."""
     cells = {}
     for group, body in re.findall(
         r'<table class="summary" data-group="([^"]+)">(.*?)</table>', html, re.S
     ):
+        extra_headers = re.findall(r'<th class="num">([^<]*)</th>', body)[5:]
         for precision, row in re.findall(r'data-precision="([^"]+)">(.*?)</tr>', body, re.S):
-            cells[(group, precision)] = dict(re.findall(r'data-col="(\w+)">([^<]*)<', row))
+            found = dict(re.findall(r'data-col="(\w+)">([^<]*)<', row))
+            for i, header in enumerate(extra_headers, start=1):
+                if f"extra{i}" in found:
+                    found[header] = found.pop(f"extra{i}")
+            cells[(group, precision)] = found
     return cells, re.findall(r'data-recommended="([^"]*)"', html)
 
 
@@ -142,6 +184,7 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
     results_rows = {row[0]: row for row in rich_rows(terminal.results_table(analysis))}
     verdict_rows = rich_rows(terminal.verdict_table(analysis))
     markdown = markdown_tables(summary_markdown(analysis))
+    md_headers = {key: rows.pop("| precision") for key, rows in markdown.items()}
     with pytest.MonkeyPatch.context() as mp:  # figures are not under test here: keep it fast
         for name in (
             "throughput_vs_batch",
@@ -183,7 +226,18 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             speedup, saving = fmt.fmt_speedup(mode.speedup), fmt.fmt_saving(mode.memory_saving)
             assert row[4] == speedup and md[2] == speedup
             assert (row[5] or fmt.MISSING) == saving and md[4] == saving
-            assert html_cells[(key, mode.label)] == {"speedup": speedup, "saving": saving}
+            extras = dict(
+                zip(
+                    [h for h, _ in fmt.extra_columns(group)],
+                    fmt.extra_cells(mode, fmt.extra_columns(group)),
+                    strict=True,
+                )
+            )
+            assert html_cells[(key, mode.label)] == {"speedup": speedup, "saving": saving, **extras}
+            md_extras = dict(zip(md_headers[key][7:], md[7:], strict=True))
+            assert md_extras == extras
+            # TFLOP/s, MFU and energy: the terminal shows the analysis' own figures too.
+            assert extras.get("TFLOP/s", fmt.MISSING) == fmt.fmt_tflops(mode.achieved_tflops)
             # The per-case results table shows the same figure for the headline case.
             assert results_rows[mode.case_id][5] == speedup
     # Every per-case speedup in the results table is the analysis' own, and the analysis' own is
@@ -193,7 +247,15 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
         if case["status"] != "ok":
             continue
         assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"])
+        assert results_rows[case["id"]][6] == fmt.fmt_tflops(case["achieved_tflops"])
         result = by_id[case["id"]]
+        if result.flops is not None:  # achieved TFLOP/s and MFU: counted FLOPs / median step
+            tflops = result.flops.per_step / result.median_s / 1e12
+            assert case["achieved_tflops"] == pytest.approx(tflops)
+            peak = result.flops.peak_tflops
+            assert case["mfu"] == (pytest.approx(tflops / peak) if peak else None)
+        else:
+            assert case["achieved_tflops"] is None and case["mfu"] is None
         fp32_id = result.case.id.replace(f"/{result.case.precision}/", "/fp32/", 1)
         fp32_id = fp32_id.removesuffix("/compiled")
         fp32 = by_id.get(fp32_id)

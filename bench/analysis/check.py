@@ -53,6 +53,7 @@ DEFAULT_THRESHOLDS_PCT: dict[str, float | None] = {
     "step_time": None,
     "peak_memory": 10.0,
     "divergence": 50.0,
+    "energy": None,  # GPU energy per sample: off by default (enable with energy = 10)
 }
 # CPU runs on a shared machine: whole cases run 10-25% faster or slower from one run to the next,
 # every sample alike (measured on a 2-core box: two back-to-back smoke runs differed by up to 24%
@@ -430,6 +431,8 @@ def _format_value(metric: str, value: float) -> str:
         return f"{value * 1e3:.3g} ms"
     if metric == "throughput":
         return f"{value:.4g} samples/s"
+    if metric == "energy":
+        return f"{value:.4g} J/sample"
     return f"{value:.3g}"
 
 
@@ -482,6 +485,16 @@ def _numerics_findings(case: CaseComparison, improvement_fails: bool) -> list[Fi
     return found
 
 
+def _unstable_sides(case: CaseComparison) -> str | None:
+    """'BASE', 'CURRENT' or 'BASE and CURRENT (CV ...)' where a side's timing was unstable."""
+    sides = []
+    for name, result in (("BASE", case.base), ("CURRENT", case.current)):
+        timing = result.timing if result is not None and result.ok else None
+        if timing is not None and timing.unstable:
+            sides.append(f"{name} (CV {timing.cv * 100:.0f}%)" if timing.cv else name)
+    return " and ".join(sides) or None
+
+
 def assess_case(
     case: CaseComparison, config: CheckConfig, gate_numerics: bool = True
 ) -> list[Finding]:
@@ -507,6 +520,13 @@ def assess_case(
         found.append(Finding(cid, "note", "status", change + reason, False))
     if gate_numerics:
         found += _numerics_findings(case, improvement_fails)
+    shaky = _unstable_sides(case)
+    if shaky:
+        message = (
+            f"unstable timing in {shaky}: its timed steps spread more than the suite's limit, "
+            "so a throughput change may be noise"
+        )
+        found.append(Finding(cid, "note", "unstable", message, False))
     for metric, delta in case.metrics.items():
         threshold = config.threshold(metric)
         if threshold is None or delta.significant is False:

@@ -33,6 +33,9 @@ BOOTSTRAP_RESAMPLES = 2000
 DEFAULT_MEMORY_FLOOR_BYTES = 1 * 2**20
 DEFAULT_DIVERGENCE_FLOOR = 1e-6
 DEFAULT_RSS_MEMORY_FACTOR = 2.0
+# NVML's energy counter is exact, but power draw follows temperature and clocks: a change of
+# energy per sample below 2% is not told apart from that.
+DEFAULT_ENERGY_FLOOR_FRACTION = 0.02
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("step_time", "median step time", "s", False, True),
         MetricSpec("peak_memory", "peak memory", "bytes", False, False),
         MetricSpec("divergence", "divergence from fp32", "", False, False),
+        MetricSpec("energy", "energy per sample", "J", False, False),
     )
 }
 
@@ -348,7 +352,17 @@ def compare_metrics(
     if divergence is not None:
         key, b_div, c_div = divergence
         deltas["divergence"] = single_delta("divergence", b_div, c_div, options.divergence_floor)
+    b_energy, c_energy = _energy(base), _energy(current)
+    if b_energy is not None and c_energy is not None:
+        floor = DEFAULT_ENERGY_FLOOR_FRACTION * b_energy
+        deltas["energy"] = single_delta("energy", b_energy, c_energy, floor)
     return deltas, divergence[0] if divergence else None, methods
+
+
+def _energy(result: CaseResult) -> float | None:
+    """Energy per sample (J) where NVML measured it."""
+    telemetry = result.telemetry
+    return finite_or_none(telemetry.energy_per_sample_j) if telemetry is not None else None
 
 
 def compare_case(

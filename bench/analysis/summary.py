@@ -17,6 +17,12 @@ they cannot disagree. The rules (README, "Reading the results"):
 * **Recommended** mode: the fastest mode at the headline point whose verdict is ok; fp32 is the
   reference and passes unless its own pass went wrong. Where no mode of the group has numerics,
   the fastest mode is named "speed only", never recommended.
+* **Achieved TFLOP/s** of a case = counted FLOPs per step / median step; **MFU** = achieved /
+  the dense peak of the mode's compute dtype (recorded with the case; none on a CPU or an
+  unknown GPU without --peak-tflops, and the reason says so).
+* **Energy per sample** = NVML energy over the timed steps / steps / batch size (GPU only).
+* **Unstable**: the timed steps' stdev exceeds the suite's limit (10% of the mean by default);
+  **throttled**: NVML saw a power or thermal slowdown during the timed steps.
 
 The substrate is one tidy pandas frame of cases joined against fp32 at the same shape.
 """
@@ -106,6 +112,7 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                     result, divergence[0] if divergence else None
                 ),
                 "caveat": result.details.get("caveat") if result.ok else None,
+                **_quality_columns(result),
             }
         )
     frame = pd.DataFrame(rows, columns=_CASE_COLUMNS).astype(_CASE_DTYPES)
@@ -123,7 +130,30 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
     frame["memory_saving"] = (1.0 - frame["peak_bytes"] / frame["fp32_peak_bytes"]).where(
         measured & peak_known
     )
+    frame["achieved_tflops"] = (frame["flops_per_step"] / frame["median_s"] / 1e12).where(ok)
+    frame["mfu"] = frame["achieved_tflops"] / frame["peak_tflops"]
     return frame.reset_index(drop=True)
+
+
+def _quality_columns(result: CaseResult) -> dict[str, Any]:
+    """Steadiness, FLOPs and GPU telemetry of one case (None where the result has none)."""
+    timing, flops, telemetry = result.timing, result.flops, result.telemetry
+    ok = result.ok
+    return {
+        "warmup_steps": timing.warmup if ok and timing else None,
+        "warmup_steady": timing.warmup_steady if ok and timing else None,
+        "cv": timing.cv if ok and timing else None,
+        "unstable": bool(timing.unstable) if ok and timing else False,
+        "flops_per_step": flops.per_step if ok and flops else None,
+        "peak_tflops": flops.peak_tflops if ok and flops else None,
+        "mfu_reason": (flops.peak_reason if flops else "FLOPs not counted") if ok else None,
+        "energy_per_step_j": telemetry.energy_per_step_j if ok and telemetry else None,
+        "energy_per_sample_j": telemetry.energy_per_sample_j if ok and telemetry else None,
+        "power_mean_w": telemetry.power_mean_w if ok and telemetry else None,
+        "throttled": bool(telemetry.throttled) if ok and telemetry else False,
+        "throttle_reasons": ", ".join(telemetry.throttle_reasons) if ok and telemetry else None,
+        "telemetry_reason": telemetry.reason if ok and telemetry else None,
+    }
 
 
 _CASE_DTYPES = {
@@ -152,6 +182,19 @@ _CASE_DTYPES = {
     "divergence": "float64",
     "divergence_floor": "float64",
     "caveat": object,
+    "warmup_steps": "float64",
+    "warmup_steady": object,
+    "cv": "float64",
+    "unstable": bool,
+    "flops_per_step": "float64",
+    "peak_tflops": "float64",
+    "mfu_reason": object,
+    "energy_per_step_j": "float64",
+    "energy_per_sample_j": "float64",
+    "power_mean_w": "float64",
+    "throttled": bool,
+    "throttle_reasons": object,
+    "telemetry_reason": object,
 }
 _CASE_COLUMNS = list(_CASE_DTYPES)
 
@@ -183,6 +226,11 @@ class ModeSummary:
     divergence_floor: float | None
     is_baseline: bool  # eager fp32 itself
     caveat: str | None = None  # what to know about this mode's figures here (fp8 on a CPU)
+    achieved_tflops: float | None = None  # counted FLOPs per step / median step
+    mfu: float | None = None  # achieved / the dense peak of the mode's compute dtype
+    energy_per_sample_j: float | None = None  # GPU energy (NVML) per sample
+    unstable: bool = False  # its timed steps spread beyond the suite's limit
+    throttled: bool = False  # the GPU slowed down (power, thermal) during its timed steps
 
     @property
     def label(self) -> str:
@@ -266,6 +314,28 @@ class RunAnalysis:
             rows.append(clean)
         return rows
 
+    @property
+    def unstable_cases(self) -> list[tuple[str, float]]:
+        """(case id, CV) of every case whose timed steps spread beyond the suite's limit."""
+        rows = self.cases[self.cases["unstable"]]
+        return [(r.id, float(r.cv)) for r in rows.itertuples()]
+
+    @property
+    def throttled_cases(self) -> list[tuple[str, str]]:
+        """(case id, reasons) of every case during which the GPU slowed down."""
+        rows = self.cases[self.cases["throttled"]]
+        return [(r.id, str(r.throttle_reasons)) for r in rows.itertuples()]
+
+    @property
+    def has_mfu(self) -> bool:
+        """True when any case has an MFU (a known GPU, or --peak-tflops)."""
+        return bool(self.cases["mfu"].notna().any())
+
+    @property
+    def has_energy(self) -> bool:
+        """True when any case has an energy figure (GPU telemetry)."""
+        return bool(self.cases["energy_per_sample_j"].notna().any())
+
     def group(self, model: str, workload: str) -> GroupSummary | None:
         """The summary of one model x workload."""
         return next((g for g in self.groups if (g.model, g.workload) == (model, workload)), None)
@@ -299,6 +369,20 @@ class RunAnalysis:
                         "divergence_metric",
                         "divergence",
                         "headline",
+                        "warmup_steps",
+                        "warmup_steady",
+                        "cv",
+                        "unstable",
+                        "flops_per_step",
+                        "achieved_tflops",
+                        "peak_tflops",
+                        "mfu",
+                        "mfu_reason",
+                        "energy_per_step_j",
+                        "energy_per_sample_j",
+                        "power_mean_w",
+                        "throttled",
+                        "throttle_reasons",
                     )
                 }
             )
@@ -317,6 +401,10 @@ RULES = {
     "headline_point": "the shape where fp32 ran ok and the most precisions ran ok (ties: larger "
     "batch x sequence, then larger batch)",
     "recommended": "the fastest mode at the headline point whose numerics verdict is ok",
+    "achieved_tflops": "FLOPs per step (torch FlopCounterMode) / median step / 1e12",
+    "mfu": "achieved TFLOP/s / dense peak TFLOP/s of the mode's compute dtype",
+    "energy_per_sample_j": "NVML energy over the timed steps / steps / batch size",
+    "unstable": "stdev / mean of the timed steps above the suite's timing.unstable_cv",
 }
 
 
@@ -324,7 +412,7 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-_INTEGER_COLUMNS = ("batch_size", "seq_len", "peak_bytes")
+_INTEGER_COLUMNS = ("batch_size", "seq_len", "peak_bytes", "warmup_steps", "flops_per_step")
 
 
 def _json_value(value: Any) -> Any:
@@ -398,6 +486,11 @@ def _mode_summary(
         divergence_floor=numerics.get("divergence_floor"),
         is_baseline=precision == BASELINE_PRECISION and not compiled,
         caveat=_text(row.caveat) if ok else None,
+        achieved_tflops=_float(row.achieved_tflops) if ok else None,
+        mfu=_float(row.mfu) if ok else None,
+        energy_per_sample_j=_float(row.energy_per_sample_j) if ok else None,
+        unstable=bool(row.unstable) if ok else False,
+        throttled=bool(row.throttled) if ok else False,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from bench.analysis.summary import analyze
 from bench.errors import EXIT_OK, EXIT_OUTPUT, MpbenchError, OutputError
 from bench.results.rundir import RESULTS_FILE, load_run
 from bench.views import terminal
+from bench.views.format import fmt_duration
 from bench.views.progress import RichProgress, stderr_console
 from bench.views.report import render_report
 
@@ -59,7 +61,7 @@ def register(sub: Any) -> None:
     run.add_argument(
         "suite",
         nargs="?",
-        help="suite file (TOML) or built-in name: smoke, standard, ci "
+        help="suite file (TOML) or built-in name: smoke, standard, ci, full "
         "(default: smoke on CPU, standard on a GPU)",
     )
     run.add_argument(
@@ -153,7 +155,20 @@ def register(sub: Any) -> None:
         help="print only errors: no progress, tables or hints (results and report are written "
         "as usual; for CI logs)",
     )
+    run.add_argument(
+        "--peak-tflops",
+        metavar="TFLOPS",
+        help="the device's dense peak TFLOP/s for MFU: one number for every dtype, or "
+        "DTYPE=N,... (fp32, tf32, bf16, fp16, fp8); overrides the built-in GPU table, and is "
+        "the only way to an MFU on a CPU or an unknown GPU",
+    )
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every input, print the number of cases and the estimated wall time per "
+        "model (FLOPs / matmul rates measured here, in a few seconds), and run nothing",
+    )
     run.set_defaults(handler=cmd_run)
 
 
@@ -172,6 +187,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise MpbenchError(f"--max-batch-cap: must be a positive integer; got {args.max_batch_cap}")
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise MpbenchError("--out: not used with --resume (results go to RUN_DIR)")
+    if args.dry_run and (args.resume is not None or args.find_max_batch):
+        raise MpbenchError(
+            "--dry-run: estimates a sweep; not used with --resume or --find-max-batch"
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -190,16 +209,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None
     }
     suite = None
-    if args.resume is None or args.suite or overrides or timing or args.data:
+    if args.resume is None or args.suite or overrides or timing or args.data or args.peak_tflops:
         name = args.suite or default_suite_name(device.type)
         suite = load_suite(name, overrides, args.data).with_timing(timing)
         validate_check_table(suite.tables.get("check", {}), suite.source)
+        if args.peak_tflops is not None:
+            suite = suite.with_peak_tflops(args.peak_tflops)
     execution = ExecutionOptions(
         isolate=args.isolate,
         case_timeout_s=args.case_timeout,
         memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
     )
     console = stderr_console(args.quiet)
+    if args.dry_run:
+        return _dry_run(suite, device, args.isolate, console)
     if args.resume is not None:
         options = RunOptions(execution, skip_larger=not args.no_skip_larger, resume=True)
         return _sweep(suite, device, args.resume, options, console, not args.no_report)
@@ -207,15 +230,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.find_max_batch:
         return _find_max_batch(suite, device, out, execution, args.max_batch_cap, console)
     options = RunOptions(execution, skip_larger=not args.no_skip_larger)
-    return _sweep(suite, device, out, options, console, not args.no_report)
+    estimate = None if args.quiet else _estimate(suite, device, args.isolate)
+    if estimate is not None:
+        console.print(
+            f"mpbench: estimated {fmt_duration(estimate.total_s)} for the {estimate.cases} cases "
+            "this device runs "
+            f"({estimate.rates_line()}; `--dry-run` shows it per model)",
+            highlight=False,
+        )
+    return _sweep(suite, device, out, options, console, not args.no_report, estimate)
 
 
-def _sweep(suite: Any, device: Any, out: Path, options: Any, console: Any, render: bool) -> int:
+def _estimate(suite: Any, device: Any, isolate: str) -> Any:
+    """The sweep's estimated wall time (bench.engine.estimate)."""
+    from bench.engine.estimate import estimate_sweep, measure_rates, needed_dtypes
+    from bench.engine.runner import skip_reason
+
+    # Cases this device skips (a mode it lacks) take no time.
+    cases = [c for c in suite.cases(device.name) if skip_reason(suite, device, c) is None]
+    rates = measure_rates(device, needed_dtypes(cases))
+    return estimate_sweep(suite, cases, device.type, rates, isolate)
+
+
+def _dry_run(suite: Any, device: Any, isolate: str, console: Any) -> int:
+    """`--dry-run`: the cases per model and their estimated wall time; nothing runs."""
+    estimate = _estimate(suite, device, isolate)
+    cases = suite.cases(device.name)
+    skipped = len(cases) - estimate.cases
+    console.print(
+        f"mpbench: suite {suite.name}, {len(cases)} cases on {device.name} ({device.product_name()})"
+        f"{f', {skipped} of them skipped here (a mode this device lacks)' if skipped else ''}; "
+        "dry run, nothing runs"
+    )
+    for model, seconds in estimate.per_model_s.items():
+        count = sum(c.model == model for c in cases)
+        console.print(f"  {model:24} {count:5} cases  {fmt_duration(seconds):>8}", highlight=False)
+    console.print(
+        f"  {'total':24} {len(cases):5} cases  {fmt_duration(estimate.total_s):>8}",
+        style="bold",
+        highlight=False,
+    )
+    console.print(
+        f"  {estimate.rates_line()}; the estimate's model: README, 'How long a sweep takes'"
+    )
+    for note in estimate.notes:
+        console.print(f"  note: {note}")
+    return EXIT_OK
+
+
+def _sweep(
+    suite: Any,
+    device: Any,
+    out: Path,
+    options: Any,
+    console: Any,
+    render: bool,
+    estimate: Any = None,
+) -> int:
     """Run the sweep with a progress display, then the tables and the report."""
     from bench.engine.session import run_suite
 
+    started = time.perf_counter()
     with RichProgress(console) as progress:
         outcome = run_suite(suite, device, out, options, progress)
+    if estimate is not None and outcome.exit_code == EXIT_OK:
+        console.print(
+            f"mpbench: the sweep took {fmt_duration(time.perf_counter() - started)} "
+            f"(estimated {fmt_duration(estimate.total_s)})",
+            highlight=False,
+        )
     if outcome.exit_code != EXIT_OK:
         console.print(
             f"[yellow]interrupted[/]: {outcome.finished} case(s) finished and saved, "

@@ -1,132 +1,216 @@
-"""Self-checks that print measured ratios (benchmarks, not tests: this machine is noisy).
+"""`mpbench selfcheck`: prove mpbench's measurement on this machine, the first thing to run on
+a new one. Also `mpbench selfcheck overhead`, the timed-loop check alone with more rounds.
 
-    mpbench selfcheck overhead [--model gpt2-tiny] [--workload train] [--precision fp32]
+    mpbench selfcheck [--device D] [--suite SUITE | --no-suite] [--out DIR]
+    mpbench selfcheck overhead [--model gpt2-tiny] [--workload train] [--rounds 16] ...
 
-`overhead`: mpbench's timed loop against a hand-written nanoGPT-style loop on the same model,
-batch and precision in the same process, interleaved round by round so drift hits both alike
-(METHODS rule 3). Each round's two blocks give one ratio; the median of those ratios is the
-figure (target <= 1.03), with its IQR as the noise band.
+The device checks (bench.engine.selfcheck) print PASS, FAIL or SKIP each as they finish:
+identity, timer against the host clock, memory window against a known allocation, every
+precision mode (a real training step under CUDA's sync-debug "error" mode, and proof the mode
+took effect), matmul TFLOP/s per dtype against the peak table, copy bandwidth, the telemetry
+sampler's and the timed loop's overhead. GPU-only checks are SKIPs on a CPU, with the reason.
+Then a suite runs with its report (`ci` on a GPU, `smoke` on a CPU, where `ci` would take
+an hour), shortened to at most 20 timed steps and a 10-step numerics pass per case unless
+--full-suite, and two checks read it back: every case ran (or was skipped with a reason), and fp32
+against itself diverges by exactly 0 (the numerics pass is deterministic here).
+
+Everything goes to DIR/selfcheck.json (default reports/selfcheck-<timestamp>/), the suite's run
+to DIR/run. Exit 1 when any check FAILs, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import json
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.text import Text
 
-def hand_written_loop(
-    model: Any, batch: Any, optimizer: Any, device: Any, steps: int, train: bool
-) -> list[float]:
-    """The loop a person writes by hand: perf_counter around each step, synchronize before the
-    clock is read (nanoGPT bench.py style)."""
-    import torch
+from bench.errors import EXIT_OK, EXIT_REGRESSION
+from bench.results.rundir import load_run, write_json
+from bench.views.format import fmt_duration
+from bench.views.progress import stderr_console
 
-    times_s = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        if train:
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode():
-                model(**batch)
-        device.synchronize()
-        times_s.append(time.perf_counter() - t0)
-    return times_s
+STYLES = {"PASS": "bold green", "FAIL": "bold red", "SKIP": "yellow"}
+SELFCHECK_FILE = "selfcheck.json"
 
 
-def overhead(args: argparse.Namespace) -> float:
-    """Print and return median(mpbench step) / median(hand-written step)."""
+def print_check(console: Console, result: Any) -> None:
+    """'PASS  timer  perf-counter: ...' in the status colour."""
+    line = Text(f"{result.status:4}  ", style=STYLES.get(result.status, ""))
+    line.append(f"{result.name:20} ", style="bold")
+    line.append(result.detail)
+    console.print(line, highlight=False)
+
+
+def suite_checks(run_dir: Path, exit_code: int) -> list[Any]:
+    """Two checks on the suite's run: every case ran (or was skipped for a reason), and fp32
+    against itself is exactly 0 in every numerics pass."""
+    from bench.engine.selfcheck import FAIL, PASS, SKIP, CheckResult
+
+    run = load_run(run_dir)
+    failed = [r for r in run.results if r.status in ("error", "crashed", "timeout")]
+    counts: dict[str, int] = {}
+    for result in run.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    listed = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if failed or exit_code != EXIT_OK:
+        first = failed[0] if failed else None
+        why = f"; first: {first.case.id}: {first.reason}" if first else f"; exit code {exit_code}"
+        cases = CheckResult("suite", FAIL, f"{listed}{why}", {"counts": counts})
+    else:
+        cases = CheckResult("suite", PASS, f"{listed} ({run_dir})", {"counts": counts})
+    floors = [
+        (r.case.id, (r.numerics or {}).get("noise_floor") or {})
+        for r in run.results
+        if r.ok and r.case.precision == "fp32" and r.numerics and not r.numerics_error
+    ]
+    identical = [f.get("fp32_runs_identical") for _, f in floors]
+    if not floors or all(i is None for i in identical):
+        determinism = CheckResult("fp32 vs fp32", SKIP, "no fp32 numerics pass with a repeat")
+    elif all(identical):
+        determinism = CheckResult(
+            "fp32 vs fp32",
+            PASS,
+            f"fp32 run twice gave identical losses and gradients in {len(floors)} pass(es)",
+            {"passes": len(floors)},
+        )
+    else:
+        bad = [cid for (cid, _), same in zip(floors, identical, strict=True) if same is False]
+        divergences = [f.get("fp32_repeat_max_rel_div") for _, f in floors]
+        determinism = CheckResult(
+            "fp32 vs fp32",
+            FAIL,
+            f"fp32 run twice differs ({', '.join(bad)}): the numerics pass is not deterministic "
+            "here, so every divergence it reports carries that noise",
+            {"max_rel_div": divergences},
+        )
+    return [cases, determinism]
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    """`mpbench selfcheck`: the device checks, then a suite and its report."""
+    from bench.cli.run import _estimate, _sweep
     from bench.engine.device import resolve_device
     from bench.engine.executors import quiet_transformers
-    from bench.engine.runner import CaseRunner, measure_steps
-    from bench.engine.suite import load_suite
-    from bench.engine.workloads import make_batch, make_optimizer
+    from bench.engine.interrupts import ExecutionOptions
+    from bench.engine.selfcheck import FAIL, run_device_checks, shortened
+    from bench.engine.session import RunOptions
+    from bench.engine.suite import default_suite_name, load_suite
 
     quiet_transformers()
     device = resolve_device(args.device)
-    overrides = {
-        "models": [args.model],
-        "workloads": [args.workload],
-        "precisions": [args.precision],
-        "batch_sizes": [args.batch_size],
-        "seq_lens": [args.seq_len],
-    }
-    suite = load_suite("smoke", overrides)
-    case = suite.cases(device.name)[0]
-    runner = CaseRunner(suite, device)
-    mpbench_s: list[float] = []
-    hand_s: list[float] = []
-    round_ratios: list[float] = []
-    with runner.prepare(case) as prepared:
-        train = case.workload == "train"
-        spec = suite.model(case.model)
-        batch = make_batch(
-            spec, case.workload, case.batch_size, case.seq_len, device.torch_device, 1
-        )
-        optimizer = make_optimizer(prepared.model) if train else None
-        measure_steps(prepared.step, args.warmup, 2, device)  # warm both paths' allocations
-        hand_written_loop(prepared.model, batch, optimizer, device, args.warmup, train)
-        for round_index in range(args.rounds):
-            # alternate which loop goes first, so neither always runs on a warmer machine
-            order = ("mpbench", "hand") if round_index % 2 == 0 else ("hand", "mpbench")
-            block: dict[str, list[float]] = {}
-            for which in order:
-                if which == "mpbench":
-                    block[which], _ = measure_steps(prepared.step, 0, args.steps, device)
-                else:
-                    block[which] = hand_written_loop(
-                        prepared.model, batch, optimizer, device, args.steps, train
-                    )
-            mpbench_s += block["mpbench"]
-            hand_s += block["hand"]
-            # Paired per round: the two blocks ran back to back, so machine drift (clock, noisy
-            # neighbours) cancels in their ratio far better than in whole-run medians.
-            round_ratios.append(
-                statistics.median(block["mpbench"]) / statistics.median(block["hand"])
+    suite = None
+    if not args.no_suite:  # checked before anything runs
+        suite = load_suite(args.suite or ("ci" if device.is_cuda else "smoke"))
+        if not args.full_suite:
+            suite = shortened(suite)
+    out = args.out or Path("reports") / f"selfcheck-{datetime.now():%Y%m%d-%H%M%S}"
+    console = stderr_console()
+    console.print(f"mpbench selfcheck on {device.name} ({device.product_name()}) -> {out}")
+    results = run_device_checks(device, lambda r: print_check(console, r))
+    run_dir = None
+    if suite is not None:
+        run_dir = out / "run"
+        timing = suite.timing
+        console.print(
+            f"suite {suite.name} ({default_suite_name(device.type)} is this device's default): "
+            f"{timing.iterations} timed steps per case"
+            + (
+                ""
+                if args.full_suite
+                else " (at most; shortened for selfcheck, --full-suite for the suite's own)"
             )
-    ratio = statistics.median(round_ratios)
-    q1, _, q3 = statistics.quantiles(round_ratios, n=4)
-    print(f"case: {case.id} on {device.name}; {args.rounds} rounds x {args.steps} steps each")
-    print(f"mpbench median step:      {statistics.median(mpbench_s) * 1e3:9.3f} ms")
-    print(f"hand-written median step: {statistics.median(hand_s) * 1e3:9.3f} ms")
-    print(
-        f"ratio of the medians:     {statistics.median(mpbench_s) / statistics.median(hand_s):.4f}"
+        )
+        options = RunOptions(ExecutionOptions(isolate="model"))
+        estimate = _estimate(suite, device, "model")
+        console.print(
+            f"estimated {fmt_duration(estimate.total_s)} ({estimate.rates_line()})",
+            highlight=False,
+        )
+        code = _sweep(suite, device, run_dir, options, console, True, estimate)
+        for result in suite_checks(run_dir, code):
+            results.append(result)
+            print_check(console, result)
+    failed = [r for r in results if r.status == FAIL]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / SELFCHECK_FILE,
+        {
+            "device": device.name,
+            "device_name": device.product_name(),
+            "passed": not failed,
+            "checks": [r.to_dict() for r in results],
+            "run": str(run_dir) if run_dir else None,
+        },
     )
-    print(
-        f"median per-round ratio mpbench / hand-written: {ratio:.4f} "
-        f"(IQR {q1:.4f}-{q3:.4f}; target <= 1.03)"
+    counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
+    verdict = "FAIL" if failed else "PASS"
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    console.print(
+        Text(f"selfcheck {verdict}: {summary}; {out / SELFCHECK_FILE}", style=STYLES[verdict])
     )
-    return ratio
+    return EXIT_REGRESSION if failed else EXIT_OK
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    """`mpbench selfcheck overhead`: print the ratio and its spread."""
+    from bench.engine.device import resolve_device
+    from bench.engine.executors import quiet_transformers
+    from bench.engine.selfcheck import OVERHEAD_LIMIT, loop_overhead, overhead_suite
+
+    quiet_transformers()
+    device = resolve_device(args.device)
+    suite = overhead_suite(args.model, args.workload, args.precision, args.batch_size, args.seq_len)
+    result = loop_overhead(device, suite, args.rounds, args.steps, args.warmup)
+    q1, q3 = result.iqr
+    print(f"case: {result.case_id} on {device.name}; {args.rounds} rounds x {args.steps} steps")
+    print(f"mpbench median step:      {result.mpbench_median_s * 1e3:9.3f} ms")
+    print(f"hand-written median step: {result.hand_median_s * 1e3:9.3f} ms")
+    print(
+        f"median per-round ratio mpbench / hand-written: {result.ratio:.4f} "
+        f"(IQR {q1:.4f}-{q3:.4f}; target <= {OVERHEAD_LIMIT})"
+    )
+    if args.json:
+        print(json.dumps({"ratio": result.ratio, "round_ratios": result.round_ratios}))
+    return EXIT_OK
 
 
 def register(sub: Any) -> None:
-    """Add `mpbench selfcheck` to the parser."""
+    """Add `mpbench selfcheck` (and `selfcheck overhead`) to the parser."""
     parser = sub.add_parser(
         "selfcheck",
-        help="check mpbench's own measurement on this machine (prints measured ratios)",
+        help="prove mpbench's measurement on this machine: PASS/FAIL per check, then a suite",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    checks = parser.add_subparsers(dest="check", metavar="CHECK", required=True)
-    ov = checks.add_parser("overhead", help="mpbench's timed loop vs a hand-written loop")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--suite", help="the suite to run after the checks (default: ci on a GPU, smoke on a CPU)"
+    )
+    which.add_argument("--no-suite", action="store_true", help="the device checks only")
+    parser.add_argument("--out", type=Path, help="where selfcheck.json and the run go")
+    parser.add_argument(
+        "--full-suite",
+        action="store_true",
+        help="run the suite with its own [timing] and numerics steps (default: at most 20 timed steps "
+        "and a 10-step numerics pass per case, enough to prove the pipeline)",
+    )
+    parser.set_defaults(handler=cmd_selfcheck)
+    checks = parser.add_subparsers(dest="check", metavar="CHECK")
+    ov = checks.add_parser("overhead", help="mpbench's timed loop vs a hand-written loop, alone")
     ov.add_argument("--model", default="gpt2-tiny")
     ov.add_argument("--workload", default="train", choices=["train", "infer"])
-    ov.add_argument("--precision", default="fp32", choices=["fp32"])
+    ov.add_argument("--precision", default="fp32")
     ov.add_argument("--batch-size", type=int, default=8)
     ov.add_argument("--seq-len", type=int, default=64)
     ov.add_argument("--device", default="auto")
     ov.add_argument("--rounds", type=int, default=16)
     ov.add_argument("--steps", type=int, default=6)
     ov.add_argument("--warmup", type=int, default=3)
+    ov.add_argument("--json", action="store_true", help="also print the ratios as JSON")
     ov.set_defaults(handler=cmd_overhead)
-
-
-def cmd_overhead(args: argparse.Namespace) -> int:
-    """`mpbench selfcheck overhead`."""
-    overhead(args)
-    return 0

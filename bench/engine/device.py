@@ -199,6 +199,13 @@ class Device:
             return torch.cuda.get_device_name(self.torch_device)
         return cpu_model_name()
 
+    def activate(self) -> None:
+        """Make this the current CUDA device of this process (a no-op on CPU). CUDA events and
+        streams follow the current device; set_device also creates a CUDA context, so only the
+        process that runs cases calls this, never a parent that hands them to workers."""
+        if self.is_cuda:
+            torch.cuda.set_device(self.torch_device)
+
     def synchronize(self) -> None:
         """Wait for all queued work on this device (a no-op on CPU)."""
         if self.is_cuda:
@@ -211,9 +218,19 @@ class Device:
         return CpuStepTimer(steps)
 
     def free_memory(self) -> None:
-        """Collect garbage and return cached memory, so the next case starts clean."""
+        """Collect garbage and return cached memory, so the next case starts clean.
+
+        On CUDA that includes the cuBLAS/cuBLASLt workspaces: they are allocated through the
+        caching allocator per (handle, stream) (the autograd backward thread has its own), and
+        empty_cache() never frees them. Left alone, the first case in a process pays for them in
+        its window and later cases count them as "already held", so the first case's peak is
+        overstated. torch's own leak checker clears them the same way.
+        """
         gc.collect()
         if self.is_cuda:
+            clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear_workspaces is not None:
+                clear_workspaces()
             torch.cuda.empty_cache()
         else:
             _malloc_trim()
@@ -305,5 +322,6 @@ def resolve_device(spec: str = "auto") -> Device:
         raise MpbenchError(
             f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
-    torch.cuda.set_device(index)
+    # No set_device here: it would create a CUDA context in a parent that only hands cases to
+    # workers (Device.activate, in the process that runs them).
     return Device(torch.device("cuda", index))

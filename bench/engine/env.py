@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 
 from bench.engine.device import Device, cpu_model_name
+from bench.engine.precision import tf32_state
+from bench.engine.telemetry import nvml_fallback, nvml_handle_by_uuid
 
 
 def capture_env(
@@ -48,11 +51,7 @@ def capture_env(
             "mpbench": __version__,
         },
         # The process defaults; each precision mode sets and restores its own (fp32: both off).
-        "tf32": {
-            "matmul": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn": torch.backends.cudnn.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        },
+        "tf32": tf32_state(),
         "git_commit": git_commit(Path(suite_source).parent) if suite_source else None,
         "argv": sys.argv,
     }
@@ -78,7 +77,10 @@ def gpu_info(device: Device) -> dict[str, Any]:
 
 def nvml_info(uuid: str | None) -> dict[str, Any]:
     """Driver version and clocks from NVML, matched by UUID (NVML ignores CUDA_VISIBLE_DEVICES
-    and enumerates in PCI order, METHODS rule 7). Empty-handed where NVML is unavailable."""
+    and enumerates in PCI order, METHODS rule 7). Empty-handed where NVML is unavailable.
+
+    Each query stands alone: one that NVML refuses (a power limit on a GPU that has none) is
+    None and noted in "nvml_unsupported", and the driver version and the rest are kept."""
     try:
         import pynvml
     except ImportError:
@@ -88,30 +90,58 @@ def nvml_info(uuid: str | None) -> dict[str, Any]:
     except pynvml.NVMLError as exc:
         return {"nvml": f"unavailable ({exc})"}
     try:
-        out: dict[str, Any] = {"driver": _text(pynvml.nvmlSystemGetDriverVersion()), "nvml": "ok"}
-        handle = _nvml_handle(pynvml, uuid)
-        if handle is not None:
-            out["nvml_name"] = _text(pynvml.nvmlDeviceGetName(handle))
-            out["power_limit_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
-            out["max_sm_clock_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
-            out["temperature_c"] = pynvml.nvmlDeviceGetTemperature(
-                handle, pynvml.NVML_TEMPERATURE_GPU
-            )
-        return out
-    except pynvml.NVMLError as exc:
-        return {"nvml": f"error ({exc})"}
+        return _nvml_queries(pynvml, uuid)
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
 
 
-def _nvml_handle(pynvml: Any, uuid: str | None) -> Any:
-    if not uuid:
-        return None
-    wanted = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+def _nvml_queries(pynvml: Any, uuid: str | None) -> dict[str, Any]:
+    """The fields of `nvml_info`, NVML initialised; each query on its own."""
+    unsupported: list[str] = []
+
+    def ask(key: str, query: Callable[[], Any]) -> Any:
+        try:
+            return query()
+        except pynvml.NVMLError as exc:
+            unsupported.append(f"{key}: {exc}")
+            return None
+
+    out: dict[str, Any] = {"driver": None, "nvml": "ok"}
     try:
-        return pynvml.nvmlDeviceGetHandleByUUID(wanted.encode())
-    except pynvml.NVMLError:
-        return None
+        out["driver"] = _text(pynvml.nvmlSystemGetDriverVersion())
+    except pynvml.NVMLError as exc:
+        out["nvml"] = f"error ({exc})"
+    handle, why = nvml_handle_by_uuid(pynvml, uuid)
+    if handle is None:
+        # Noted once for the device, not once per field it would have given.
+        unsupported.append(f"device: {why}")
+    else:
+        temperature = nvml_fallback(pynvml, "nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature")
+        queries: dict[str, Callable[[], Any]] = {
+            "nvml_name": lambda: _text(pynvml.nvmlDeviceGetName(handle)),
+            # NVML reports power in milliwatts.
+            "power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
+            "power_limit_default_w": lambda: (
+                pynvml.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000.0
+            ),
+            "max_sm_clock_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(
+                handle, pynvml.NVML_CLOCK_SM
+            ),
+            "max_mem_clock_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(
+                handle, pynvml.NVML_CLOCK_MEM
+            ),
+            "temperature_c": lambda: (
+                temperature(handle, pynvml.NVML_TEMPERATURE_GPU) if temperature else None
+            ),
+        }
+        for key, query in queries.items():
+            out[key] = ask(key, query)
+    if unsupported:
+        out["nvml_unsupported"] = unsupported
+    return out
 
 
 def _text(value: Any) -> str:

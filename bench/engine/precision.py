@@ -111,9 +111,10 @@ class PrecisionMode:
         """The context of a forward pass that needs no gradients."""
         return torch.inference_mode()
 
-    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """The training optimizer (AdamW, lr 1e-4: bench.engine.workloads)."""
-        return workloads.make_optimizer(model)
+    def make_optimizer(self, model: torch.nn.Module, device: Device) -> torch.optim.Optimizer:
+        """The training optimizer (AdamW, lr 1e-4, state allocated: bench.engine.workloads),
+        fused on CUDA for every mode."""
+        return workloads.make_optimizer(model, fused=device.is_cuda)
 
     def after_optimizer_step(self, model: torch.nn.Module) -> Callable[[], None] | None:
         """A hook a training step runs after optimizer.step(), or None (none of the built-in
@@ -132,9 +133,7 @@ class PrecisionMode:
         leaks TF32 or matmul-precision settings into the next (METHODS rule 10)."""
         saved = _GlobalFlags.capture()
         try:
-            torch.backends.cuda.matmul.allow_tf32 = self.tf32
-            torch.backends.cudnn.allow_tf32 = self.tf32
-            torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
+            set_tf32(self.tf32)
             torch.set_default_dtype(torch.float32)
             yield
         finally:
@@ -152,13 +151,96 @@ class PrecisionMode:
         }
 
 
+# ---------------------------------------------------------------------------------------------
+# TF32. torch >= 2.9 has a new API (`fp32_precision` on each backend: "ieee", "tf32", "none" =
+# inherit) next to the legacy one (`allow_tf32`, `set_float32_matmul_precision`). Once anything
+# in the process used the new API (transformers' `enable_tf32` does), *reading* a legacy flag
+# raises. So where the new API exists, mpbench sets, captures, records and restores through it
+# alone; the legacy flags only on an older torch.
+# ---------------------------------------------------------------------------------------------
+
+# Backends whose fp32 math the new API governs, parent first ("" is torch.backends itself).
+_FP32_PRECISION_KNOBS = (
+    "",
+    "cuda.matmul",
+    "cudnn",
+    "cudnn.conv",
+    "cudnn.rnn",
+    "mkldnn",
+    "mkldnn.matmul",
+    "mkldnn.conv",
+    "mkldnn.rnn",
+)
+# The leaves a mode sets: TF32 on the GPU for the tf32 mode, exact fp32 ("ieee") otherwise,
+# and exact fp32 for oneDNN on a CPU (which could otherwise be told to use bf16 for fp32).
+_TF32_LEAVES = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
+_CPU_LEAVES = ("mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
+
+
+def _backend(path: str) -> Any:
+    obj: Any = torch.backends
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def new_tf32_api() -> bool:
+    """True where this torch has the `fp32_precision` API (torch >= 2.9)."""
+    return hasattr(_backend("cuda.matmul"), "fp32_precision")
+
+
+def _fp32_precisions() -> dict[str, str]:
+    return {
+        path: _backend(path).fp32_precision
+        for path in _FP32_PRECISION_KNOBS
+        if hasattr(_backend(path), "fp32_precision")
+    }
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 on (matmul and cuDNN) or exact fp32 everywhere, through the API this torch has."""
+    if new_tf32_api():
+        for path in _TF32_LEAVES + _CPU_LEAVES:
+            backend = _backend(path)
+            if hasattr(backend, "fp32_precision"):
+                backend.fp32_precision = "tf32" if enabled and path in _TF32_LEAVES else "ieee"
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def tf32_state() -> dict[str, Any]:
+    """The TF32 settings now, as env.json records them: whether matmuls and cuDNN
+    convolutions may use TF32, and which API says so."""
+    if new_tf32_api():
+        values = _fp32_precisions()
+
+        def effective(path: str) -> bool:
+            value = values.get(path, "none")
+            parent = path.rpartition(".")[0]
+            if value == "none" and path:
+                return effective(parent)
+            return value == "tf32"
+
+        return {
+            "matmul": effective("cuda.matmul"),
+            "cudnn": effective("cudnn.conv"),
+            "api": "fp32_precision",
+        }
+    return {
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "api": "allow_tf32",
+    }
+
+
 @dataclass(frozen=True)
 class _GlobalFlags:
     """Every global a mode (or the numerics pass) may touch."""
 
-    matmul_tf32: bool
-    cudnn_tf32: bool
-    matmul_precision: str
+    tf32: tuple[tuple[str, Any], ...]  # (knob, value) in restore order, through one API
     default_dtype: torch.dtype
     deterministic: bool
     deterministic_warn_only: bool
@@ -167,10 +249,16 @@ class _GlobalFlags:
 
     @classmethod
     def capture(cls) -> _GlobalFlags:
+        if new_tf32_api():
+            tf32 = tuple(_fp32_precisions().items())
+        else:
+            tf32 = (
+                ("allow_tf32.matmul", torch.backends.cuda.matmul.allow_tf32),
+                ("allow_tf32.cudnn", torch.backends.cudnn.allow_tf32),
+                ("float32_matmul_precision", torch.get_float32_matmul_precision()),
+            )
         return cls(
-            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
-            cudnn_tf32=torch.backends.cudnn.allow_tf32,
-            matmul_precision=torch.get_float32_matmul_precision(),
+            tf32=tf32,
             default_dtype=torch.get_default_dtype(),
             deterministic=torch.are_deterministic_algorithms_enabled(),
             deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -179,9 +267,15 @@ class _GlobalFlags:
         )
 
     def restore(self) -> None:
-        torch.backends.cuda.matmul.allow_tf32 = self.matmul_tf32
-        torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
-        torch.set_float32_matmul_precision(self.matmul_precision)
+        for knob, value in self.tf32:
+            if knob == "allow_tf32.matmul":
+                torch.backends.cuda.matmul.allow_tf32 = value
+            elif knob == "allow_tf32.cudnn":
+                torch.backends.cudnn.allow_tf32 = value
+            elif knob == "float32_matmul_precision":
+                torch.set_float32_matmul_precision(value)
+            else:  # the parent first (setting it resets its children), then each child
+                _backend(knob).fp32_precision = value
         torch.set_default_dtype(self.default_dtype)
         torch.use_deterministic_algorithms(
             self.deterministic, warn_only=self.deterministic_warn_only

@@ -19,6 +19,7 @@ from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.config import validate_table as validate_numerics_table
 from bench.engine.workloads import WORKLOADS
 from bench.errors import MpbenchError, SuiteError
+from bench.results.peaks import DTYPES
 from bench.results.schema import Case
 
 if sys.version_info >= (3, 11):
@@ -26,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-BUILTIN_SUITES = ("smoke", "standard", "ci")
+BUILTIN_SUITES = ("smoke", "standard", "ci", "full")
 COMPILE_CHOICES = ("eager", "compiled")
 
 
@@ -55,10 +56,44 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Timing:
-    """[timing]: warm-up steps (excluded) and timed steps per case."""
+    """[timing]: warm-up steps (excluded) and timed steps per case.
+
+    The warm-up runs at least `warmup` steps and then goes on until the step time is steady: the
+    last `steady_window` warm-up steps all within `steady_tolerance` of their median (clocks
+    ramp, allocators and autotuners settle, and the first case in a fresh process is the
+    coldest). It stops at `max_warmup` steps (never fewer than `warmup`) steady or not, and the
+    result records how many it ran and whether it settled. A case whose timed steps spread more
+    than `unstable_cv` (stdev / mean, pyperf's 10%) is flagged unstable.
+    """
 
     warmup: int = 2
     iterations: int = 10
+    max_warmup: int = 20
+    steady_window: int = 5
+    steady_tolerance: float = 0.05
+    unstable_cv: float = 0.10
+
+    @property
+    def warmup_cap(self) -> int:
+        """The most warm-up steps a case runs."""
+        return max(self.warmup, self.max_warmup)
+
+
+@dataclass(frozen=True)
+class FlopsConfig:
+    """[flops]: FLOPs per step, counted once per case (one untimed step under torch's
+    FlopCounterMode), for achieved TFLOP/s and MFU against the GPU's dense peak
+    (bench.results.peaks). `peak_tflops` overrides that table: one number for every dtype, or a
+    table by dtype (`{bf16 = 989, fp8 = 1979}`); needed for MFU on a CPU or an unknown GPU."""
+
+    enabled: bool = True
+    peak_tflops: dict[str, float] | None = None  # dtype (or "all") -> TFLOP/s
+
+    def override(self, dtype: str) -> float | None:
+        """The overriding peak for `dtype`, if one was given."""
+        if not self.peak_tflops:
+            return None
+        return self.peak_tflops.get(dtype, self.peak_tflops.get("all"))
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,7 @@ class Suite:
     models: tuple[ModelSpec, ...]
     source: str = "<suite>"
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # [numerics], [check] as given
+    flops: FlopsConfig = field(default_factory=FlopsConfig)
 
     @property
     def name(self) -> str:
@@ -107,6 +143,16 @@ class Suite:
         clean = {k: _check_field(Timing, k, v, f"--{k}") for k, v in values.items()}
         return replace(self, timing=replace(self.timing, **clean))
 
+    def with_peak_tflops(self, text: str) -> Suite:
+        """A copy with [flops] peak_tflops from --peak-tflops ("989" or "bf16=989,fp8=1979")."""
+        peaks = parse_peak_tflops(text)
+        if peaks is None:
+            raise SuiteError(
+                "--peak-tflops: must be a positive number (every dtype) or DTYPE=N pairs with "
+                f"DTYPE one of {', '.join(DTYPES)} (e.g. bf16=989,fp8=1979); got {text!r}"
+            )
+        return replace(self, flops=replace(self.flops, peak_tflops=peaks))
+
     def model(self, name: str) -> ModelSpec:
         """The resolved spec of a model named in this suite."""
         for spec in self.models:
@@ -128,6 +174,9 @@ class Suite:
         lines += _toml_items(sweep)
         lines += ["", "[timing]"]
         lines += _toml_items(self.timing)
+        lines += ["", "[flops]", f"enabled = {_toml_value(self.flops.enabled)}"]
+        if self.flops.peak_tflops:
+            lines.append(f"peak_tflops = {_toml_value(self.flops.peak_tflops)}")
         for table, values in self.tables.items():
             lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         return "\n".join(lines) + "\n"
@@ -137,7 +186,12 @@ class Suite:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
-_TABLES: dict[str, type] = {"suite": SuiteInfo, "sweep": Sweep, "timing": Timing}
+_TABLES: dict[str, type] = {
+    "suite": SuiteInfo,
+    "sweep": Sweep,
+    "timing": Timing,
+    "flops": FlopsConfig,
+}
 # Tables whose keys are validated by the feature that owns them (numerics here, check by the CLI).
 _FREE_TABLES = ("numerics", "check")
 
@@ -219,7 +273,7 @@ def parse_suite(
     info = replace(info, data=_resolve_data(info.data, source, base_dir, data_override))
     tables = {t: dict(doc[t]) for t in _FREE_TABLES if t in doc}
     _validate_feature_tables(tables, source)
-    return Suite(info, sweep, timing, models, source=source, tables=tables)
+    return Suite(info, sweep, timing, models, source=source, tables=tables, flops=parsed["flops"])
 
 
 def _resolve_data(data: str, source: str, base_dir: Path | None, override: str | None) -> str:
@@ -289,6 +343,27 @@ def _non_negative_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _fraction(value: Any) -> float | None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number and 0 < value < 1 else None
+
+
+def _positive_number(value: Any) -> float | None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number and 0 < value < float("inf") else None
+
+
+def _peak_tflops(value: Any) -> dict[str, float] | None:
+    if _positive_number(value) is not None:
+        return {"all": _positive_number(value)}
+    if not isinstance(value, dict) or not value:
+        return None
+    clean = {k: _positive_number(v) for k, v in value.items()}
+    if any(k not in (*DTYPES, "all") for k in clean) or None in clean.values():
+        return None
+    return clean
+
+
 def _string(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -339,7 +414,30 @@ _FIELD_RULES: dict[tuple[type, str], tuple[str, Any]] = {
         "an integer >= 2",
         lambda v: v if _positive_int(v) and v >= 2 else None,
     ),
+    (Timing, "max_warmup"): ("a non-negative integer", _non_negative_int),
+    (Timing, "steady_window"): (
+        "an integer >= 2",
+        lambda v: v if _positive_int(v) and v >= 2 else None,
+    ),
+    (Timing, "steady_tolerance"): ("a number between 0 and 1", _fraction),
+    (Timing, "unstable_cv"): ("a number between 0 and 1", _fraction),
+    (FlopsConfig, "enabled"): ("true or false", lambda v: v if isinstance(v, bool) else None),
+    (FlopsConfig, "peak_tflops"): (
+        f"a positive number (every dtype) or a table of them by dtype ({', '.join(DTYPES)})",
+        _peak_tflops,
+    ),
 }
+
+
+def parse_peak_tflops(text: str) -> dict[str, float] | None:
+    """--peak-tflops: "989" (every dtype) or "bf16=989,fp8=1979"; None if malformed."""
+    try:
+        if "=" not in text:
+            return _peak_tflops(float(text))
+        pairs = dict(item.split("=", 1) for item in text.split(","))
+        return _peak_tflops({k.strip(): float(v) for k, v in pairs.items()})
+    except ValueError:
+        return None
 
 
 def _check_field(cls: type, key: str, value: Any, where: str) -> Any:

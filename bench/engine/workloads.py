@@ -53,11 +53,12 @@ def mask_for_mlm(
     gen = torch.Generator().manual_seed(seed)
     masked = torch.rand(input_ids.shape, generator=gen) < MLM_PROBABILITY
     masked[:, 0] |= ~masked.any(dim=1)  # every row predicts at least one token
+    # No attention_mask: every position is real (no padding), and an all-ones mask makes
+    # transformers check `mask.all()` on the host, a sync in every timed step.
     batch = {
         "input_ids": torch.where(
             masked, torch.full_like(input_ids, spec.mask_token_id()), input_ids
-        ),
-        "attention_mask": torch.ones_like(input_ids),
+        )
     }
     if with_labels:
         batch["labels"] = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
@@ -88,9 +89,63 @@ def make_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over all parameters; its state takes the parameters' dtype (pure bf16/fp16 too)."""
-    return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+def make_optimizer(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW over all parameters, its state already allocated (see init_optimizer_state); the
+    state takes the parameters' dtype (pure bf16/fp16 too).
+
+    `fused` (what mpbench uses on CUDA, as nanoGPT and torchtitan do): one kernel for the whole
+    update, and it takes GradScaler's scale and inf flag on the device. With the default
+    implementation, `GradScaler.step` reads the inf flag on the host (`.item()`), a sync in
+    every amp_fp16 training step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, fused=fused or None)
+    init_optimizer_state(optimizer)
+    return optimizer
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Allocate the optimizer's state (AdamW: step, exp_avg, exp_avg_sq) before the first real
+    step, as the first step would make it, without moving a weight.
+
+    AdamW allocates its state lazily, in the first step that updates. A training case whose
+    GradScaler skips every step (inf gradients at the initial scale) would never allocate it:
+    its peak memory, and a --find-max-batch probe, would leave out two copies of the weights.
+    So: one step at learning rate 0 (AdamW's update and its decoupled weight decay are both
+    multiplied by the learning rate, so the weights stay bit for bit), then every state tensor
+    back to zero, which is AdamW's initial state. The step's gradients are ones, not zeros: in
+    pure fp16, eps (1e-8) rounds to 0, and zero gradients would make the update 0/0 = NaN,
+    which even a zero learning rate does not cancel.
+    """
+    saved_lr = [group["lr"] for group in optimizer.param_groups]
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    try:
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved_lr):
+            group["lr"] = lr
+        for p in params:
+            p.grad = None
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+            else:
+                state[key] = type(value)(0)
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer and its implementation, as recorded in a training case's details."""
+    defaults = optimizer.defaults
+    if defaults.get("fused"):
+        kind = "fused"
+    elif defaults.get("foreach"):
+        kind = "foreach"
+    else:
+        kind = "default: foreach on CUDA, for-loop on CPU"
+    return f"{type(optimizer).__name__} ({kind})"
 
 
 def train_step_fn(

@@ -16,6 +16,11 @@ Schema history (bump SCHEMA_VERSION on any change a reader must know about):
   3  `case.compiled` (the case ran under torch.compile; its id ends in "/compiled") and
      `timing.compile_s` (the compiling first call, kept out of the step times). Version-2 lines
      read as eager cases.
+  4  `timing.warmup` is the number of warm-up steps a case ran (the warm-up now goes on until
+     the step time is steady), `timing.warmup_steady`, `timing.cv` and `timing.unstable`; the
+     `telemetry` object (GPU power, energy, clocks, throttling: bench.engine.telemetry) and the
+     `flops` object (FLOPs per step and the peak that MFU is taken against). Older lines have
+     none of these (null).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 from bench.errors import ResultsError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Case statuses. "ok" is measured; every other status carries a `reason`.
 STATUSES = ("ok", "skipped", "oom", "error", "crashed", "timeout")
@@ -115,6 +120,13 @@ def _text(data: dict[str, Any], key: str, where: str, required: bool = False) ->
         return None
     if not isinstance(value, str):
         raise _fail(where, key, f"must be a string; got {value!r}")
+    return value
+
+
+def _flag(data: dict[str, Any], key: str, where: str) -> bool | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise _fail(where, key, f"must be true or false; got {value!r}")
     return value
 
 
@@ -236,6 +248,9 @@ class Timing:
     max_s: float | None = None
     method: str = "perf-counter"
     compile_s: float | None = None  # torch.compile's first call (compiling), not a step
+    warmup_steady: bool | None = None  # the warm-up ended steady (False: it hit its cap)
+    cv: float | None = None  # stdev / mean of the timed steps
+    unstable: bool | None = None  # cv above the suite's unstable_cv: the figure is shaky
 
     @classmethod
     def from_samples(
@@ -245,18 +260,24 @@ class Timing:
         method: str,
         iterations: int | None = None,
         compile_s: float | None = None,
+        warmup_steady: bool | None = None,
+        unstable_cv: float | None = None,
     ) -> Timing:
-        """Median, mean, stdev, IQR, p10/p90, min and max of the per-step seconds."""
+        """Median, mean, stdev, IQR, p10/p90, min and max of the per-step seconds; the
+        coefficient of variation, and whether it exceeds `unstable_cv` (when given)."""
         values = sorted(float(s) for s in step_s)
         if not values:
             raise ValueError("a timing needs at least one step")
+        mean = statistics.fmean(values)
+        stdev = statistics.stdev(values) if len(values) > 1 else 0.0
+        cv = stdev / mean if mean > 0 else None
         return cls(
             warmup=warmup,
             iterations=len(values) if iterations is None else iterations,
             step_s=tuple(float(s) for s in step_s),
             median_s=statistics.median(values),
-            mean_s=statistics.fmean(values),
-            stdev_s=statistics.stdev(values) if len(values) > 1 else 0.0,
+            mean_s=mean,
+            stdev_s=stdev,
             iqr_s=quantile(values, 0.75) - quantile(values, 0.25),
             p10_s=quantile(values, 0.10),
             p90_s=quantile(values, 0.90),
@@ -264,6 +285,9 @@ class Timing:
             max_s=values[-1],
             method=method,
             compile_s=compile_s,
+            warmup_steady=warmup_steady,
+            cv=cv,
+            unstable=None if unstable_cv is None or cv is None else cv > unstable_cv,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,6 +319,9 @@ class Timing:
             step_s=tuple(float(s) for s in samples),
             median_s=median,
             method=method,
+            warmup_steady=_flag(data, "warmup_steady", where),
+            cv=_number(data, "cv", where),
+            unstable=_flag(data, "unstable", where),
             **stats,
         )
 
@@ -356,6 +383,122 @@ class Memory:
         )
 
 
+# Where a telemetry reading's energy came from (bench.engine.telemetry).
+ENERGY_COUNTER = "nvml-energy-counter"  # NVML's total-energy counter, before and after
+POWER_INTEGRATED = "nvml-power-integrated"  # power samples, trapezoid rule
+UNAVAILABLE = "unavailable"
+TELEMETRY_METHODS = (ENERGY_COUNTER, POWER_INTEGRATED, UNAVAILABLE)
+# NVML clock-event reasons that mean the GPU ran slower than it would have (power or thermal
+# limits, hardware slowdowns); idle, application clocks, sync boost and display are not.
+THROTTLING = frozenset(
+    {
+        "sw_power_cap",
+        "hw_slowdown",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+    }
+)
+
+
+@dataclass
+class TelemetryReading:
+    """What NVML saw during a case's timed steps; every figure None where NVML could not give
+    it. Filled in by bench.engine.telemetry when its window closes (hence not frozen).
+
+    `method` says where `energy_j` came from: the energy counter, power samples integrated over
+    time, or nowhere ("unavailable", with `reason`; the other figures may still be there).
+    `energy_per_step_j` and `energy_per_sample_j` are set by the runner, which knows the steps.
+    """
+
+    method: str
+    reason: str | None = None
+    duration_s: float | None = None
+    energy_j: float | None = None
+    samples: int = 0
+    power_mean_w: float | None = None
+    power_max_w: float | None = None
+    sm_clock_min_mhz: float | None = None
+    sm_clock_median_mhz: float | None = None
+    mem_clock_median_mhz: float | None = None
+    temperature_max_c: float | None = None
+    gpu_util_mean_pct: float | None = None
+    mem_util_mean_pct: float | None = None
+    throttle_reasons: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    energy_per_step_j: float | None = None
+    energy_per_sample_j: float | None = None
+
+    @property
+    def throttled(self) -> bool:
+        """True when a sample saw a slowdown reason (power cap, thermal, hw slowdown, power brake)."""
+        return any(name in THROTTLING for name in self.throttle_reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `telemetry` object of a results line (with "throttled", for readers of the JSON)."""
+        out = asdict(self)
+        out["throttled"] = self.throttled
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> TelemetryReading:
+        """Validate a `telemetry` object."""
+        method = _text(data, "method", where, required=True)
+        if method not in TELEMETRY_METHODS:
+            raise _fail(where, "telemetry.method", f"must be one of {TELEMETRY_METHODS}")
+        lists = {}
+        for key in ("throttle_reasons", "unsupported"):
+            value = data.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise _fail(where, f"telemetry.{key}", "must be a list of strings")
+            lists[key] = list(value)
+        numbers = {
+            f.name: _number(data, f.name, where)
+            for f in fields(cls)
+            if f.name not in ("method", "reason", "samples", *lists)
+        }
+        return cls(
+            method=method,
+            reason=_text(data, "reason", where),
+            samples=_integer(data, "samples", where) or 0,
+            **lists,
+            **numbers,
+        )
+
+
+@dataclass(frozen=True)
+class Flops:
+    """FLOPs of one step, counted once outside the timed loop, and the dense peak of the dtype
+    that does the matmuls (bench.results.peaks): achieved TFLOP/s and MFU follow from the median
+    step, in bench.analysis."""
+
+    per_step: int
+    counter: str  # how they were counted, e.g. "torch FlopCounterMode"
+    dtype: str | None = None  # the compute dtype whose peak applies (fp32, tf32, bf16, fp16, fp8)
+    peak_tflops: float | None = None
+    peak_source: str | None = None  # where the peak comes from (datasheet, --peak-tflops)
+    peak_reason: str | None = None  # why there is no peak (CPU, unknown GPU, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `flops` object of a results line."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Flops:
+        """Validate a `flops` object."""
+        per_step = _integer(data, "per_step", where, required=True)
+        if per_step < 0:
+            raise _fail(where, "flops.per_step", f"must be >= 0; got {per_step}")
+        return cls(
+            per_step=per_step,
+            counter=_text(data, "counter", where) or "unknown",
+            dtype=_text(data, "dtype", where),
+            peak_tflops=_number(data, "peak_tflops", where),
+            peak_source=_text(data, "peak_source", where),
+            peak_reason=_text(data, "peak_reason", where),
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # CaseResult
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +519,8 @@ class CaseResult:
     details: dict[str, Any] = field(default_factory=dict)  # mode settings, scaler, parameters
     started_at: str | None = None  # ISO 8601, UTC
     wall_s: float | None = None  # whole case, set-up included
+    telemetry: TelemetryReading | None = None  # GPU power, energy, clocks during the timed steps
+    flops: Flops | None = None  # FLOPs per step and the peak MFU is taken against
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -464,6 +609,8 @@ class CaseResult:
             "details": self.details,
             "started_at": self.started_at,
             "wall_s": self.wall_s,
+            "telemetry": self.telemetry.to_dict() if self.telemetry else None,
+            "flops": self.flops.to_dict() if self.flops else None,
         }
 
     @classmethod
@@ -483,6 +630,7 @@ class CaseResult:
             raise _fail(where, "reason", f"a {status!r} result must say why")
         case = Case.from_dict(data.get("case"), where)
         parts = {key: _table(data, key, where) for key in ("timing", "throughput", "memory")}
+        extra = {key: _table(data, key, where) for key in ("telemetry", "flops")}
         if status == "ok":
             if parts["timing"] is None:
                 raise _fail(where, "timing", "an 'ok' result must have its timing")
@@ -517,6 +665,10 @@ class CaseResult:
             details=details,
             started_at=_text(data, "started_at", where),
             wall_s=_number(data, "wall_s", where),
+            telemetry=TelemetryReading.from_dict(extra["telemetry"], where)
+            if extra["telemetry"]
+            else None,
+            flops=Flops.from_dict(extra["flops"], where) if extra["flops"] else None,
         )
 
     def replace(self, **changes: Any) -> CaseResult:
@@ -531,8 +683,10 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
         return data
     if version == 1:
         return {**_upgrade_v1(data), "schema": SCHEMA_VERSION}
-    if version == 2:
-        return {**data, "schema": SCHEMA_VERSION}  # eager cases: `compiled` defaults to false
+    if version in (2, 3):
+        # v2: eager cases (`compiled` defaults to false); v2/v3: no steadiness, telemetry or
+        # FLOPs (they read as null).
+        return {**data, "schema": SCHEMA_VERSION}
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ResultsError(
             f"{where}: schema {version} was written by a newer mpbench; this version reads "

@@ -15,10 +15,11 @@ TABLE_HEADERS = (
     "p",
     "peak memory",
     "divergence",
+    "energy",
     "verdict",
     "finding",
 )
-NUMERIC_COLUMNS = (2, 3, 4, 5, 6)  # right-aligned where the medium can
+NUMERIC_COLUMNS = (2, 3, 4, 5, 6, 7)  # right-aligned where the medium can
 
 
 def headline(assessment: Assessment, gate: bool) -> str:
@@ -98,6 +99,7 @@ def table_rows(assessment: Assessment) -> list[list[str]]:
                 _p(m.get("throughput")),
                 pct_cell(m.get("peak_memory")),
                 pct_cell(m.get("divergence")),
+                pct_cell(m.get("energy")),
                 _verdict_text(case),
                 _findings_text(assessment, case.case_id),
             ]

@@ -54,15 +54,29 @@ def fmt_bytes(value: float | None) -> str:
     return f"{value:.0f} B"
 
 
-def fmt_seconds(value: float | None) -> str:
-    """Step time in a readable unit: 850 µs, 12.3 ms, 1.20 s."""
+def _milli_micro(value: float | None, unit: str) -> str:
+    """A value in `unit`, or milli- or micro-`unit` below 1 and 1e-3, three significant digits."""
     if not _finite(value):
         return MISSING
     if value >= 1:
-        return f"{_sig3(value)} s"
+        return f"{_sig3(value)} {unit}"
     if value >= 1e-3:
-        return f"{_sig3(value * 1e3)} ms"
-    return f"{_sig3(value * 1e6)} µs"
+        return f"{_sig3(value * 1e3)} m{unit}"
+    return f"{_sig3(value * 1e6)} µ{unit}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """Step time in a readable unit: 850 µs, 12.3 ms, 1.20 s."""
+    return _milli_micro(value, "s")
+
+
+def fmt_duration(seconds: float) -> str:
+    """A wall time for people: '45 s', '12 min', '3.4 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def fmt_speedup(value: float | None) -> str:
@@ -119,6 +133,69 @@ def caveat_lines(group: GroupSummary) -> list[str]:
         if mode.caveat:
             by_text.setdefault(mode.caveat, []).append(mode.label)
     return [f"{', '.join(labels)}: {text}" for text, labels in by_text.items()]
+
+
+def quality_lines(group: GroupSummary) -> list[str]:
+    """Notes on modes whose figure is shaky: unstable timing, a GPU that throttled."""
+    lines = []
+    unstable = [m.label for m in group.modes if m.unstable]
+    if unstable:
+        lines.append(
+            f"{', '.join(unstable)}: unstable timing (the timed steps spread more than the "
+            "suite's limit); treat their speed as approximate"
+        )
+    throttled = [m.label for m in group.modes if m.throttled]
+    if throttled:
+        lines.append(f"{', '.join(throttled)}: the GPU throttled (power or thermal) while timed")
+    return lines
+
+
+def fmt_tflops(value: float | None) -> str:
+    """Achieved TFLOP/s: 3 significant figures (0.0226, 12.3, 456)."""
+    if not _finite(value):
+        return MISSING
+    return _sig3(value) if value >= 0.01 else f"{value:.1e}"
+
+
+def fmt_mfu(value: float | None) -> str:
+    """MFU as a percentage: 41.2 %."""
+    return f"{value * 100:.1f} %" if _finite(value) else MISSING
+
+
+def fmt_energy(value: float | None) -> str:
+    """Energy in a readable unit: 1.23 J, 45.6 mJ, 789 µJ."""
+    return _milli_micro(value, "J")
+
+
+def fmt_fraction(value: float | None) -> str:
+    """A fraction as a percentage with one decimal: 12.3 %."""
+    return f"{value * 100:.1f} %" if _finite(value) else MISSING
+
+
+# The optional columns of a summary table: (header, what a mode shows); a column appears only
+# where some mode of the group has the figure (MFU needs a peak, energy needs a GPU).
+EXTRA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("TFLOP/s", "achieved_tflops"),
+    ("MFU", "mfu"),
+    ("J/sample", "energy_per_sample_j"),
+)
+_EXTRA_FORMAT = {"achieved_tflops": fmt_tflops, "mfu": fmt_mfu, "energy_per_sample_j": fmt_energy}
+
+
+def extra_columns(group: GroupSummary) -> list[tuple[str, str]]:
+    """The optional columns this group's summary table shows."""
+    return [
+        (header, key)
+        for header, key in EXTRA_COLUMNS
+        if any(getattr(m, key) is not None for m in group.modes)
+    ]
+
+
+def extra_cells(mode: ModeSummary, columns: list[tuple[str, str]]) -> list[str]:
+    """A mode's cells for the optional columns (empty where it did not run ok)."""
+    if not mode.ok:
+        return ["" for _ in columns]
+    return [_EXTRA_FORMAT[key](getattr(mode, key)) for _, key in columns]
 
 
 def point_label(group: GroupSummary) -> str:

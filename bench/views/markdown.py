@@ -45,6 +45,7 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             f"**{md_text(fmt.recommendation_text(group))}**",
             "",
         ]
+        extras = fmt.extra_columns(group)
         headers = (
             "precision",
             group.rate_unit,
@@ -53,6 +54,7 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             "saving vs fp32",
             "verdict",
             fmt.METRIC_LABELS.get(group.divergence_metric or "", "divergence"),
+            *(header for header, _ in extras),
         )
         rows = []
         for mode in group.modes:
@@ -63,7 +65,10 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
                 name = f"{name} (fastest, speed only)"
             if not mode.ok:
                 reason = f": {mode.reason}" if mode.reason else ""
-                rows.append([name, mode.status + reason, "", "", "", fmt.fmt_verdict(mode), ""])
+                rows.append(
+                    [name, mode.status + reason, "", "", "", fmt.fmt_verdict(mode), ""]
+                    + fmt.extra_cells(mode, extras)
+                )
                 continue
             rows.append(
                 [
@@ -74,11 +79,12 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
                     fmt.fmt_saving(mode.memory_saving),
                     fmt.fmt_verdict(mode),
                     fmt.fmt_divergence(mode.divergence),
+                    *fmt.extra_cells(mode, extras),
                 ]
             )
-        lines += md_table(headers, rows, "lrrrrlr")
+        lines += md_table(headers, rows, "lrrrrlr" + "r" * len(extras))
         lines.append("")
-        for caveat in fmt.caveat_lines(group):
+        for caveat in fmt.caveat_lines(group) + fmt.quality_lines(group):
             lines += [f"Note ({md_text(caveat)})", ""]
     others = analysis.records(sweep=False)
     if others:
@@ -119,6 +125,6 @@ def comparison_markdown(assessment: Assessment, gate: bool) -> str:
             )
             out.append("")
     out += [f"<details><summary>All {len(comp.cases)} cases (worst first)</summary>", ""]
-    out += md_table(TABLE_HEADERS, table_rows(assessment), "llrrrrrll")
+    out += md_table(TABLE_HEADERS, table_rows(assessment), "llrrrrrrll")
     out += ["", "`*` significant, `?` not testable (too few samples).", "", "</details>", ""]
     return "\n".join(out)

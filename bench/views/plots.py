@@ -261,6 +261,35 @@ def speedup_bars(
     return to_svg(fig)
 
 
+def energy_bars(labels: Sequence[str], joules: Sequence[float], *, title: str) -> str:
+    """Energy per sample per mode (J, NVML), in each mode's colour; lower is better."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    scale, unit = (1e3, "mJ") if max(joules, default=0) < 1 else (1.0, "J")
+    values = [j * scale for j in joules]
+    bars = ax.bar(range(len(labels)), values, color=[color_of(label) for label in labels])
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=7.5)
+    ax.set_ylim(0, max([*values, 1e-12]) * 1.18)
+    ax.set_ylabel(f"energy per sample ({unit})")
+    ax.grid(axis="x", visible=False)
+    _title(ax, title, WIDTH_IN)
+    label_in = _text_in(labels, STYLE["font.size"])
+    rotate = label_in * len(labels) > (WIDTH_IN - 1.2) * 0.9
+    ax.set_xticks(
+        range(len(labels)),
+        [literal(label) for label in labels],
+        rotation=30 if rotate else 0,
+        ha="right" if rotate else "center",
+    )
+    _place(
+        fig,
+        left_in=0.12 + LABEL_IN + _ytick_in(ax) + TICK_PAD_IN,
+        right_in=0.2,
+        bottom_in=0.3 + (label_in * 0.5 if rotate else 0.1),
+    )
+    return to_svg(fig)
+
+
 def _positive(values: Sequence[float]) -> list[float]:
     """Values for a log axis: zero, negative and NaN become NaN (a gap in the line)."""
     return [v if v > 0 and math.isfinite(v) else math.nan for v in values]

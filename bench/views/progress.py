@@ -35,7 +35,10 @@ def stderr_console(quiet: bool = False) -> Console:
 
 def phase_text(name: str, step: int | None, total: int | None) -> str:
     """'timed 7/30', 'numerics: fp32 reference 12/30', 'building'."""
-    return f"{name} {step}/{total}" if step is not None and total else name
+    if step is not None and total:
+        return f"{name} {step}/{total}"
+    # An open-ended count: the warm-up goes on until the step time is steady.
+    return f"{name} {step} (until steady)" if step is not None else name
 
 
 class RichProgress:

@@ -120,6 +120,24 @@ def per_batch_section(
     return section
 
 
+def _headline_bars(
+    section: Section,
+    analysis: RunAnalysis,
+    problems: list[str],
+    keep: Callable[[Any], bool],
+    at_least: int,
+    draw: Callable[[list[Any], str], str],
+) -> None:
+    """One bar plot per model and workload of the modes `keep` accepts at the headline point,
+    where at least `at_least` of them are."""
+    for group in analysis.groups:
+        bars = [m for m in group.modes if keep(m)]
+        if len(bars) < at_least:
+            continue
+        title = f"{_title(group)} ({fmt.point_label(group)})"
+        section.plots.append(_draw(title, lambda b=bars, t=title: draw(b, t), problems))
+
+
 def speedup_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """Speedup vs fp32 bars at the headline point, coloured by verdict."""
     section = Section(
@@ -129,23 +147,16 @@ def speedup_section(analysis: RunAnalysis, problems: list[str]) -> Section:
         "numerics verdict.",
         empty="No speedup to show: fp32 or the other precisions did not complete.",
     )
-    for group in analysis.groups:
-        bars = [m for m in group.modes if m.speedup is not None]
-        if len(bars) < 2:  # fp32 alone is not a comparison
-            continue
-        title = f"{_title(group)} ({fmt.point_label(group)})"
-        section.plots.append(
-            _draw(
-                title,
-                lambda b=bars, t=title: plots.speedup_bars(
-                    [m.label for m in b],
-                    [m.speedup for m in b],
-                    [fmt.verdict_key(m) for m in b],
-                    title=t,
-                ),
-                problems,
-            )
-        )
+    _headline_bars(
+        section,
+        analysis,
+        problems,
+        lambda m: m.speedup is not None,
+        2,  # fp32 alone is not a comparison
+        lambda b, t: plots.speedup_bars(
+            [m.label for m in b], [m.speedup for m in b], [fmt.verdict_key(m) for m in b], title=t
+        ),
+    )
     return section
 
 
@@ -217,6 +228,30 @@ def step_time_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     return section
 
 
+def energy_section(analysis: RunAnalysis, problems: list[str]) -> Section:
+    """GPU energy per sample per mode at the headline point (NVML)."""
+    reasons = analysis.cases["telemetry_reason"].dropna().unique()
+    why = f" ({reasons[0]})" if len(reasons) == 1 else ""
+    section = Section(
+        "energy",
+        "Energy per sample",
+        "GPU energy over the timed steps (NVML's energy counter, else integrated power) per "
+        "sample, at each model and workload's headline point; lower is better.",
+        empty=f"No GPU energy in this run{why}.",
+    )
+    _headline_bars(
+        section,
+        analysis,
+        problems,
+        lambda m: m.energy_per_sample_j is not None,
+        1,
+        lambda b, t: plots.energy_bars(
+            [m.label for m in b], [m.energy_per_sample_j for m in b], title=t
+        ),
+    )
+    return section
+
+
 def activation_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """Activation range per module against the fp16 limit."""
     section = Section(
@@ -255,11 +290,13 @@ class SummaryRow:
     verdict_class: str
     divergence: str
     mark: str  # "recommended", "speed-only" or ""
+    extras: list[str] = field(default_factory=list)  # cells of fmt.extra_columns
 
 
 def summary_rows(group: GroupSummary) -> list[SummaryRow]:
     """The summary table of one model x workload, formatted."""
     rows = []
+    extras = fmt.extra_columns(group)
     for mode in group.modes:
         mark = ""
         if mode.label == group.recommended:
@@ -279,6 +316,7 @@ def summary_rows(group: GroupSummary) -> list[SummaryRow]:
                 verdict_class=f"v-{fmt.verdict_key(mode) or 'none'}",
                 divergence=fmt.fmt_divergence(mode.divergence),
                 mark=mark,
+                extras=fmt.extra_cells(mode, extras),
             )
         )
     return rows
@@ -301,6 +339,11 @@ RAW_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("saving", "memory_saving", fmt.fmt_saving, True),
     ("verdict", "verdict_key", str, False),
     ("divergence", "divergence", fmt.fmt_divergence, True),
+    ("TFLOP/s", "achieved_tflops", fmt.fmt_tflops, True),
+    ("MFU", "mfu", fmt.fmt_mfu, True),
+    ("J/sample", "energy_per_sample_j", fmt.fmt_energy, True),
+    ("warm-up", "warmup_steps", lambda v: str(int(v)), True),
+    ("CV", "cv", fmt.fmt_fraction, True),
     ("reason", "reason", str, False),
 ]
 
@@ -413,6 +456,19 @@ def run_warnings(run: Run, analysis: RunAnalysis) -> list[str]:
             f"{p} ({n})" for p, n in sorted(skipped.items(), key=lambda kv: precision_rank(kv[0]))
         )
         out.append(f"Skipped modes: {modes}.")
+    unstable = analysis.unstable_cases
+    if unstable:
+        listed = ", ".join(f"{cid} (CV {fmt.fmt_fraction(cv)})" for cid, cv in unstable[:8])
+        more = f" and {len(unstable) - 8} more" if len(unstable) > 8 else ""
+        out.append(
+            f"{len(unstable)} case(s) with unstable timing (the timed steps spread more than "
+            f"the suite's limit): {listed}{more}."
+        )
+    throttled = analysis.throttled_cases
+    if throttled:
+        listed = ", ".join(f"{cid} ({why})" for cid, why in throttled[:8])
+        more = f" and {len(throttled) - 8} more" if len(throttled) > 8 else ""
+        out.append(f"{len(throttled)} case(s) ran on a throttled GPU: {listed}{more}.")
     if analysis.cases.empty:
         out.append("This run has no results yet.")
     elif "ok" not in counts:
@@ -436,6 +492,7 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
         loss_section(analysis, problems),
         tradeoff_section(analysis, problems),
         step_time_section(analysis, problems),
+        energy_section(analysis, problems),
         activation_section(analysis, problems),
     ]
     headers, raw_rows = raw_table(analysis)
@@ -459,7 +516,8 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
                 "recommendation": fmt.recommendation_text(g),
                 "metric": fmt.METRIC_LABELS.get(g.divergence_metric or "", "divergence"),
                 "rows": summary_rows(g),
-                "caveats": fmt.caveat_lines(g),
+                "extra_headers": [header for header, _ in fmt.extra_columns(g)],
+                "caveats": fmt.caveat_lines(g) + fmt.quality_lines(g),
             }
             for g in analysis.groups
         ],

@@ -37,7 +37,13 @@ def describe_result(result: CaseResult) -> str:
 
 
 def results_table(analysis: RunAnalysis) -> Table:
-    """Per case: median step, throughput, peak memory, speedup vs fp32 at the same shape."""
+    """Per case: median step, throughput, peak memory, speedup vs fp32 at the same shape, the
+    achieved TFLOP/s (MFU and energy where the run has them) and what makes a figure shaky."""
+    extras = [("TFLOP/s", "achieved_tflops", fmt.fmt_tflops)]
+    if analysis.has_mfu:
+        extras.append(("MFU", "mfu", fmt.fmt_mfu))
+    if analysis.has_energy:
+        extras.append(("J/sample", "energy_per_sample_j", fmt.fmt_energy))
     table = Table(
         "case",
         "status",
@@ -45,12 +51,15 @@ def results_table(analysis: RunAnalysis) -> Table:
         "throughput",
         "peak memory",
         "vs fp32",
+        *(header for header, _, _ in extras),
+        "notes",
         title="mpbench results",
-        caption="vs fp32: median step of fp32 / this case's, at the same batch size and length",
+        caption="vs fp32: median step of fp32 / this case's, at the same batch size and length; "
+        "TFLOP/s: counted FLOPs per step / median step",
     )
     for row in analysis.records():
         if row["status"] != "ok":
-            table.add_row(row["id"], row["status"], "", "", "", "")
+            table.add_row(row["id"], row["status"], *[""] * (5 + len(extras)))
             continue
         rate = f"{fmt.fmt_number(row['rate'])} {row['rate_unit']}" if row["rate"] else ""
         table.add_row(
@@ -60,8 +69,23 @@ def results_table(analysis: RunAnalysis) -> Table:
             rate,
             fmt.fmt_bytes(row["peak_bytes"]),
             fmt.fmt_speedup(row["speedup"]),  # missing where fp32 did not run at the shape
+            *(formatter(row[key]) for _, key, formatter in extras),
+            Text(case_notes(row), style="yellow"),
         )
     return table
+
+
+def case_notes(row: dict[str, Any]) -> str:
+    """What makes a case's figure shaky: unstable steps, a warm-up that never settled, a GPU
+    that throttled."""
+    notes = []
+    if row["unstable"]:
+        notes.append(f"unstable (CV {fmt.fmt_fraction(row['cv'])})")
+    if row["warmup_steady"] is False:
+        notes.append(f"warm-up unsettled after {row['warmup_steps']}")
+    if row["throttled"]:
+        notes.append(f"throttled ({row['throttle_reasons']})")
+    return ", ".join(notes)
 
 
 def verdict_table(analysis: RunAnalysis) -> Table:
@@ -95,7 +119,11 @@ def verdict_table(analysis: RunAnalysis) -> Table:
                 Text(fmt.fmt_verdict(mode), style=VERDICT_STYLES.get(verdict or "", "")),
                 fmt.fmt_divergence_with_floor(mode) if mode.divergence is not None else "",
             )
-    notes = list(dict.fromkeys(line for g in analysis.groups for line in fmt.caveat_lines(g)))
+    notes = list(
+        dict.fromkeys(
+            line for g in analysis.groups for line in fmt.caveat_lines(g) + fmt.quality_lines(g)
+        )
+    )
     table.caption = "".join(f"Note ({line})\n" for line in notes) + (
         "per model and workload at its headline point (the shape where fp32 and the most "
         "precisions ran); ★ recommended: the fastest mode whose numerics verdict is ok (without "
@@ -121,10 +149,11 @@ def print_comparison(assessment: Assessment, gate: bool, stream: TextIO) -> None
         Text("* significant (p < alpha or above the noise floor); ? not testable", style="dim")
     )
     for finding in assessment.findings:
-        if finding.kind == "note":
-            continue
-        tag = "REGRESSION" if finding.kind == "regression" else "improved"
+        if finding.kind == "note" and finding.what != "unstable":
+            continue  # missing and new cases: the table says so
+        tag = {"regression": "REGRESSION", "improvement": "improved", "note": "note"}[finding.kind]
         style = "red" if finding.fails else ("green" if finding.kind == "improvement" else "")
+        style = "yellow" if finding.kind == "note" else style
         console.print(Text(f"{tag} {finding.case_id}: {finding.message}", style=style))
     style = "bold red" if assessment.failed and gate else "bold green" if gate else "bold"
     console.print(Text(headline(assessment, gate), style=style))

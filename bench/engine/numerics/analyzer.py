@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.engine.data import Batches, make_batches, stable_seed
 from bench.engine.device import Device
@@ -152,9 +153,18 @@ class NumericsAnalyzer:
     @contextlib.contextmanager
     def _pass(self, mode: PrecisionMode) -> Iterator[None]:
         """The mode's global state plus deterministic algorithms and a fixed seed; everything,
-        global RNG included, is restored afterwards (precision.global_state restores the flags)."""
+        global RNG included, is restored afterwards (precision.global_state restores the flags).
+
+        Attention runs on SDPA's math backend: with `warn_only=True` the flash and
+        memory-efficient backward kernels stay non-deterministic on CUDA, and fp32 against fp32
+        would then differ run to run on a GPU, where it is exactly 0 on a CPU.
+        """
         devices = [self.device.torch_device.index or 0] if self.device.is_cuda else []
-        with mode.global_state(self.device), torch.random.fork_rng(devices=devices):
+        with (
+            mode.global_state(self.device),
+            torch.random.fork_rng(devices=devices),
+            sdpa_kernel(SDPBackend.MATH),
+        ):
             # warn_only: an op without a deterministic kernel should not end the pass.
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.deterministic = True

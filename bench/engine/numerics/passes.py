@@ -132,7 +132,7 @@ def run_training(
     prepared = working_copy(pristine, mode, device, "train")
     model = prepared.model
     model.train()
-    optimizer = mode.make_optimizer(model)
+    optimizer = mode.make_optimizer(model, device)
     scaler = mode.make_grad_scaler(device)
     trace = TrainingTrace(names=parameter_names(model))
     device_batches = [_to_device(b, device) for b in batches]

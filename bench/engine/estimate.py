@@ -1,0 +1,191 @@
+"""How long a sweep will take, estimated before it starts from FLOP counts and measured matmul
+rates, so a run that would take hours says so before it begins (`mpbench run` prints it;
+`mpbench run --dry-run` prints it per model and stops).
+
+The model, per case (constants below, measured on the machines named there):
+
+    step_s  = max(flops / (rate[dtype] * MATMUL_EFFICIENCY),  n_layer * HOST_S_PER_LAYER)
+              * EAGER_FP8_FACTOR for fp8 modes without torch.compile
+    case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations) * step_s
+              + numerics steps * step_s * NUMERICS_SLOWDOWN
+              + compile_s when compiled
+              + a worker's start-up, once per model (--isolate model) or per case
+    first case of each model and workload: + FIRST_CASE_S and the fp32 reference's numerics steps
+    (twice: the noise floor runs fp32 again)
+
+flops is `analytic_flops` (matmul-class FLOPs, within 1% of torch's counter on the presets);
+rate[dtype] the matmul rate measured on this device (bench.engine.rates, a few ms per dtype);
+the host floor is the time the host needs to launch one step's kernels, which is what bounds
+small batches on a GPU. The expected warm-up is midway between [timing] warmup and its cap.
+Predicted OOMs are counted as if they ran: the estimate errs long.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from bench.engine.device import Device
+from bench.engine.flops import analytic_flops
+from bench.engine.numerics.config import NumericsConfig
+from bench.engine.rates import MatmulRate, measure_matmul
+from bench.engine.suite import Suite
+from bench.results.peaks import COMPUTE_DTYPE
+from bench.results.schema import Case
+
+# Fraction of the square-matmul rate a compute-bound transformer step reaches (fp32 train and
+# infer of gpt2-124m / bert-base at batch 8 x 512 on an H200: 0.75-0.76 of the measured fp32
+# matmul rate; tiny models on a 2-core CPU: 0.4-0.5).
+MATMUL_EFFICIENCY = {"cuda": 0.75, "cpu": 0.45}
+# Host time per transformer layer to launch one step's work (H200 host: bf16 gpt2-124m and
+# bert-base at batch 8 x 512 are host-bound at 46-49 ms per 12-layer train step and 24-30 ms per
+# infer step; 2-core CPU: gpt2-tiny 15 ms per 2-layer train step, 2.7 ms per infer step).
+HOST_S_PER_LAYER = {
+    "cuda": {"train": 4.0e-3, "infer": 2.2e-3, "generate": 2.2e-3},
+    "cpu": {"train": 7.0e-3, "infer": 1.3e-3, "generate": 1.3e-3},
+}
+# Eager torchao float8 on a GPU (its casts unfused) runs this much slower than the host floor
+# says (H200, gpt2-124m batch 8 x 512: train 166-205 ms vs bf16's 46 ms; infer 38-84 ms vs
+# 30 ms). On a CPU the measured fp8 rate already includes the casts.
+EAGER_FP8_FACTOR = {"train": 4.0, "infer": 2.0, "generate": 2.0}
+# A CPU without fp16 hardware runs the models' small fp16 matmuls 2-15x faster than the square
+# ones measured (2-core VM: gpt2-tiny/bert-tiny steps vs 512x512 matmuls); 4 is their middle.
+CPU_FP16_FACTOR = 4.0
+# The numerics pass runs deterministic kernels and the math attention backend.
+NUMERICS_SLOWDOWN = 1.3
+# Per case: building the model from the pristine copy, the FLOP count, cleanup, writing.
+CASE_OVERHEAD_S = {"cuda": 4.0, "cpu": 0.4}
+# Once per model and workload: model construction, the fp32 reference run and activation ranges.
+FIRST_CASE_S = {"cuda": 12.0, "cpu": 2.0}
+# torch.compile's first call, per case (kept out of the steps, but it takes wall time).
+COMPILE_S = {"cuda": 40.0, "cpu": 15.0}
+# Starting a worker process (--isolate model: one per model; case: one per case): importing
+# torch and transformers, and on a GPU creating the CUDA context (H200 host: 5.8 s).
+WORKER_START_S = {"cuda": 6.0, "cpu": 3.0}
+INFER_NUMERICS_STEPS = 2
+
+
+@dataclass
+class SweepEstimate:
+    """The estimated wall time of a sweep, in total and per model."""
+
+    cases: int
+    total_s: float
+    per_model_s: dict[str, float]
+    rates: dict[str, MatmulRate]
+    notes: list[str] = field(default_factory=list)
+
+    def rates_line(self) -> str:
+        """'fp32 51.3, bf16 791 TFLOP/s' (what the estimate divided by)."""
+        parts = [f"{d} {r.tflops:.3g}" for d, r in self.rates.items() if r.tflops]
+        return ", ".join(parts) + " TFLOP/s measured" if parts else "no matmul rate measured"
+
+
+def needed_dtypes(cases: list[Case]) -> tuple[str, ...]:
+    """The compute dtypes the cases' precision modes run their matmuls in."""
+    return tuple(sorted({COMPUTE_DTYPE[c.precision] for c in cases}))
+
+
+def measure_rates(device: Device, dtypes: tuple[str, ...]) -> dict[str, MatmulRate]:
+    """Quick matmul rates for the estimate: on a GPU in a short child process (so this process
+    holds no CUDA context while the workers run), in-process on a CPU."""
+    if not device.is_cuda:
+        return {d: measure_matmul(device, d, iterations=3, target_s=0.005) for d in dtypes}
+    code = (
+        "import json, sys; from bench.engine.device import resolve_device; "
+        "from bench.engine.rates import measure_matmul; d = resolve_device(sys.argv[1]); "
+        "print(json.dumps({t: measure_matmul(d, t, iterations=5).__dict__ for t in sys.argv[2:]}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, device.name, *dtypes],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {d: MatmulRate(d, reason=f"rate not measured: {why}") for d in dtypes}
+    return {d: MatmulRate(**v) for d, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
+def step_estimate_s(
+    suite: Suite, case: Case, rates: dict[str, MatmulRate], device_type: str
+) -> float | None:
+    """Estimated seconds of one timed step of `case` (None without a rate for its dtype)."""
+    rate = rates.get(COMPUTE_DTYPE[case.precision])
+    if rate is None or not rate.tflops:
+        return None
+    spec = suite.model(case.model)
+    flops = analytic_flops(
+        spec, case.workload, case.batch_size, case.seq_len, suite.sweep.generate_new_tokens
+    )
+    compute_s = flops / (rate.tflops * 1e12 * MATMUL_EFFICIENCY[device_type])
+    if device_type == "cpu" and rate.dtype == "fp16":
+        compute_s /= CPU_FP16_FACTOR
+    host_s = n_layers(suite, case.model) * HOST_S_PER_LAYER[device_type][case.workload]
+    if case.compiled:
+        host_s /= 3  # compiled graphs launch fewer, fused kernels
+    step_s = max(compute_s, host_s)
+    eager_fp8 = case.precision.startswith(("fp8", "mxfp8")) and not case.compiled
+    if eager_fp8 and device_type == "cuda":
+        step_s *= EAGER_FP8_FACTOR[case.workload]
+    return step_s
+
+
+def n_layers(suite: Suite, model: str) -> int:
+    """The model's transformer layer count."""
+    config = suite.model(model).config()
+    return int(getattr(config, "n_layer", None) or config.num_hidden_layers)
+
+
+def estimate_sweep(
+    suite: Suite,
+    cases: list[Case],
+    device_type: str,
+    rates: dict[str, MatmulRate],
+    isolate: str = "model",
+) -> SweepEstimate:
+    """The estimated wall time of running `cases` (module docstring: the model) with workers
+    started as --isolate says."""
+    numerics = NumericsConfig.from_table(suite.tables.get("numerics", {}), suite.source)
+    timing = suite.timing
+    steps = (timing.warmup + timing.warmup_cap) / 2 + timing.iterations
+    per_model: dict[str, float] = {}
+    notes = []
+    seen_groups: set[tuple[str, str]] = set()
+    unknown = set()
+    for case in cases:
+        step_s = step_estimate_s(suite, case, rates, device_type)
+        if step_s is None:
+            unknown.add(COMPUTE_DTYPE[case.precision])
+            continue
+        case_s = CASE_OVERHEAD_S[device_type] + steps * step_s
+        if numerics.enabled and case.workload != "generate" and not case.compiled:
+            pass_steps = numerics.train_steps if case.workload == "train" else INFER_NUMERICS_STEPS
+            case_s += pass_steps * step_s * NUMERICS_SLOWDOWN
+            group = (case.model, case.workload)
+            if group not in seen_groups:
+                seen_groups.add(group)
+                reference = _fp32_step_s(suite, case, rates, device_type) or step_s
+                repeats = 2 if numerics.noise_floor else 1
+                case_s += FIRST_CASE_S[device_type]
+                case_s += repeats * pass_steps * reference * NUMERICS_SLOWDOWN
+        if case.compiled:
+            case_s += COMPILE_S[device_type]
+        if isolate == "case" or (isolate == "model" and case.model not in per_model):
+            case_s += WORKER_START_S[device_type]
+        per_model[case.model] = per_model.get(case.model, 0.0) + case_s
+    if unknown:
+        notes.append(f"no matmul rate for {', '.join(sorted(unknown))}: those cases not counted")
+    return SweepEstimate(len(cases), sum(per_model.values()), per_model, rates, notes)
+
+
+def _fp32_step_s(
+    suite: Suite, case: Case, rates: dict[str, MatmulRate], device_type: str
+) -> float | None:
+    from dataclasses import replace
+
+    return step_estimate_s(suite, replace(case, precision="fp32"), rates, device_type)

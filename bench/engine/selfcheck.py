@@ -1,0 +1,554 @@
+"""Checks of mpbench's own measurement on this machine: the first thing to run on a new one.
+
+Each check measures something whose answer is known, or can be had another way, and says PASS,
+FAIL or SKIP (a check that needs what this device does not have, with the reason):
+
+* identity: torch, CUDA, driver, NVML, compute capability, clocks, power limit;
+* timer: the step timer against an independent host clock over the same synchronized loop;
+* memory: the memory window against an allocation of known size;
+* per precision mode: a real training step (the runner's own) with
+  `torch.cuda.set_sync_debug_mode("error")`, so any host sync in a timed step raises (METHODS
+  rule 23), and proof the mode took effect (parameter and autocast dtypes, fp8 layers, TF32
+  changing a matmul's result);
+* matmul TFLOP/s per dtype against the peak table, and device copy bandwidth;
+* the overhead of mpbench's timed loop against a hand-written one, and of the telemetry sampler.
+
+Nothing here prints: bench.cli.selfcheck shows the results and runs a suite after them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from bench.engine.device import Device
+from bench.engine.env import capture_env
+from bench.engine.modes import PRECISION_MODES
+from bench.engine.numerics.config import NumericsConfig
+from bench.engine.precision import tf32_state
+from bench.engine.rates import MATMUL_DTYPES, measure_matmul, square_matmul, time_per_call_s
+from bench.engine.runner import CaseRunner, measure_steps
+from bench.engine.suite import Suite, load_suite
+from bench.engine.telemetry import open_telemetry
+from bench.results.peaks import peak_tflops
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+TIMER_TOLERANCE = 0.05  # step timer vs host clock, relative
+MEMORY_TOLERANCE = {"cuda": 0.01, "cpu": 0.05}  # window vs a known allocation, relative
+OVERHEAD_LIMIT = 1.03  # mpbench's loop / a hand-written one: the target (median of round ratios)
+# On a CPU the allocator alone moves one loop against another by 5-15% in a given process (same
+# model, inputs and optimizer, measured on this project's 2-core VM, either loop ahead): the
+# check there only catches a gross overhead.
+CPU_OVERHEAD_LIMIT = 1.15
+SAMPLER_OVERHEAD_LIMIT = 1.02  # timed steps with / without the NVML sampler
+SAMPLER_ALPHA = 0.05  # significance for "the sampler costs more than the limit"
+PEAK_SLACK = 1.05  # a measured rate above the datasheet peak by more than this: the timer lies
+
+
+@dataclass
+class CheckResult:
+    """One check: PASS, FAIL or SKIP, what it found in a line, and its figures."""
+
+    name: str
+    status: str
+    detail: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For selfcheck.json."""
+        return asdict(self)
+
+
+def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
+    """Run a check; an exception is that check's FAIL, not the end of the self-check."""
+    try:
+        return check()
+    except Exception as exc:  # the point of a self-check is to say what broke
+        return CheckResult(name, FAIL, f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Device identity, timer, memory
+# ---------------------------------------------------------------------------------------------
+
+
+def check_identity(device: Device) -> CheckResult:
+    """What this machine is, as env.json records it."""
+    env = capture_env(device)
+    versions = env["versions"]
+    figures: dict[str, Any] = {
+        "device": env["device_name"],
+        "torch": versions["torch"],
+        "torch_cuda": versions["torch_cuda"],
+        "transformers": versions["transformers"],
+        "tf32_api": env["tf32"].get("api"),
+    }
+    gpu = env.get("gpu")
+    if gpu:
+        keys = (
+            "compute_capability",
+            "memory_total_bytes",
+            "driver",
+            "nvml",
+            "power_limit_w",
+            "max_sm_clock_mhz",
+            "max_mem_clock_mhz",
+            "temperature_c",
+        )
+        figures.update({key: gpu.get(key) for key in keys})
+        detail = (
+            f"{gpu['name']} (cc {gpu['compute_capability']}), driver {gpu.get('driver')}, "
+            f"CUDA {gpu['cuda']}, NVML {gpu.get('nvml')}, torch {versions['torch']}"
+        )
+    else:
+        detail = f"{env['device_name']} (CPU, {env['cpu']['logical_cores']} logical cores), "
+        detail += f"torch {versions['torch']}"
+    return CheckResult("identity", PASS, detail, figures)
+
+
+def check_timer(device: Device, steps: int = 20) -> CheckResult:
+    """The sum of the step timer's per-step times against the host clock around the same
+    synchronized loop: they must agree within TIMER_TOLERANCE (steps of several ms, so the gaps
+    between them are negligible)."""
+    step = square_matmul(device, 4096 if device.is_cuda else 512, torch.float32)
+    for _ in range(3):
+        step()
+    device.synchronize()
+    timer = device.step_timer(steps)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        timer.start(i)
+        step()
+        timer.stop(i)
+    step_s = timer.elapsed_s()  # synchronizes on CUDA
+    device.synchronize()
+    wall_s = time.perf_counter() - t0
+    ratio = sum(step_s) / wall_s
+    status = PASS if abs(ratio - 1) <= TIMER_TOLERANCE else FAIL
+    detail = (
+        f"{device.timing_method}: sum of {steps} steps {sum(step_s) * 1e3:.1f} ms vs host clock "
+        f"{wall_s * 1e3:.1f} ms (ratio {ratio:.3f}, tolerance ±{TIMER_TOLERANCE:.0%})"
+    )
+    return CheckResult(
+        "timer", status, detail, {"ratio": ratio, "steps_s": sum(step_s), "wall_s": wall_s}
+    )
+
+
+def check_memory_window(device: Device, size_bytes: int = 256 * 2**20) -> CheckResult:
+    """The memory window around an allocation of known size (touched, so a CPU maps it)."""
+    with device.memory_window() as reading:
+        block = torch.ones(size_bytes, dtype=torch.uint8, device=device.torch_device)
+        device.synchronize()
+        del block
+    if reading.peak_bytes is None:
+        return CheckResult("memory", SKIP, f"no memory figure here (method {reading.method})")
+    tolerance = MEMORY_TOLERANCE["cuda" if device.is_cuda else "cpu"]
+    error = reading.peak_bytes / size_bytes - 1
+    status = PASS if abs(error) <= tolerance else FAIL
+    detail = (
+        f"{reading.method}: {reading.peak_bytes / 2**20:.1f} MiB for a {size_bytes / 2**20:.0f} "
+        f"MiB allocation ({error:+.2%}, tolerance ±{tolerance:.0%})"
+    )
+    return CheckResult("memory", status, detail, {"peak_bytes": reading.peak_bytes, "error": error})
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision modes
+# ---------------------------------------------------------------------------------------------
+
+MODE_CHECK_SUITE = """
+[suite]
+name = "selfcheck-modes"
+
+[sweep]
+models = ["gpt2-tiny"]
+workloads = ["train"]
+precisions = ["{precision}"]
+batch_sizes = [2]
+seq_lens = [64]
+"""
+
+
+@contextlib.contextmanager
+def sync_debug_error(device: Device) -> Iterator[None]:
+    """torch.cuda.set_sync_debug_mode("error") for the enclosed code: any synchronizing call
+    (.item(), a tensor in a bool test, nonzero, a blocking copy) raises."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def _mode_took_effect(name: str, device: Device, model: torch.nn.Module, details: dict) -> str:
+    """'' when the mode is what it says, else what is wrong."""
+    mode = PRECISION_MODES[name]
+    if name in ("fp8", "fp8_rowwise", "mxfp8"):
+        converted = [m for m in model.modules() if type(m).__name__ in ("Float8Linear", "MXLinear")]
+        if not converted or details.get("fp8_linear_layers") != len(converted):
+            return f"{len(converted)} fp8 Linear layers, details say {details.get('fp8_linear_layers')}"
+    else:
+        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if dtypes != {mode.param_dtype}:
+            return f"parameters are {sorted(map(str, dtypes))}, not {mode.param_dtype}"
+    if mode.autocast_dtype is not None:
+        x = torch.ones(8, 8, device=device.torch_device)
+        with mode.autocast(device):
+            got = (x @ x).dtype
+        if got != mode.autocast_dtype:
+            return f"a matmul under its autocast gives {got}, not {mode.autocast_dtype}"
+    if mode.tf32:
+        a = torch.randn(1024, 1024, device=device.torch_device)
+        with PRECISION_MODES["fp32"].global_state(device):
+            exact = a @ a
+        with mode.global_state(device):
+            if not tf32_state()["matmul"]:
+                return "TF32 is not on inside the mode"
+            tf32 = a @ a
+        if torch.equal(exact, tf32):
+            return "a 1024x1024 matmul gives the same result with and without TF32"
+    return ""
+
+
+def check_mode(device: Device, name: str, steps: int = 3) -> CheckResult:
+    """A real training step of the mode (the runner's prepare and step on gpt2-tiny): on CUDA
+    under sync-debug "error" (no hidden host sync), and proof that the mode took effect."""
+    check = f"mode {name}"
+    mode = PRECISION_MODES[name]
+    reason = mode.unsupported_reason(device, "train")
+    if reason:
+        return CheckResult(check, SKIP, reason)
+    from bench.engine.suite import parse_suite
+
+    suite = parse_suite(MODE_CHECK_SUITE.format(precision=name))
+    runner = CaseRunner(suite, device)
+    case = suite.cases(device.name)[0]
+    with mode.global_state(device), runner.prepare(case) as prepared:
+        wrong = _mode_took_effect(name, device, prepared.model, prepared.details)
+        if wrong:
+            return CheckResult(check, FAIL, f"the mode did not take effect: {wrong}")
+        for _ in range(steps):  # warm-up: lazy init, autotuning, the first GradScaler steps
+            prepared.step()
+        device.synchronize()
+        if not device.is_cuda:
+            return CheckResult(
+                check,
+                PASS,
+                "took effect (dtypes, layers); host-sync check needs CUDA (skipped on a CPU)",
+                {"sync_checked": False},
+            )
+        try:
+            with sync_debug_error(device):
+                for _ in range(steps):
+                    prepared.step()
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            return CheckResult(check, FAIL, f"a timed training step synchronizes: {first}")
+        device.synchronize()
+    return CheckResult(
+        check,
+        PASS,
+        f"took effect; {steps} training steps with no host sync",
+        {"sync_checked": True},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rates
+# ---------------------------------------------------------------------------------------------
+
+
+def check_matmul(device: Device, dtype: str) -> CheckResult:
+    """Square-matmul TFLOP/s in one dtype, against the peak table where it knows the GPU."""
+    check = f"matmul {dtype}"
+    rate = measure_matmul(device, dtype)
+    if rate.tflops is None:
+        return CheckResult(check, SKIP, rate.reason or "not measured")
+    n, achieved = rate.n, rate.tflops
+    peak = peak_tflops(device.product_name() if device.is_cuda else None, dtype)
+    figures: dict[str, Any] = {"n": n, "tflops": achieved, "peak_tflops": peak.tflops}
+    if peak.tflops is None:
+        why = (peak.reason or "no peak").split(";")[0]  # the table's reason, without its CLI hint
+        return CheckResult(check, PASS, f"{achieved:.3g} TFLOP/s ({n}³; {why})", figures)
+    fraction = achieved / peak.tflops
+    figures["fraction_of_peak"] = fraction
+    status = FAIL if fraction > PEAK_SLACK else PASS
+    detail = f"{achieved:.4g} TFLOP/s = {fraction:.0%} of the {peak.tflops:g} TFLOP/s peak ({n}³)"
+    if status == FAIL:
+        detail += ": above the datasheet peak, so the timer cannot be right"
+    return CheckResult(check, status, detail, figures)
+
+
+def check_copy_bandwidth(device: Device) -> CheckResult:
+    """Device-to-device copy bandwidth (read + write), GB/s."""
+    size = 2**30 if device.is_cuda else 2**28
+    source = torch.ones(size, dtype=torch.uint8, device=device.torch_device)
+    target = torch.empty_like(source)
+    seconds = time_per_call_s(lambda: target.copy_(source), device)
+    rate = 2 * size / seconds / 1e9
+    detail = f"{rate:.4g} GB/s (copy of {size / 2**20:.0f} MiB, read + write)"
+    return CheckResult("copy bandwidth", PASS, detail, {"gb_per_s": rate, "bytes": size})
+
+
+def check_sampler_overhead(device: Device, rounds: int = 8, steps: int = 100) -> CheckResult:
+    """Timed training steps with and without the NVML sampler running, interleaved by round.
+
+    The step is gpt2-tiny's (the loop-overhead case): on a GPU it is bound by the host launching
+    kernels, the worst case for a sampler thread that takes the interpreter lock, where a
+    GPU-bound matmul would hide any cost. Host-bound steps jitter by several % from round to
+    round, so the check FAILs only when the per-round ratios are significantly above the limit
+    (one-sided Wilcoxon signed-rank, `SAMPLER_ALPHA`), and says so when the median is above it
+    but within the noise. Blocks of 100 steps (about a second on a GPU) hold ~10 samples each."""
+    telemetry = open_telemetry(device)
+    if not telemetry.available:
+        return CheckResult("telemetry overhead", SKIP, f"no telemetry: {telemetry.reason}")
+    suite = overhead_suite()
+    case = suite.cases(device.name)[0]
+    ratios = []
+    reading = None
+    try:
+        with (
+            PRECISION_MODES[case.precision].global_state(device),
+            CaseRunner(suite, device).prepare(case) as prepared,
+        ):
+            measure_steps(prepared.step, 5, 2, device)
+            for index in range(rounds):
+                medians = {}
+                for which in ("with", "without") if index % 2 else ("without", "with"):
+                    window = telemetry.window if which == "with" else None
+                    measured = measure_steps(prepared.step, 2, steps, device, timed_window=window)
+                    medians[which] = statistics.median(measured.step_s)
+                    reading = measured.telemetry or reading
+                ratios.append(medians["with"] / medians["without"])
+    finally:
+        telemetry.close()
+    ratio = statistics.median(ratios)
+    p_value = above_limit_p_value(ratios, SAMPLER_OVERHEAD_LIMIT)
+    status = FAIL if ratio > SAMPLER_OVERHEAD_LIMIT and p_value < SAMPLER_ALPHA else PASS
+    figures = {
+        "ratio": ratio,
+        "round_ratios": ratios,
+        "p_value_above_limit": p_value,
+        "telemetry": reading.to_dict() if reading else None,
+    }
+    detail = (
+        f"{case.id} step time with / without the sampler: median {ratio:.4f} over {rounds} "
+        f"rounds (range {min(ratios):.3f}-{max(ratios):.3f}; limit {SAMPLER_OVERHEAD_LIMIT}); "
+        f"{reading.samples if reading else 0} samples per block, "
+        f"{reading.method if reading else '?'}"
+    )
+    if ratio > SAMPLER_OVERHEAD_LIMIT and status == PASS:
+        detail += f"; above the limit but within this host's noise (p = {p_value:.2f})"
+    return CheckResult("telemetry overhead", status, detail, figures)
+
+
+def above_limit_p_value(ratios: list[float], limit: float) -> float:
+    """One-sided p-value that the ratios lie above `limit` (Wilcoxon signed-rank on their
+    logarithms, scipy); 1.0 when every ratio equals the limit."""
+    from scipy.stats import wilcoxon
+
+    differences = [math.log(r) - math.log(limit) for r in ratios]
+    if not any(differences):
+        return 1.0
+    return float(wilcoxon(differences, alternative="greater").pvalue)
+
+
+# ---------------------------------------------------------------------------------------------
+# mpbench's loop against a hand-written one
+# ---------------------------------------------------------------------------------------------
+
+
+def hand_written_loop(
+    model: Any, batch: Any, optimizer: Any, device: Device, steps: int, train: bool
+) -> list[float]:
+    """The loop a person writes by hand (nanoGPT bench.py style), timed the way mpbench times
+    on this device so the two compare like with like: CUDA events around each step and one
+    synchronize at the end on a GPU, perf_counter around each step on a CPU."""
+    if device.is_cuda:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    times_s = []
+    for i in range(steps):
+        if device.is_cuda:
+            starts[i].record()
+        else:
+            t0 = time.perf_counter()
+        if train:
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                model(**batch)
+        if device.is_cuda:
+            ends[i].record()
+        else:
+            times_s.append(time.perf_counter() - t0)
+    if device.is_cuda:
+        torch.cuda.synchronize(device.torch_device)
+        times_s = [s.elapsed_time(e) / 1000.0 for s, e in zip(starts, ends)]
+    return times_s
+
+
+@dataclass
+class OverheadResult:
+    """mpbench's loop against a hand-written one, interleaved round by round."""
+
+    case_id: str
+    rounds: int
+    steps: int
+    mpbench_median_s: float
+    hand_median_s: float
+    round_ratios: list[float]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the per-round ratios mpbench / hand-written."""
+        return statistics.median(self.round_ratios)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        """The quartiles of the per-round ratios."""
+        q1, _, q3 = statistics.quantiles(self.round_ratios, n=4)
+        return q1, q3
+
+
+def loop_overhead(
+    device: Device, suite: Suite, rounds: int = 16, steps: int = 6, warmup: int = 3
+) -> OverheadResult:
+    """Time the suite's first case with mpbench's loop and with a hand-written one, in the same
+    process on the same model, inputs and optimizer (so the only difference is the loop: on a
+    CPU, two copies of the same inputs or optimizer state can run several % apart for where
+    they sit in memory), alternating which goes first each round (METHODS rule 3): each
+    round's two blocks give one ratio, so machine drift cancels."""
+    case = suite.cases(device.name)[0]
+    runner = CaseRunner(suite, device)
+    mpbench_s: list[float] = []
+    hand_s: list[float] = []
+    ratios: list[float] = []
+    mode = PRECISION_MODES[case.precision]
+    with mode.global_state(device), runner.prepare(case) as prepared:
+        train = case.workload == "train"
+        batch, optimizer = prepared.batch, prepared.optimizer
+        measure_steps(prepared.step, warmup, 2, device)  # warm both paths' allocations
+        hand_written_loop(prepared.model, batch, optimizer, device, warmup, train)
+        for index in range(rounds):
+            order = ("mpbench", "hand") if index % 2 == 0 else ("hand", "mpbench")
+            block: dict[str, list[float]] = {}
+            for which in order:
+                if which == "mpbench":
+                    block[which] = measure_steps(prepared.step, 0, steps, device).step_s
+                else:
+                    block[which] = hand_written_loop(
+                        prepared.model, batch, optimizer, device, steps, train
+                    )
+            mpbench_s += block["mpbench"]
+            hand_s += block["hand"]
+            ratios.append(statistics.median(block["mpbench"]) / statistics.median(block["hand"]))
+    return OverheadResult(
+        case.id,
+        rounds,
+        steps,
+        statistics.median(mpbench_s),
+        statistics.median(hand_s),
+        ratios,
+    )
+
+
+def overhead_suite(
+    model: str = "gpt2-tiny",
+    workload: str = "train",
+    precision: str = "fp32",
+    batch_size: int = 8,
+    seq_len: int = 64,
+) -> Suite:
+    """The one-case suite the overhead check times."""
+    overrides = {
+        "models": [model],
+        "workloads": [workload],
+        "precisions": [precision],
+        "batch_sizes": [batch_size],
+        "seq_lens": [seq_len],
+    }
+    return load_suite("smoke", overrides)
+
+
+def check_overhead(device: Device, rounds: int = 12, steps: int = 8) -> CheckResult:
+    """mpbench's timed loop against a hand-written one, within OVERHEAD_LIMIT on a GPU and
+    CPU_OVERHEAD_LIMIT on a CPU (median of the per-round ratios)."""
+    result = loop_overhead(device, overhead_suite(), rounds=rounds, steps=steps)
+    q1, q3 = result.iqr
+    limit = OVERHEAD_LIMIT if device.is_cuda else CPU_OVERHEAD_LIMIT
+    status = PASS if result.ratio <= limit else FAIL
+    detail = (
+        f"{result.case_id}: mpbench / hand-written median step {result.ratio:.4f} "
+        f"(IQR {q1:.4f}-{q3:.4f}; limit {limit}"
+        + ("" if device.is_cuda else f" on a CPU, target {OVERHEAD_LIMIT} on a GPU")
+        + ")"
+    )
+    figures = {"ratio": result.ratio, "iqr": [q1, q3], "round_ratios": result.round_ratios}
+    return CheckResult("loop overhead", status, detail, figures)
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite after the checks
+# ---------------------------------------------------------------------------------------------
+
+# The suite runs to prove the whole pipeline (every case runs, report renders, fp32 repeats
+# exactly), not to set a baseline: fewer timed steps and a shorter numerics pass keep selfcheck
+# near 4 minutes on one GPU (`mpbench run ci` gives the full figures).
+SELFCHECK_TIMING = {"warmup": 3, "max_warmup": 10, "iterations": 20}
+SELFCHECK_NUMERICS_STEPS = 10
+
+
+def shortened(suite: Suite) -> Suite:
+    """The suite with selfcheck's timing and numerics pass where those are shorter than its own."""
+    timing = {k: min(v, getattr(suite.timing, k)) for k, v in SELFCHECK_TIMING.items()}
+    numerics = dict(suite.tables.get("numerics", {}))
+    numerics["train_steps"] = min(
+        numerics.get("train_steps", NumericsConfig().train_steps), SELFCHECK_NUMERICS_STEPS
+    )
+    return replace(suite.with_timing(timing), tables=dict(suite.tables, numerics=numerics))
+
+
+# ---------------------------------------------------------------------------------------------
+# All of them
+# ---------------------------------------------------------------------------------------------
+
+
+def device_checks(device: Device) -> list[tuple[str, Callable[[], CheckResult]]]:
+    """(name, check) for every device-level check, in the order they run."""
+    checks: list[tuple[str, Callable[[], CheckResult]]] = [
+        ("identity", lambda: check_identity(device)),
+        ("timer", lambda: check_timer(device)),
+        ("memory", lambda: check_memory_window(device)),
+    ]
+    checks += [(f"mode {n}", lambda n=n: check_mode(device, n)) for n in PRECISION_MODES]
+    checks += [(f"matmul {d}", lambda d=d: check_matmul(device, d)) for d in MATMUL_DTYPES]
+    checks += [
+        ("copy bandwidth", lambda: check_copy_bandwidth(device)),
+        ("telemetry overhead", lambda: check_sampler_overhead(device)),
+        ("loop overhead", lambda: check_overhead(device)),
+    ]
+    return checks
+
+
+def run_device_checks(
+    device: Device, on_result: Callable[[CheckResult], None] | None = None
+) -> list[CheckResult]:
+    """Every device-level check; each failure is its own FAIL, never the end of the run."""
+    results = []
+    for name, check in device_checks(device):
+        result = _guarded(name, check)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

@@ -1,0 +1,199 @@
+"""`mpbench selfcheck`: each check passes on this CPU and fails when what it checks is broken
+(a timer or a memory window that lies, a rate above the datasheet peak, a training step that
+synchronizes, fp32 that is not repeatable), and the command's output and exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fake_gpu import FakeGpu
+from report_fixtures import FIXTURE_RUN
+from runs import edit_results, mpbench
+
+from bench.cli.selfcheck import suite_checks
+from bench.engine import selfcheck, workloads
+from bench.engine.device import CpuStepTimer, Device, MemoryReading
+from bench.results.peaks import PeakLookup
+
+CPU = Device(torch.device("cpu"))
+
+
+def test_the_device_checks_pass_here_and_write_selfcheck_json(tmp_path: Path) -> None:
+    out = tmp_path / "sc"
+    assert mpbench("selfcheck", "--no-suite", "--device", "cpu", "--out", str(out)) == 0
+    report = json.loads((out / "selfcheck.json").read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["passed"] and report["run"] is None
+    for name in ("identity", "timer", "memory", "mode fp32", "mode fp8", "matmul bf16"):
+        assert checks[name]["status"] == "PASS", checks[name]
+    # What needs a GPU is skipped with the reason, never passed.
+    assert checks["mode tf32"]["status"] == "SKIP" and "CUDA" in checks["mode tf32"]["detail"]
+    assert checks["telemetry overhead"]["detail"] == "no telemetry: no NVML on CPU"
+    assert checks["memory"]["figures"]["error"] == pytest.approx(0, abs=0.05)
+    assert "host-sync check needs CUDA" in checks["mode bf16"]["detail"]
+
+
+class LyingTimer(CpuStepTimer):
+    def elapsed_s(self) -> list[float]:
+        return [2 * s for s in super().elapsed_s()]
+
+
+class LyingDevice(Device):
+    """A CPU whose timer doubles every step and whose memory window halves every peak."""
+
+    def step_timer(self, steps: int) -> CpuStepTimer:
+        return LyingTimer(steps)
+
+    def memory_window(self):  # type: ignore[override]
+        inner = super().memory_window()
+
+        class Halved:
+            def __enter__(self) -> MemoryReading:
+                self.reading = inner.__enter__()
+                return self.reading
+
+            def __exit__(self, *exc: Any) -> Any:
+                result = inner.__exit__(*exc)
+                self.reading.peak_bytes //= 2
+                return result
+
+        return Halved()
+
+
+def test_a_timer_or_memory_window_that_lies_fails() -> None:
+    liar = LyingDevice(torch.device("cpu"))
+    timer = selfcheck.check_timer(liar)
+    assert timer.status == "FAIL" and timer.figures["ratio"] == pytest.approx(2, rel=0.05)
+    memory = selfcheck.check_memory_window(liar)
+    assert memory.status == "FAIL" and memory.figures["error"] == pytest.approx(-0.5, abs=0.03)
+
+
+def test_a_rate_above_the_datasheet_peak_fails(monkeypatch) -> None:
+    tiny_peak = PeakLookup(1e-6, "a made-up datasheet", None)
+    monkeypatch.setattr(selfcheck, "peak_tflops", lambda name, dtype: tiny_peak)
+    result = selfcheck.check_matmul(CPU, "bf16")
+    assert result.status == "FAIL" and "above the datasheet peak" in result.detail
+
+
+class SyncDebug:
+    """torch.cuda.set_sync_debug_mode on a CPU: in "error" mode, reading a tensor on the host
+    (.item(), what a CUDA sync is here) raises as CUDA's sync debug mode does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.mode: Any = 0
+        real_item = torch.Tensor.item
+
+        def item(tensor: torch.Tensor) -> Any:
+            if self.mode == "error":
+                raise RuntimeError("called a synchronizing CUDA operation")
+            return real_item(tensor)
+
+        monkeypatch.setattr(torch.Tensor, "item", item)
+        monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", self.set)
+
+    def set(self, mode: Any) -> None:
+        self.mode = mode
+
+
+def test_a_training_step_that_synchronizes_fails_the_mode_check(monkeypatch) -> None:
+    """amp_fp16 with the fused AdamW (what mpbench uses on CUDA) takes GradScaler's inf flag on
+    the device; with the default AdamW, GradScaler.step reads it on the host: a FAIL."""
+    SyncDebug(monkeypatch)
+    gpu = FakeGpu((9, 0))
+    assert selfcheck.check_mode(gpu, "amp_fp16").status == "PASS"
+    real = workloads.make_optimizer
+    monkeypatch.setattr(workloads, "make_optimizer", lambda model, fused=False: real(model))
+    failed = selfcheck.check_mode(gpu, "amp_fp16")
+    assert failed.status == "FAIL"
+    assert failed.detail == (
+        "a timed training step synchronizes: called a synchronizing CUDA operation"
+    )
+
+
+def test_a_mode_that_did_not_take_effect_fails(monkeypatch) -> None:
+    """A bf16 mode whose prepare kept fp32 weights is caught."""
+    from bench.engine.modes import PRECISION_MODES
+    from bench.engine.precision import PreparedModel, copy_in_dtype
+
+    def fp32_copy(self: Any, pristine: Any, device: Any, workload: str) -> PreparedModel:
+        return PreparedModel(copy_in_dtype(pristine, torch.float32))
+
+    monkeypatch.setattr(type(PRECISION_MODES["bf16"]), "prepare", fp32_copy)
+    result = selfcheck.check_mode(CPU, "bf16")
+    assert result.status == "FAIL"
+    assert "parameters are ['torch.float32'], not torch.bfloat16" in result.detail
+
+
+def test_suite_checks_read_the_run_back(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run)
+    cases, determinism = suite_checks(run, 0)
+    assert cases.status == "PASS" and determinism.status == "PASS"
+
+    def fp32_not_repeatable(r: dict[str, Any]) -> dict[str, Any]:
+        numerics = r.get("numerics")
+        if r["case"]["precision"] != "fp32" or not numerics or "noise_floor" not in numerics:
+            return r
+        floor = {**numerics["noise_floor"], "fp32_runs_identical": False}
+        return {**r, "numerics": {**numerics, "noise_floor": floor}}
+
+    edit_results(run, fp32_not_repeatable)
+    _, determinism = suite_checks(run, 0)
+    assert determinism.status == "FAIL" and "not deterministic" in determinism.detail
+    cases, _ = suite_checks(run, 130)
+    assert cases.status == "FAIL" and "exit code 130" in cases.detail
+
+
+class _FakeTelemetry:
+    """An NVML telemetry that is available; its window yields no reading (the check only needs
+    the window to be there)."""
+
+    available = True
+    reason = None
+
+    def window(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext(None)
+
+    def close(self) -> None:
+        pass
+
+
+def _sampler_check_with(monkeypatch, slowdown: list[float]) -> selfcheck.CheckResult:
+    """The sampler check on this CPU, the telemetry faked and every block with the window
+    `slowdown[round]` times slower than the one without."""
+    from bench.engine.runner import MeasuredSteps
+
+    monkeypatch.setattr(selfcheck, "open_telemetry", lambda device: _FakeTelemetry())
+    blocks = {"with": 0}
+
+    def measure(step: Any, warmup: int, steps: int, device: Any, **kw: Any) -> MeasuredSteps:
+        if kw.get("timed_window") is None:
+            return MeasuredSteps([0.01] * steps, [], warmup, None)
+        factor = slowdown[blocks["with"] % len(slowdown)]
+        blocks["with"] += 1
+        return MeasuredSteps([0.01 * factor] * steps, [], warmup, None)
+
+    monkeypatch.setattr(selfcheck, "measure_steps", measure)
+    return selfcheck.check_sampler_overhead(CPU, rounds=len(slowdown), steps=3)
+
+
+def test_a_sampler_that_costs_5_percent_every_round_fails(monkeypatch) -> None:
+    result = _sampler_check_with(monkeypatch, [1.05] * 8)
+    assert result.status == "FAIL" and result.figures["ratio"] == pytest.approx(1.05)
+    assert result.figures["p_value_above_limit"] < selfcheck.SAMPLER_ALPHA
+
+
+def test_a_sampler_within_the_noise_passes_and_says_so(monkeypatch) -> None:
+    # The per-round ratios of the H200 run (median 1.021, not told apart from the noise).
+    noisy = [0.9205, 1.0342, 1.0133, 1.0328, 1.0289, 0.865, 1.02, 1.03]
+    result = _sampler_check_with(monkeypatch, noisy)
+    assert result.status == "PASS" and "within this host's noise" in result.detail
+    free = _sampler_check_with(monkeypatch, [1.0] * 8)
+    assert free.status == "PASS" and "noise" not in free.detail
