@@ -94,12 +94,18 @@ class FakeCuda:
     def empty_cache(self) -> None:
         self.calls.append("empty_cache")
 
+    def current_stream(self, device=None):
+        return ("stream", device)
+
     class Event:
         def __init__(self, enable_timing: bool = False) -> None:
             assert enable_timing
             self.t_ms = 0.0
 
-        def record(self) -> None:
+        def record(self, stream=None) -> None:
+            assert stream == ("stream", torch.device("cuda", 1)), (
+                "record on the case device's stream"
+            )
             self.t_ms = time.perf_counter() * 1000
 
         def elapsed_time(self, end) -> float:
@@ -122,7 +128,8 @@ def test_cuda_memory_window_resets_peak_and_reports_the_case_peak(monkeypatch) -
 def test_cuda_timer_records_events_and_synchronizes_once(monkeypatch) -> None:
     fake = FakeCuda()
     monkeypatch.setattr(torch, "cuda", fake)
-    timer = Device(torch.device("cuda", 0)).step_timer(2)
+    # cuda:1, while the process's current device stays cuda:0: the events follow the case device.
+    timer = Device(torch.device("cuda", 1)).step_timer(2)
     for i in range(2):
         timer.start(i)
         time.sleep(0.01)

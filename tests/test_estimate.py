@@ -4,6 +4,7 @@ out (skipped cases, dtypes without a rate), and `mpbench run --dry-run`."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,28 @@ def test_selfcheck_shortens_a_suite_but_never_lengthens_it() -> None:
     smoke = shortened(load_suite("smoke"))
     assert smoke.timing.iterations == 6  # smoke's own 6 < 20
     assert smoke.tables["numerics"]["train_steps"] == 8  # smoke's own 8 < 10
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        subprocess.TimeoutExpired("python", 120),
+        OSError("no python"),
+        subprocess.CompletedProcess([], 1, "", "RuntimeError: CUDA error: no kernel image\n"),
+        subprocess.CompletedProcess([], 0, "", ""),
+        subprocess.CompletedProcess([], 0, "not json\n", ""),
+        subprocess.CompletedProcess([], 0, '{"bf16": {"dtype": "bf16"}}\n', ""),
+    ],
+)
+def test_a_gpu_rate_child_that_fails_gives_reasons_not_a_traceback(monkeypatch, outcome) -> None:
+    def fake_run(*args, **kwargs):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(estimate.subprocess, "run", fake_run)
+    rates = estimate.measure_rates(Device(torch.device("cuda", 0)), ("fp32", "bf16"))
+    assert set(rates) == {"fp32", "bf16"}
+    assert all(
+        r.tflops is None and r.reason.startswith("rate not measured") for r in rates.values()
+    )

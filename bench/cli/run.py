@@ -65,7 +65,10 @@ def register(sub: Any) -> None:
         "(default: smoke on CPU, standard on a GPU)",
     )
     run.add_argument(
-        "--out", type=Path, help="run directory (default: reports/<suite>-<timestamp>)"
+        "--out",
+        type=Path,
+        help="run directory (default: reports/<suite>-<timestamp>, with -shardIofN after the "
+        "suite for --shard)",
     )
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     run.add_argument(
@@ -162,6 +165,13 @@ def register(sub: Any) -> None:
         "DTYPE=N,... (fp32, tf32, bf16, fp16, fp8); overrides the built-in GPU table, and is "
         "the only way to an MFU on a CPU or an unknown GPU",
     )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N: every N-th comparison group (a model, workload, seq len and "
+        "batch size with all its precisions) from the I-th, in the suite's order, so N machines "
+        "or jobs split a sweep; join their run directories with `mpbench merge`",
+    )
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
     run.add_argument(
         "--dry-run",
@@ -198,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.engine.device import resolve_device
     from bench.engine.interrupts import ExecutionOptions
     from bench.engine.session import RunOptions
-    from bench.engine.suite import default_suite_name, load_suite
+    from bench.engine.suite import default_suite_name, load_suite, parse_shard
 
     _check_flags(args)
     device = resolve_device(args.device)
@@ -220,17 +230,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         case_timeout_s=args.case_timeout,
         memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
     )
+    shard = parse_shard(args.shard) if args.shard is not None else None
     console = stderr_console(args.quiet)
     if args.dry_run:
-        return _dry_run(suite, device, args.isolate, console)
+        return _dry_run(suite, device, args.isolate, console, shard)
     if args.resume is not None:
-        options = RunOptions(execution, skip_larger=not args.no_skip_larger, resume=True)
+        options = RunOptions(
+            execution, skip_larger=not args.no_skip_larger, resume=True, shard=shard
+        )
         return _sweep(suite, device, args.resume, options, console, not args.no_report)
-    out = args.out or Path("reports") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem = suite.name if shard is None else f"{suite.name}-shard{shard.index}of{shard.count}"
+    out = args.out or Path("reports") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
     if args.find_max_batch:
+        if shard is not None:
+            raise MpbenchError("--shard: splits a sweep; not used with --find-max-batch")
         return _find_max_batch(suite, device, out, execution, args.max_batch_cap, console)
-    options = RunOptions(execution, skip_larger=not args.no_skip_larger)
-    estimate = None if args.quiet else _estimate(suite, device, args.isolate)
+    options = RunOptions(execution, skip_larger=not args.no_skip_larger, shard=shard)
+    estimate = None if args.quiet else _estimate(suite, device, args.isolate, shard)
     if estimate is not None:
         console.print(
             f"mpbench: estimated {fmt_duration(estimate.total_s)} for the {estimate.cases} cases "
@@ -241,24 +257,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _sweep(suite, device, out, options, console, not args.no_report, estimate)
 
 
-def _estimate(suite: Any, device: Any, isolate: str) -> Any:
-    """The sweep's estimated wall time (bench.engine.estimate)."""
+def _estimate(suite: Any, device: Any, isolate: str, shard: Any = None) -> Any:
+    """The sweep's estimated wall time (bench.engine.estimate), of one shard when given."""
     from bench.engine.estimate import estimate_sweep, measure_rates, needed_dtypes
     from bench.engine.runner import skip_reason
 
     # Cases this device skips (a mode it lacks) take no time.
-    cases = [c for c in suite.cases(device.name) if skip_reason(suite, device, c) is None]
+    cases = [c for c in suite.cases(device.name, shard) if skip_reason(suite, device, c) is None]
     rates = measure_rates(device, needed_dtypes(cases))
     return estimate_sweep(suite, cases, device.type, rates, isolate)
 
 
-def _dry_run(suite: Any, device: Any, isolate: str, console: Any) -> int:
+def _dry_run(suite: Any, device: Any, isolate: str, console: Any, shard: Any = None) -> int:
     """`--dry-run`: the cases per model and their estimated wall time; nothing runs."""
-    estimate = _estimate(suite, device, isolate)
-    cases = suite.cases(device.name)
+    estimate = _estimate(suite, device, isolate, shard)
+    cases = suite.cases(device.name, shard)
     skipped = len(cases) - estimate.cases
+    name = suite.name if shard is None else f"{suite.name} shard {shard}"
     console.print(
-        f"mpbench: suite {suite.name}, {len(cases)} cases on {device.name} ({device.product_name()})"
+        f"mpbench: suite {name}, {len(cases)} cases on {device.name} ({device.product_name()})"
         f"{f', {skipped} of them skipped here (a mode this device lacks)' if skipped else ''}; "
         "dry run, nothing runs"
     )

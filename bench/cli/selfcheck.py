@@ -103,6 +103,9 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
     quiet_transformers()
     device = resolve_device(args.device)
+    # The device checks run here, in this process: it needs the GPU as its current device (the
+    # suite's cases still run in workers; the checks' memory is returned before they start).
+    device.activate()
     suite = None
     if not args.no_suite:  # checked before anything runs
         suite = load_suite(args.suite or ("ci" if device.is_cuda else "smoke"))
@@ -112,6 +115,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     console = stderr_console()
     console.print(f"mpbench selfcheck on {device.name} ({device.product_name()}) -> {out}")
     results = run_device_checks(device, lambda r: print_check(console, r))
+    device.free_memory()
     run_dir = None
     if suite is not None:
         run_dir = out / "run"
@@ -164,6 +168,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
 
     quiet_transformers()
     device = resolve_device(args.device)
+    device.activate()
     suite = overhead_suite(args.model, args.workload, args.precision, args.batch_size, args.seq_len)
     result = loop_overhead(device, suite, args.rounds, args.steps, args.warmup)
     q1, q3 = result.iqr

@@ -68,12 +68,13 @@ class CudaStepTimer:
         self._stop = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
 
     def start(self, i: int) -> None:
-        """Record the start event of step i on the current stream."""
-        self._start[i].record()
+        """Record the start event of step i on this device's current stream (named, so the
+        events time this device's work even where another GPU is the process's current one)."""
+        self._start[i].record(torch.cuda.current_stream(self._device))
 
     def stop(self, i: int) -> None:
-        """Record the end event of step i on the current stream."""
-        self._stop[i].record()
+        """Record the end event of step i on this device's current stream."""
+        self._stop[i].record(torch.cuda.current_stream(self._device))
 
     def elapsed_s(self) -> list[float]:
         """Synchronize once, then per-step durations in seconds (events report milliseconds)."""

@@ -65,6 +65,7 @@ COMPILE_S = {"cuda": 40.0, "cpu": 15.0}
 # torch and transformers, and on a GPU creating the CUDA context (H200 host: 5.8 s).
 WORKER_START_S = {"cuda": 6.0, "cpu": 3.0}
 INFER_NUMERICS_STEPS = 2
+RATES_TIMEOUT_S = 120  # the child that measures a GPU's matmul rates (a few seconds normally)
 
 
 @dataclass
@@ -96,19 +97,32 @@ def measure_rates(device: Device, dtypes: tuple[str, ...]) -> dict[str, MatmulRa
     code = (
         "import json, sys; from bench.engine.device import resolve_device; "
         "from bench.engine.rates import measure_matmul; d = resolve_device(sys.argv[1]); "
+        "d.activate(); "
         "print(json.dumps({t: measure_matmul(d, t, iterations=5).__dict__ for t in sys.argv[2:]}))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, device.name, *dtypes],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {d: MatmulRate(d, reason=f"rate not measured: {why}") for d in dtypes}
-    return {d: MatmulRate(**v) for d, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, device.name, *dtypes],
+            capture_output=True,
+            text=True,
+            timeout=RATES_TIMEOUT_S,
+            check=False,
+        )
+        if proc.returncode != 0:
+            why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(why)
+        measured = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {d: MatmulRate(**measured[d]) for d in dtypes}
+    except (
+        OSError,
+        subprocess.SubprocessError,
+        RuntimeError,
+        ValueError,
+        LookupError,
+        TypeError,
+    ) as exc:
+        why = f"rate not measured ({type(exc).__name__}: {exc})".splitlines()[0]
+        return {d: MatmulRate(d, reason=why) for d in dtypes}
 
 
 def step_estimate_s(

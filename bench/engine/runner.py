@@ -188,7 +188,6 @@ class CaseRunner:
         device.activate()
         # NVML, opened once per process; on a CPU (or without NVML) every reading says why not.
         self.telemetry = open_telemetry(device)
-        self._flops: dict[tuple[Any, ...], int] = {}
 
     def pristine_model(self, spec: ModelSpec) -> torch.nn.Module:
         """The model's fp32 initial state on the CPU, built once from the seed and reused by every

@@ -377,7 +377,7 @@ def hand_written_loop(
     times_s = []
     for i in range(steps):
         if device.is_cuda:
-            starts[i].record()
+            starts[i].record(torch.cuda.current_stream(device.torch_device))
         else:
             t0 = time.perf_counter()
         if train:
@@ -389,7 +389,7 @@ def hand_written_loop(
             with torch.inference_mode():
                 model(**batch)
         if device.is_cuda:
-            ends[i].record()
+            ends[i].record(torch.cuda.current_stream(device.torch_device))
         else:
             times_s.append(time.perf_counter() - t0)
     if device.is_cuda:

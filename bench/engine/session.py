@@ -16,7 +16,7 @@ from bench.engine.env import capture_env
 from bench.engine.interrupts import ExecutionOptions, InterruptibleSweep
 from bench.engine.oom import OomLimits
 from bench.engine.progress import SweepProgress
-from bench.engine.suite import Suite, parse_suite
+from bench.engine.suite import Shard, Suite, parse_shard, parse_suite
 from bench.errors import MpbenchError, OutputError
 from bench.results.rundir import (
     ENV_FILE,
@@ -39,6 +39,7 @@ class RunOptions:
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
     skip_larger: bool = True  # after an OOM, predict OOM for larger batches of that config
     resume: bool = False
+    shard: Shard | None = None  # --shard I/N: only the cases of that shard
 
 
 @dataclass
@@ -52,12 +53,15 @@ class SweepOutcome:
     startup_s: list[float]  # worker start-up times
 
 
-def start_run_dir(suite: Suite, device: Device, out: Path, isolate: str) -> dict:
+def start_run_dir(
+    suite: Suite, device: Device, out: Path, isolate: str, shard: Shard | None = None
+) -> dict:
     """Create the run directory with env.json and the resolved suite.toml; returns the env."""
     create_run_dir(out)
     env = capture_env(device, suite.name, suite.source)
     env["suite_sha256"] = suite.fingerprint()
     env["isolate"] = isolate
+    env["shard"] = str(shard) if shard else None
     write_json(out / ENV_FILE, env)
     write_text_atomic(out / SUITE_FILE, suite.to_toml())
     return env
@@ -85,6 +89,18 @@ def load_resumable(run_dir: Path, suite: Suite | None, device: Device) -> Suite:
     return stored
 
 
+def resumed_shard(run_dir: Path, given: Shard | None) -> Shard | None:
+    """The shard an interrupted run was started with; a --shard given again must match it."""
+    stored = read_env(run_dir / ENV_FILE).get("shard")
+    shard = parse_shard(stored, f"{run_dir / ENV_FILE}: shard") if stored else None
+    if given is not None and given != shard:
+        raise MpbenchError(
+            f"--resume {run_dir}: the run was started as shard {stored or 'none (the whole suite)'}"
+            f", not {given}; run `mpbench run --resume {run_dir}` alone to continue it"
+        )
+    return shard
+
+
 def previous_results(out: Path) -> tuple[list[CaseResult], list[str]]:
     """Results already in a run directory (for --resume) and warnings about torn lines."""
     path = out / RESULTS_FILE
@@ -105,18 +121,21 @@ def run_suite(
     cannot be written raises OutputError (exit 3) with every earlier line intact.
     """
     progress = progress or SweepProgress()
+    shard = options.shard
     if options.resume:
         suite = load_resumable(out, suite, device)
+        shard = resumed_shard(out, shard)
         previous, problems = previous_results(out)  # before the writer mends a torn line
     else:
-        start_run_dir(suite, device, out, options.execution.isolate)
+        start_run_dir(suite, device, out, options.execution.isolate, shard)
         previous, problems = [], []
     writer = ResultsWriter(out)
     done_ids = {r.case.id for r in previous}
-    cases = [c for c in suite.cases(device.name) if c.id not in done_ids]
+    cases = [c for c in suite.cases(device.name, shard) if c.id not in done_ids]
     for problem in problems:
         progress.notice(problem)
-    progress.sweep_started(suite.name, device.name, out, len(cases), len(done_ids))
+    name = suite.name if shard is None else f"{suite.name}, shard {shard}"
+    progress.sweep_started(name, device.name, out, len(cases), len(done_ids))
     oom_limits = OomLimits(enabled=options.skip_larger)
     for result in previous:
         oom_limits.record(result)

@@ -97,6 +97,46 @@ class FlopsConfig:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """`--shard I/N`: this run takes every N-th comparison group of the sweep, from the I-th.
+
+    A comparison group is one shape of one model and workload (model, workload, sequence
+    length, batch size): its precisions, eager and compiled, are what speedups and verdicts
+    compare, so they stay together on one machine and run back to back. Groups are dealt
+    round-robin in the suite's case order, so shards differ by at most one group and the same
+    suite splits the same way everywhere; N runs with I = 1..N cover the sweep exactly once."""
+
+    index: int  # 1-based
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def select(self, cases: list[Case]) -> list[Case]:
+        """The cases of this shard, in their order (`cases`: the whole sweep)."""
+        groups = list(dict.fromkeys(comparison_group(c) for c in cases))
+        mine = {g for i, g in enumerate(groups) if i % self.count == self.index - 1}
+        return [c for c in cases if comparison_group(c) in mine]
+
+
+def comparison_group(case: Case) -> tuple[str, str, int, int]:
+    """The cases compared with each other: one model, workload, sequence length and batch size."""
+    return (case.model, case.workload, case.seq_len, case.batch_size)
+
+
+def parse_shard(text: str, where: str = "--shard") -> Shard:
+    """'2/4' -> Shard(2, 4); anything else is a SuiteError naming `where`."""
+    index, _, count = str(text).partition("/")
+    try:
+        shard = Shard(int(index), int(count))
+    except ValueError:
+        shard = None
+    if shard is None or not 1 <= shard.index <= shard.count:
+        raise SuiteError(f"{where}: expected I/N with 1 <= I <= N (e.g. 1/2); got {text!r}")
+    return shard
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite, with its models resolved."""
 
@@ -113,10 +153,10 @@ class Suite:
         """The suite's name (used in run directory names)."""
         return self.info.name
 
-    def cases(self, device: str) -> list[Case]:
-        """Every case, ordered model > workload > seq_len > batch size > precision > eager or
-        compiled, so the cases being compared run back to back (drift hits them alike) and batch
-        sizes grow."""
+    def cases(self, device: str, shard: Shard | None = None) -> list[Case]:
+        """Every case (of `shard` only, when given), ordered model > workload > seq_len > batch
+        size > precision > eager or compiled, so the cases being compared run back to back
+        (drift hits them alike) and batch sizes grow."""
         out = []
         for spec in self.models:
             for workload in self.sweep.workloads:
@@ -136,7 +176,15 @@ class Suite:
                                         compiled=execution == "compiled",
                                     )
                                 )
-        return out
+        if shard is None:
+            return out
+        groups = len({comparison_group(c) for c in out})
+        if shard.count > groups:
+            raise SuiteError(
+                f"--shard {shard}: suite {self.name} has {groups} comparison group(s) (model x "
+                f"workload x seq len x batch size) to split; use N <= {groups}"
+            )
+        return shard.select(out)
 
     def with_timing(self, values: dict[str, int]) -> Suite:
         """A copy with [timing] keys replaced (from --warmup/--iterations), validated."""
