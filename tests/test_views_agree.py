@@ -228,7 +228,7 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             assert (row[5] or fmt.MISSING) == saving and md[4] == saving
             extras = dict(
                 zip(
-                    [h for h, _ in fmt.extra_columns(group)],
+                    [h for h, _, _ in fmt.extra_columns(group)],
                     fmt.extra_cells(mode, fmt.extra_columns(group)),
                     strict=True,
                 )

@@ -257,14 +257,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _sweep(suite, device, out, options, console, not args.no_report, estimate)
 
 
-def _estimate(suite: Any, device: Any, isolate: str, shard: Any = None) -> Any:
-    """The sweep's estimated wall time (bench.engine.estimate), of one shard when given."""
+def _estimate(
+    suite: Any, device: Any, isolate: str, shard: Any = None, rates: dict | None = None
+) -> Any:
+    """The sweep's estimated wall time (bench.engine.estimate), of one shard when given, from
+    `rates` where the caller measured them already, else from rates measured now."""
     from bench.engine.estimate import estimate_sweep, measure_rates, needed_dtypes
     from bench.engine.runner import skip_reason
 
     # Cases this device skips (a mode it lacks) take no time.
     cases = [c for c in suite.cases(device.name, shard) if skip_reason(suite, device, c) is None]
-    rates = measure_rates(device, needed_dtypes(cases))
+    if rates is None:
+        rates = measure_rates(device, needed_dtypes(cases))
     return estimate_sweep(suite, cases, device.type, rates, isolate)
 
 

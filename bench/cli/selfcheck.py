@@ -97,7 +97,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     from bench.engine.device import resolve_device
     from bench.engine.executors import quiet_transformers
     from bench.engine.interrupts import ExecutionOptions
-    from bench.engine.selfcheck import FAIL, run_device_checks, shortened
+    from bench.engine.selfcheck import FAIL, measured_rates, run_device_checks, shortened
     from bench.engine.session import RunOptions
     from bench.engine.suite import default_suite_name, load_suite
 
@@ -130,7 +130,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
             )
         )
         options = RunOptions(ExecutionOptions(isolate="model"))
-        estimate = _estimate(suite, device, "model")
+        estimate = _estimate(suite, device, "model", rates=measured_rates(results))
         console.print(
             f"estimated {fmt_duration(estimate.total_s)} ({estimate.rates_line()})",
             highlight=False,

@@ -63,18 +63,20 @@ class CudaStepTimer:
 
     def __init__(self, steps: int, device: torch.device) -> None:
         self._device = device
-        # Events are created up front so the timed loop only records them.
+        # Events and the stream are looked up here, so the timed loop only records. The stream is
+        # this device's current one, named: the events time this device's work even where
+        # another GPU is the process's current device.
+        self._stream = torch.cuda.current_stream(device)
         self._start = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
         self._stop = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
 
     def start(self, i: int) -> None:
-        """Record the start event of step i on this device's current stream (named, so the
-        events time this device's work even where another GPU is the process's current one)."""
-        self._start[i].record(torch.cuda.current_stream(self._device))
+        """Record the start event of step i."""
+        self._start[i].record(self._stream)
 
     def stop(self, i: int) -> None:
-        """Record the end event of step i on this device's current stream."""
-        self._stop[i].record(torch.cuda.current_stream(self._device))
+        """Record the end event of step i."""
+        self._stop[i].record(self._stream)
 
     def elapsed_s(self) -> list[float]:
         """Synchronize once, then per-step durations in seconds (events report milliseconds)."""
@@ -193,6 +195,10 @@ class Device:
         if not self.is_cuda:
             return None
         return torch.cuda.get_device_capability(self.torch_device)
+
+    def gpu_name(self) -> str | None:
+        """The GPU's name (what the peak table is keyed by); None on a CPU."""
+        return self.product_name() if self.is_cuda else None
 
     def product_name(self) -> str:
         """GPU name on CUDA; the CPU model name otherwise."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.engine.device import Device
 from bench.engine.flops import analytic_flops
@@ -200,6 +200,4 @@ def estimate_sweep(
 def _fp32_step_s(
     suite: Suite, case: Case, rates: dict[str, MatmulRate], device_type: str
 ) -> float | None:
-    from dataclasses import replace
-
     return step_estimate_s(suite, replace(case, precision="fp32"), rates, device_type)

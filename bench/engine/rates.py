@@ -109,16 +109,3 @@ def measure_matmul(
         n = calibrated_size(make, device, LARGEST_N["cuda" if device.is_cuda else "cpu"], target_s)
         seconds = time_per_call_s(make(n), device, iterations)
     return MatmulRate(dtype, n, 2 * n**3 / seconds / 1e12)
-
-
-def measure_matmul_rates(
-    device: Device, dtypes: tuple[str, ...] = MATMUL_DTYPES, iterations: int = 10
-) -> dict[str, MatmulRate]:
-    """measure_matmul for each dtype; a dtype whose matmul raises gets its reason instead."""
-    rates = {}
-    for dtype in dtypes:
-        try:
-            rates[dtype] = measure_matmul(device, dtype, iterations)
-        except Exception as exc:  # a rate we cannot measure is recorded, not fatal
-            rates[dtype] = MatmulRate(dtype, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
-    return rates

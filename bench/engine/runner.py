@@ -409,8 +409,7 @@ class CaseRunner:
             prepared.details["flops_error"] = first_line(f"{type(exc).__name__}: {exc}")
             return None
         dtype = COMPUTE_DTYPE[case.precision]
-        gpu_name = self.device.product_name() if self.device.is_cuda else None
-        peak = peak_tflops(gpu_name, dtype, config.override(dtype))
+        peak = peak_tflops(self.device.gpu_name(), dtype, config.override(dtype))
         return Flops(
             per_step=per_step,
             counter="torch FlopCounterMode",

@@ -33,11 +33,18 @@ from bench.engine.env import capture_env
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.config import NumericsConfig
 from bench.engine.precision import tf32_state
-from bench.engine.rates import MATMUL_DTYPES, measure_matmul, square_matmul, time_per_call_s
-from bench.engine.runner import CaseRunner, measure_steps
+from bench.engine.rates import (
+    MATMUL_DTYPES,
+    MatmulRate,
+    measure_matmul,
+    square_matmul,
+    time_per_call_s,
+)
+from bench.engine.runner import CaseRunner, PreparedCase, measure_steps
 from bench.engine.suite import Suite, load_suite
 from bench.engine.telemetry import open_telemetry
 from bench.results.peaks import peak_tflops
+from bench.results.schema import Case
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 TIMER_TOLERANCE = 0.05  # step timer vs host clock, relative
@@ -163,6 +170,39 @@ def check_memory_window(device: Device, size_bytes: int = 256 * 2**20) -> CheckR
 # Precision modes
 # ---------------------------------------------------------------------------------------------
 
+
+@contextlib.contextmanager
+def prepared_case(suite: Suite, device: Device) -> Iterator[tuple[Case, PreparedCase]]:
+    """The suite's first case as the runner prepares it (model, optimizer, inputs, step), under
+    its precision mode's global state."""
+    case = suite.cases(device.name)[0]
+    mode = PRECISION_MODES[case.precision]
+    with mode.global_state(device), CaseRunner(suite, device).prepare(case) as prepared:
+        yield case, prepared
+
+
+def interleaved_rounds(
+    rounds: int, first: Callable[[], list[float]], second: Callable[[], list[float]]
+) -> list[tuple[list[float], list[float]]]:
+    """Per round, the step times of a block of `first` and one of `second`, which goes first
+    alternating round by round (METHODS rule 3), so drift cancels in each round's ratio."""
+    blocks = []
+    for index in range(rounds):
+        if index % 2 == 0:
+            a = first()
+            b = second()
+        else:
+            b = second()
+            a = first()
+        blocks.append((a, b))
+    return blocks
+
+
+def median_ratios(blocks: list[tuple[list[float], list[float]]]) -> list[float]:
+    """Each round's median step of the first block over the second's."""
+    return [statistics.median(a) / statistics.median(b) for a, b in blocks]
+
+
 MODE_CHECK_SUITE = """
 [suite]
 name = "selfcheck-modes"
@@ -228,9 +268,7 @@ def check_mode(device: Device, name: str, steps: int = 3) -> CheckResult:
     from bench.engine.suite import parse_suite
 
     suite = parse_suite(MODE_CHECK_SUITE.format(precision=name))
-    runner = CaseRunner(suite, device)
-    case = suite.cases(device.name)[0]
-    with mode.global_state(device), runner.prepare(case) as prepared:
+    with prepared_case(suite, device) as (_, prepared):
         wrong = _mode_took_effect(name, device, prepared.model, prepared.details)
         if wrong:
             return CheckResult(check, FAIL, f"the mode did not take effect: {wrong}")
@@ -272,7 +310,7 @@ def check_matmul(device: Device, dtype: str) -> CheckResult:
     if rate.tflops is None:
         return CheckResult(check, SKIP, rate.reason or "not measured")
     n, achieved = rate.n, rate.tflops
-    peak = peak_tflops(device.product_name() if device.is_cuda else None, dtype)
+    peak = peak_tflops(device.gpu_name(), dtype)
     figures: dict[str, Any] = {"n": n, "tflops": achieved, "peak_tflops": peak.tflops}
     if peak.tflops is None:
         why = (peak.reason or "no peak").split(";")[0]  # the table's reason, without its CLI hint
@@ -284,6 +322,16 @@ def check_matmul(device: Device, dtype: str) -> CheckResult:
     if status == FAIL:
         detail += ": above the datasheet peak, so the timer cannot be right"
     return CheckResult(check, status, detail, figures)
+
+
+def measured_rates(results: list[CheckResult]) -> dict[str, MatmulRate]:
+    """The matmul rates the checks measured, by dtype (for the suite's time estimate)."""
+    rates = {}
+    for result in results:
+        if result.name.startswith("matmul ") and result.figures.get("tflops"):
+            dtype = result.name.removeprefix("matmul ")
+            rates[dtype] = MatmulRate(dtype, result.figures["n"], result.figures["tflops"])
+    return rates
 
 
 def check_copy_bandwidth(device: Device) -> CheckResult:
@@ -309,26 +357,22 @@ def check_sampler_overhead(device: Device, rounds: int = 8, steps: int = 100) ->
     telemetry = open_telemetry(device)
     if not telemetry.available:
         return CheckResult("telemetry overhead", SKIP, f"no telemetry: {telemetry.reason}")
-    suite = overhead_suite()
-    case = suite.cases(device.name)[0]
-    ratios = []
-    reading = None
+    readings = []
     try:
-        with (
-            PRECISION_MODES[case.precision].global_state(device),
-            CaseRunner(suite, device).prepare(case) as prepared,
-        ):
+        with prepared_case(overhead_suite(), device) as (case, prepared):
             measure_steps(prepared.step, 5, 2, device)
-            for index in range(rounds):
-                medians = {}
-                for which in ("with", "without") if index % 2 else ("without", "with"):
-                    window = telemetry.window if which == "with" else None
-                    measured = measure_steps(prepared.step, 2, steps, device, timed_window=window)
-                    medians[which] = statistics.median(measured.step_s)
-                    reading = measured.telemetry or reading
-                ratios.append(medians["with"] / medians["without"])
+
+            def block(window: Any = None) -> list[float]:
+                measured = measure_steps(prepared.step, 2, steps, device, timed_window=window)
+                readings.append(measured.telemetry)
+                return measured.step_s
+
+            ratios = median_ratios(
+                interleaved_rounds(rounds, lambda: block(telemetry.window), block)
+            )
     finally:
         telemetry.close()
+    reading = next((r for r in reversed(readings) if r is not None), None)
     ratio = statistics.median(ratios)
     p_value = above_limit_p_value(ratios, SAMPLER_OVERHEAD_LIMIT)
     status = FAIL if ratio > SAMPLER_OVERHEAD_LIMIT and p_value < SAMPLER_ALPHA else PASS
@@ -368,18 +412,12 @@ def above_limit_p_value(ratios: list[float], limit: float) -> float:
 def hand_written_loop(
     model: Any, batch: Any, optimizer: Any, device: Device, steps: int, train: bool
 ) -> list[float]:
-    """The loop a person writes by hand (nanoGPT bench.py style), timed the way mpbench times
-    on this device so the two compare like with like: CUDA events around each step and one
-    synchronize at the end on a GPU, perf_counter around each step on a CPU."""
-    if device.is_cuda:
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    times_s = []
+    """The loop a person writes by hand (nanoGPT bench.py style): the step written out inline
+    instead of mpbench's step functions, timed by the device's own step timer (CUDA events on
+    a GPU, perf_counter on a CPU) so the two loops compare like with like."""
+    timer = device.step_timer(steps)
     for i in range(steps):
-        if device.is_cuda:
-            starts[i].record(torch.cuda.current_stream(device.torch_device))
-        else:
-            t0 = time.perf_counter()
+        timer.start(i)
         if train:
             loss = model(**batch).loss
             loss.backward()
@@ -388,14 +426,8 @@ def hand_written_loop(
         else:
             with torch.inference_mode():
                 model(**batch)
-        if device.is_cuda:
-            ends[i].record(torch.cuda.current_stream(device.torch_device))
-        else:
-            times_s.append(time.perf_counter() - t0)
-    if device.is_cuda:
-        torch.cuda.synchronize(device.torch_device)
-        times_s = [s.elapsed_time(e) / 1000.0 for s, e in zip(starts, ends)]
-    return times_s
+        timer.stop(i)
+    return timer.elapsed_s()
 
 
 @dataclass
@@ -429,37 +461,28 @@ def loop_overhead(
     CPU, two copies of the same inputs or optimizer state can run several % apart for where
     they sit in memory), alternating which goes first each round (METHODS rule 3): each
     round's two blocks give one ratio, so machine drift cancels."""
-    case = suite.cases(device.name)[0]
-    runner = CaseRunner(suite, device)
-    mpbench_s: list[float] = []
-    hand_s: list[float] = []
-    ratios: list[float] = []
-    mode = PRECISION_MODES[case.precision]
-    with mode.global_state(device), runner.prepare(case) as prepared:
+    with prepared_case(suite, device) as (case, prepared):
         train = case.workload == "train"
-        batch, optimizer = prepared.batch, prepared.optimizer
+
+        def hand(count: int) -> list[float]:
+            return hand_written_loop(
+                prepared.model, prepared.batch, prepared.optimizer, device, count, train
+            )
+
         measure_steps(prepared.step, warmup, 2, device)  # warm both paths' allocations
-        hand_written_loop(prepared.model, batch, optimizer, device, warmup, train)
-        for index in range(rounds):
-            order = ("mpbench", "hand") if index % 2 == 0 else ("hand", "mpbench")
-            block: dict[str, list[float]] = {}
-            for which in order:
-                if which == "mpbench":
-                    block[which] = measure_steps(prepared.step, 0, steps, device).step_s
-                else:
-                    block[which] = hand_written_loop(
-                        prepared.model, batch, optimizer, device, steps, train
-                    )
-            mpbench_s += block["mpbench"]
-            hand_s += block["hand"]
-            ratios.append(statistics.median(block["mpbench"]) / statistics.median(block["hand"]))
+        hand(warmup)
+        blocks = interleaved_rounds(
+            rounds,
+            lambda: measure_steps(prepared.step, 0, steps, device).step_s,
+            lambda: hand(steps),
+        )
     return OverheadResult(
         case.id,
         rounds,
         steps,
-        statistics.median(mpbench_s),
-        statistics.median(hand_s),
-        ratios,
+        statistics.median([s for mpbench, _ in blocks for s in mpbench]),
+        statistics.median([s for _, h in blocks for s in h]),
+        median_ratios(blocks),
     )
 
 

@@ -64,8 +64,6 @@ CLOCK_EVENT_BITS: tuple[tuple[int, str], ...] = (
 )
 _KNOWN_MASK = sum(bit for bit, _ in CLOCK_EVENT_BITS)
 
-# THROTTLING (the reasons that mean a slowdown) lives with the results schema.
-
 
 def decode_clock_events(mask: int) -> list[str]:
     """Names of the bits set in an NVML clock-event reason mask; unknown bits as 'unknown_0x...'."""
@@ -80,10 +78,6 @@ def decode_clock_events(mask: int) -> list[str]:
         bit <<= 1
     return names
 
-
-# ---------------------------------------------------------------------------------------------
-# The reading
-# ---------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------------
 # NVML helpers

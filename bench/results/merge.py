@@ -85,18 +85,19 @@ def merge_runs(runs: list[Run]) -> MergedRun:
                     f"{run.path} recorded {name} {mine}, {first.path} {theirs}: the merged "
                     f"run's env.json is {first.path}'s"
                 )
-    owner: dict[str, Path] = {}
+    owner: dict[str, Run] = {}
     results: list[CaseResult] = []
     for run in runs:
         for result in run.latest():  # a resumed shard may hold a case twice: the last counts
             case_id = result.case.id
             if case_id in owner:
+                first_seen = owner[case_id]
                 raise ResultsError(
-                    f"merge: case {case_id} is in both {owner[case_id]} and {run.path} "
-                    f"(shards {owner_shard(runs, owner[case_id])} and {run.env.get('shard')}): "
+                    f"merge: case {case_id} is in both {first_seen.path} and {run.path} "
+                    f"(shards {first_seen.env.get('shard')} and {run.env.get('shard')}): "
                     "the runs overlap; merge each shard once"
                 )
-            owner[case_id] = run.path
+            owner[case_id] = run
             results.append(result)
     env = dict(first.env)
     env["shard"] = None
@@ -113,11 +114,6 @@ def merge_runs(runs: list[Run]) -> MergedRun:
     ]
     shards = [r.env.get("shard") for r in runs]
     return MergedRun(env, first.suite_text, results, shards, warnings)
-
-
-def owner_shard(runs: list[Run], path: Path) -> str | None:
-    """The shard recorded by the run at `path`."""
-    return next((r.env.get("shard") for r in runs if r.path == path), None)
 
 
 def write_merged(merged: MergedRun, out: Path) -> None:

@@ -4,8 +4,9 @@ formatters, so the same figure is printed the same way everywhere."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from bench.analysis.summary import GroupSummary, ModeSummary
+from bench.analysis.summary import GroupSummary, ModeSummary, RunAnalysis
 
 MISSING = "–"  # a value that is absent or undefined
 VERDICT_LABELS = {
@@ -174,28 +175,37 @@ def fmt_fraction(value: float | None) -> str:
 
 # The optional columns of a summary table: (header, what a mode shows); a column appears only
 # where some mode of the group has the figure (MFU needs a peak, energy needs a GPU).
-EXTRA_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("TFLOP/s", "achieved_tflops"),
-    ("MFU", "mfu"),
-    ("J/sample", "energy_per_sample_j"),
+# The optional columns of every table that has them: (header, key, formatter). The key is both
+# the ModeSummary attribute and the case-frame column.
+ExtraColumn = tuple[str, str, Callable[[float | None], str]]
+EXTRA_COLUMNS: tuple[ExtraColumn, ...] = (
+    ("TFLOP/s", "achieved_tflops", fmt_tflops),
+    ("MFU", "mfu", fmt_mfu),
+    ("J/sample", "energy_per_sample_j", fmt_energy),
 )
-_EXTRA_FORMAT = {"achieved_tflops": fmt_tflops, "mfu": fmt_mfu, "energy_per_sample_j": fmt_energy}
 
 
-def extra_columns(group: GroupSummary) -> list[tuple[str, str]]:
+def extra_columns(group: GroupSummary) -> list[ExtraColumn]:
     """The optional columns this group's summary table shows."""
-    return [
-        (header, key)
-        for header, key in EXTRA_COLUMNS
-        if any(getattr(m, key) is not None for m in group.modes)
-    ]
+    return [c for c in EXTRA_COLUMNS if any(getattr(m, c[1]) is not None for m in group.modes)]
 
 
-def extra_cells(mode: ModeSummary, columns: list[tuple[str, str]]) -> list[str]:
+def run_extra_columns(analysis: RunAnalysis) -> list[ExtraColumn]:
+    """The optional columns a run's case table shows: TFLOP/s always, MFU and J/sample where
+    some case has one."""
+    shown = {
+        "achieved_tflops": True,
+        "mfu": analysis.has_mfu,
+        "energy_per_sample_j": analysis.has_energy,
+    }
+    return [c for c in EXTRA_COLUMNS if shown[c[1]]]
+
+
+def extra_cells(mode: ModeSummary, columns: list[ExtraColumn]) -> list[str]:
     """A mode's cells for the optional columns (empty where it did not run ok)."""
     if not mode.ok:
         return ["" for _ in columns]
-    return [_EXTRA_FORMAT[key](getattr(mode, key)) for _, key in columns]
+    return [formatter(getattr(mode, key)) for _, key, formatter in columns]
 
 
 def point_label(group: GroupSummary) -> str:

@@ -54,7 +54,7 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             "saving vs fp32",
             "verdict",
             fmt.METRIC_LABELS.get(group.divergence_metric or "", "divergence"),
-            *(header for header, _ in extras),
+            *(header for header, _, _ in extras),
         )
         rows = []
         for mode in group.modes:

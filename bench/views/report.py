@@ -339,9 +339,7 @@ RAW_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("saving", "memory_saving", fmt.fmt_saving, True),
     ("verdict", "verdict_key", str, False),
     ("divergence", "divergence", fmt.fmt_divergence, True),
-    ("TFLOP/s", "achieved_tflops", fmt.fmt_tflops, True),
-    ("MFU", "mfu", fmt.fmt_mfu, True),
-    ("J/sample", "energy_per_sample_j", fmt.fmt_energy, True),
+    *((header, key, formatter, True) for header, key, formatter in fmt.EXTRA_COLUMNS),
     ("warm-up", "warmup_steps", lambda v: str(int(v)), True),
     ("CV", "cv", fmt.fmt_fraction, True),
     ("reason", "reason", str, False),
@@ -516,7 +514,7 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
                 "recommendation": fmt.recommendation_text(g),
                 "metric": fmt.METRIC_LABELS.get(g.divergence_metric or "", "divergence"),
                 "rows": summary_rows(g),
-                "extra_headers": [header for header, _ in fmt.extra_columns(g)],
+                "extra_headers": [header for header, _, _ in fmt.extra_columns(g)],
                 "caveats": fmt.caveat_lines(g) + fmt.quality_lines(g),
             }
             for g in analysis.groups

@@ -39,11 +39,7 @@ def describe_result(result: CaseResult) -> str:
 def results_table(analysis: RunAnalysis) -> Table:
     """Per case: median step, throughput, peak memory, speedup vs fp32 at the same shape, the
     achieved TFLOP/s (MFU and energy where the run has them) and what makes a figure shaky."""
-    extras = [("TFLOP/s", "achieved_tflops", fmt.fmt_tflops)]
-    if analysis.has_mfu:
-        extras.append(("MFU", "mfu", fmt.fmt_mfu))
-    if analysis.has_energy:
-        extras.append(("J/sample", "energy_per_sample_j", fmt.fmt_energy))
+    extras = fmt.run_extra_columns(analysis)
     table = Table(
         "case",
         "status",
