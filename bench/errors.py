@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_REGRESSION = 1  # `mpbench check` only: a regression was found
 EXIT_USAGE = 2  # bad input: nothing ran (or, for check/compare/report, nothing was judged)
 EXIT_OUTPUT = 3  # an output file could not be written (disk full, permissions); results kept
+EXIT_RANK_LOST = 4  # a data-parallel rank died or hung: that case is recorded, the run stopped
 EXIT_INTERRUPTED = 130  # Ctrl-C: finished cases are kept
 EXIT_TERMINATED = 143  # SIGTERM: finished cases are kept
 

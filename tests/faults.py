@@ -2,7 +2,8 @@
 
 Run mpbench with MPBENCH_RUNNER_FACTORY=faults:faulty_runner (and this folder on PYTHONPATH) and
 MPBENCH_TEST_FAULT="kill:<case id>" (the worker SIGKILLs itself when that case starts) or
-"hang:<case id>" (it sleeps forever). Nothing of this lives in mpbench itself.
+"hang:<case id>" (it sleeps forever); "kill-rank1:<case id>" and "hang-rank1:<case id>" do that
+only in rank 1 of a torchrun launch. Nothing of this lives in mpbench itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def faulty_runner(suite: Any, device: Any) -> Any:
     runner = default_runner_factory(suite, device)
     kind, _, victim = os.environ.get(FAULT_ENV, "").partition(":")
     run = runner.run
+
+    if kind.endswith("-rank1"):  # a data-parallel launch: only rank 1 is hit
+        kind = kind.removesuffix("-rank1") if os.environ.get("RANK") == "1" else ""
 
     def run_with_fault(case: Any, *args: Any, **kwargs: Any) -> Any:
         if case.id == victim and kind == "kill":

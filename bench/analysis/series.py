@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.analysis.summary import GroupSummary, RunAnalysis
-from bench.results.schema import BASELINE_PRECISION, is_number, precision_rank
+from bench.results.schema import BASELINE_PRECISION, Case, is_number, precision_rank
 
 FP16_MAX = 65504.0  # drawn as the limit line; each module's headroom is the engine's own
 
@@ -29,10 +29,12 @@ def _ordered(mapping: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(mapping.items(), key=lambda kv: _label_rank(kv[0])))
 
 
-def _label_rank(label: str) -> tuple[int, str, bool]:
-    """Sort key of a mode label ("bf16", "bf16 +compile"): precision order, eager first."""
-    precision, _, compiled = label.partition(" +")
-    return (*precision_rank(precision), bool(compiled))
+def _label_rank(label: str) -> tuple[int, str, str, bool]:
+    """Sort key of a mode label ("bf16", "bf16 +compile", "bf16 ddp2 reduce-bf16"): precision
+    order, then the data-parallel layout and reduction, eager first."""
+    rest, _, compiled = label.partition(" +")
+    precision, _, layout = rest.partition(" ")
+    return (*precision_rank(precision), layout, bool(compiled))
 
 
 def series_vs_batch(
@@ -87,6 +89,11 @@ def relative_divergence(loss: Sequence[float], baseline: Sequence[float]) -> lis
     return [abs(v - r) / abs(r) if r else math.nan for v, r in zip(loss, baseline, strict=False)]
 
 
+def _is_baseline(case: Case) -> bool:
+    """fp32 with gradients reduced in fp32 (or on one device): the curve the others diverge from."""
+    return case.precision == BASELINE_PRECISION and case.reduce_dtype in (None, "fp32")
+
+
 def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
     """Loss curves of a training group: from the numerics pass (the same batches for every
     precision), else from the timed steps at the headline point."""
@@ -105,7 +112,10 @@ def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
         result = analysis.result(case_id)
         numerics = result.numerics if result is not None else None
         loss = _numbers((numerics or {}).get("loss"))
-        precision = result.case.precision if result is not None else ""
+        # One curve per numerics pass: a precision, with its data-parallel layout and reduction.
+        precision = result.case.numerics_key if result is not None else ""
+        if result is not None and _is_baseline(result.case):
+            precision = BASELINE_PRECISION
         if not loss or precision in curves:
             continue
         curves[precision] = loss

@@ -39,6 +39,7 @@ import pandas as pd
 from bench.results.schema import (
     BASELINE_PRECISION,
     FAILURES,
+    REDUCE_DTYPES,
     CaseResult,
     precision_rank,
     workload_rank,
@@ -93,6 +94,11 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                 "precision": case.precision,
                 "compiled": case.compiled,
                 "mode": case.mode,
+                "layout": case.layout,
+                "parallel": case.parallel,
+                "world_size": case.world_size or 1,
+                "reduce_dtype": case.reduce_dtype or "",  # "" on one device
+                "numerics_key": case.numerics_key,
                 "batch_size": case.batch_size,
                 "seq_len": case.seq_len,
                 "sweep": case.label is None,
@@ -117,12 +123,19 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows, columns=_CASE_COLUMNS).astype(_CASE_DTYPES)
     ok = frame["status"] == "ok"
-    eager_fp32 = (frame["precision"] == BASELINE_PRECISION) & ~frame["compiled"]
+    # The baseline of a shape is eager fp32 laid out the same way (one device, or the same
+    # data-parallel strategy and world size) with gradients reduced in fp32.
+    eager_fp32 = (
+        (frame["precision"] == BASELINE_PRECISION)
+        & ~frame["compiled"]
+        & frame["reduce_dtype"].isin(["", "fp32"])
+    )
+    frame["baseline"] = eager_fp32
     fp32 = frame[ok & frame["sweep"] & eager_fp32]
-    fp32 = fp32[[*GROUP, *SHAPE, "median_s", "peak_bytes"]].rename(
+    fp32 = fp32[[*GROUP, *SHAPE, "layout", "median_s", "peak_bytes"]].rename(
         columns={"median_s": "fp32_median_s", "peak_bytes": "fp32_peak_bytes"}
     )
-    frame = frame.merge(fp32, on=[*GROUP, *SHAPE], how="left").sort_values("order")
+    frame = frame.merge(fp32, on=[*GROUP, *SHAPE, "layout"], how="left").sort_values("order")
     measured = ok & frame["sweep"]
     frame["speedup"] = (frame["fp32_median_s"] / frame["median_s"]).where(measured)
     # A zero peak (a window too short for the resident set to move) is no measurement.
@@ -132,7 +145,30 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
     )
     frame["achieved_tflops"] = (frame["flops_per_step"] / frame["median_s"] / 1e12).where(ok)
     frame["mfu"] = frame["achieved_tflops"] / frame["peak_tflops"]
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    frame["scaling_efficiency"] = scaling_efficiency(frame)
+    return frame
+
+
+def scaling_efficiency(frame: pd.DataFrame) -> pd.Series:
+    """Per data-parallel case: its global samples/s over world size x the samples/s of the same
+    case on one rank (the same strategy at world size 1, else the single-device case), when the
+    frame holds that case ok; NaN otherwise. 1.0 is perfect weak scaling (per-rank batch kept)."""
+    ok = frame[(frame["status"] == "ok") & frame["sweep"]]
+    single: dict[tuple, float] = {}
+    for row in ok[ok["world_size"] == 1].itertuples():
+        key = (row.model, row.workload, row.precision, row.compiled, row.batch_size, row.seq_len)
+        strategy_key = (*key, row.parallel, row.reduce_dtype)
+        single[strategy_key] = row.samples_per_s
+        if not row.layout:
+            single.setdefault(key, row.samples_per_s)
+    out = pd.Series(float("nan"), index=frame.index)
+    for index, row in ok[ok["world_size"] > 1].iterrows():
+        key = (row.model, row.workload, row.precision, row.compiled, row.batch_size, row.seq_len)
+        reference = single.get((*key, row.parallel, row.reduce_dtype), single.get(key))
+        if reference:
+            out[index] = row.samples_per_s / (row.world_size * reference)
+    return out
 
 
 def _quality_columns(result: CaseResult) -> dict[str, Any]:
@@ -153,6 +189,9 @@ def _quality_columns(result: CaseResult) -> dict[str, Any]:
         "throttled": bool(telemetry.throttled) if ok and telemetry else False,
         "throttle_reasons": ", ".join(telemetry.throttle_reasons) if ok and telemetry else None,
         "telemetry_reason": telemetry.reason if ok and telemetry else None,
+        "comm_s_per_step": (result.details.get("parallel") or {}).get("comm_s_per_step")
+        if ok
+        else None,
     }
 
 
@@ -165,6 +204,11 @@ _CASE_DTYPES = {
     "precision": object,
     "compiled": bool,
     "mode": object,
+    "layout": object,
+    "parallel": object,
+    "world_size": "int64",
+    "reduce_dtype": object,
+    "numerics_key": object,
     "batch_size": "float64",
     "seq_len": "float64",
     "sweep": bool,
@@ -195,13 +239,19 @@ _CASE_DTYPES = {
     "throttled": bool,
     "throttle_reasons": object,
     "telemetry_reason": object,
+    "comm_s_per_step": "float64",
 }
 _CASE_COLUMNS = list(_CASE_DTYPES)
 
 
-def mode_rank(precision: str, compiled: bool) -> tuple[int, str, bool]:
-    """Sort key of a mode: the documented precision order, each eager before compiled."""
-    return (*precision_rank(precision), compiled)
+def mode_rank(
+    precision: str, compiled: bool, layout: str = "", reduce_dtype: str | None = None
+) -> tuple[Any, ...]:
+    """Sort key of a mode: the documented precision order; within a precision one device
+    first, then each data-parallel layout with its reduce dtypes in REDUCE_DTYPES order; each
+    eager before compiled."""
+    reduce_order = REDUCE_DTYPES.index(reduce_dtype) if reduce_dtype in REDUCE_DTYPES else -1
+    return (*precision_rank(precision), layout, reduce_order, compiled)
 
 
 @dataclass(frozen=True)
@@ -231,11 +281,18 @@ class ModeSummary:
     energy_per_sample_j: float | None = None  # GPU energy (NVML) per sample
     unstable: bool = False  # its timed steps spread beyond the suite's limit
     throttled: bool = False  # the GPU slowed down (power, thermal) during its timed steps
+    layout: str = ""  # data-parallel strategy and world size ("ddp4"); "" on one device
+    reduce_dtype: str | None = None  # data-parallel gradients reduced in
+    scaling_efficiency: float | None = None  # vs the same case on one rank (data-parallel)
+    comm_s_per_step: float | None = None  # time in collectives per step (data-parallel)
 
     @property
     def label(self) -> str:
-        """What views call the mode: the precision, with ' +compile' under torch.compile."""
-        return f"{self.precision} +compile" if self.compiled else self.precision
+        """What views call the mode (Case.mode): the precision, a data-parallel layout and
+        its non-fp32 reduce dtype, ' +compile' under torch.compile."""
+        reduce = f"reduce-{self.reduce_dtype}" if self.reduce_dtype not in (None, "fp32") else ""
+        words = (self.precision, self.layout, reduce, "+compile" if self.compiled else "")
+        return " ".join(w for w in words if w)
 
     @property
     def ok(self) -> bool:
@@ -330,6 +387,16 @@ class RunAnalysis:
     def has_mfu(self) -> bool:
         """True when any case has an MFU (a known GPU, or --peak-tflops)."""
         return bool(self.cases["mfu"].notna().any())
+
+    @property
+    def has_parallel(self) -> bool:
+        """True when any case ran data-parallel."""
+        return bool((self.cases["world_size"] > 1).any() | self.cases["layout"].astype(bool).any())
+
+    @property
+    def has_scaling(self) -> bool:
+        """True when any data-parallel case has a scaling efficiency."""
+        return bool(self.cases["scaling_efficiency"].notna().any())
 
     @property
     def has_energy(self) -> bool:
@@ -432,11 +499,11 @@ def headline_point(group: pd.DataFrame) -> tuple[int, int] | None:
     ok = group[(group["status"] == "ok") & group["sweep"]]
     if ok.empty:
         return None
-    by_shape = ok.groupby(SHAPE)["mode"]
+    by_shape = ok.groupby(SHAPE)
     table = pd.DataFrame(
         {
-            "has_fp32": by_shape.apply(lambda m: BASELINE_PRECISION in set(m)),
-            "precisions": by_shape.nunique(),
+            "has_fp32": by_shape["baseline"].any(),
+            "precisions": by_shape["mode"].nunique(),
         }
     ).reset_index()
     table["tokens"] = table["batch_size"] * table["seq_len"]
@@ -447,12 +514,13 @@ def headline_point(group: pd.DataFrame) -> tuple[int, int] | None:
 
 
 def _triple_numerics(group: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per precision: the verdict, error and divergence of its numerics pass (any ok case)."""
+    """Per numerics pass (a precision, with its data-parallel layout and reduce dtype): the
+    verdict, error and divergence of its numerics (any ok case)."""
     out: dict[str, dict[str, Any]] = {}
     with_numerics = group[group["verdict"].notna() | group["numerics_error"].notna()]
     for row in with_numerics.sort_values("order").itertuples():
         out.setdefault(
-            row.precision,
+            row.numerics_key,
             {
                 "verdict": _text(row.verdict),
                 "numerics_error": _text(row.numerics_error),
@@ -465,12 +533,18 @@ def _triple_numerics(group: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def _mode_summary(
-    precision: str, compiled: bool, row: Any, numerics: dict[str, Any]
+    kind: tuple[str, bool, str, str | None], row: Any, numerics: dict[str, Any]
 ) -> ModeSummary:
+    precision, compiled, layout, reduce = kind
+    reduce_dtype = reduce or None
     ok = row is not None and row.status == "ok"
     return ModeSummary(
         precision=precision,
         compiled=compiled,
+        layout=layout,
+        reduce_dtype=reduce_dtype,
+        scaling_efficiency=_float(row.scaling_efficiency) if ok else None,
+        comm_s_per_step=_float(row.comm_s_per_step) if ok else None,
         status=row.status if row is not None else "not run",
         reason=_text(row.reason) if row is not None else None,
         case_id=row.id if row is not None else None,
@@ -484,7 +558,9 @@ def _mode_summary(
         divergence=numerics.get("divergence"),
         divergence_metric=numerics.get("divergence_metric"),
         divergence_floor=numerics.get("divergence_floor"),
-        is_baseline=precision == BASELINE_PRECISION and not compiled,
+        is_baseline=precision == BASELINE_PRECISION
+        and not compiled
+        and reduce_dtype in (None, BASELINE_PRECISION),
         caveat=_text(row.caveat) if ok else None,
         achieved_tflops=_float(row.achieved_tflops) if ok else None,
         mfu=_float(row.mfu) if ok else None,
@@ -504,14 +580,15 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
     else:  # nothing ran ok: show each precision's largest case (its status says why)
         at_point = group.sort_values(["batch_size", "seq_len", "order"], na_position="first")
     rows = {row.mode: row for row in at_point.itertuples()}
-    numerics = _triple_numerics(group)  # per precision: a compiled case shares the eager pass
-    kinds = sorted(
-        set(zip(group["precision"], group["compiled"], strict=True)),
-        key=lambda pc: mode_rank(*pc),
-    )
+    numerics = _triple_numerics(group)  # per pass: a compiled case shares the eager one's
+    columns = ("precision", "compiled", "layout", "reduce_dtype", "mode", "numerics_key")
+    kinds = {
+        (p, c, layout, r): (mode, key)
+        for p, c, layout, r, mode, key in zip(*(group[k] for k in columns), strict=True)
+    }
     modes = tuple(
-        _mode_summary(p, c, rows.get(f"{p} +compile" if c else p), numerics.get(p, {}))
-        for p, c in kinds
+        _mode_summary(kind, rows.get(kinds[kind][0]), numerics.get(kinds[kind][1], {}))
+        for kind in sorted(kinds, key=lambda k: mode_rank(*k))
     )
     measured = [m for m in modes if m.ok and m.rate is not None]
     has_numerics = bool(numerics)

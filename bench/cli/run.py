@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -172,6 +173,29 @@ def register(sub: Any) -> None:
         "batch size with all its precisions) from the I-th, in the suite's order, so N machines "
         "or jobs split a sweep; join their run directories with `mpbench merge`",
     )
+    run.add_argument(
+        "--parallel",
+        choices=("none", "ddp", "fsdp"),
+        help="train data-parallel on every rank of a torchrun launch (or of --nproc): 'ddp' "
+        "(DistributedDataParallel) or 'fsdp' (FSDP2 fully_shard); ids gain /ddpN. Inference "
+        "cases run on rank 0 alone. Without torchrun: one rank (ddp1, a scaling baseline). "
+        "Default: the suite's [parallel] strategy, else none",
+    )
+    run.add_argument(
+        "--reduce-dtypes",
+        type=_comma_list(str),
+        help="dtypes data-parallel gradients are reduced in, each its own case: fp32, bf16, fp16 "
+        "(DDP communication hooks / FSDP2 MixedPrecisionPolicy.reduce_dtype; default: the "
+        "suite's [parallel] reduce_dtypes, else fp32)",
+    )
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="start torchrun with N processes on this machine for a data-parallel run (needs "
+        "--parallel or a suite [parallel] table); a rank that dies or hangs is recorded as "
+        "crashed/timeout for its case and the run continues in a fresh launch",
+    )
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
     run.add_argument(
         "--dry-run",
@@ -201,12 +225,15 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise MpbenchError(
             "--dry-run: estimates a sweep; not used with --resume or --find-max-batch"
         )
+    if args.nproc is not None and args.nproc < 1:
+        raise MpbenchError(f"--nproc: must be a positive number of processes; got {args.nproc}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`mpbench run`: load and validate the suite, run every case, show and report the run."""
     from bench.engine.device import resolve_device
     from bench.engine.interrupts import ExecutionOptions
+    from bench.engine.parallel import Launch
     from bench.engine.session import RunOptions
     from bench.engine.suite import default_suite_name, load_suite, parse_shard
 
@@ -219,12 +246,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None
     }
     suite = None
-    if args.resume is None or args.suite or overrides or timing or args.data or args.peak_tflops:
+    parallel_flags = args.parallel is not None or args.reduce_dtypes is not None
+    if (
+        args.resume is None
+        or args.suite
+        or overrides
+        or timing
+        or args.data
+        or args.peak_tflops
+        or parallel_flags
+    ):
         name = args.suite or default_suite_name(device.type)
         suite = load_suite(name, overrides, args.data).with_timing(timing)
+        suite = suite.with_parallel(args.parallel, args.reduce_dtypes)
         validate_check_table(suite.tables.get("check", {}), suite.source)
         if args.peak_tflops is not None:
             suite = suite.with_peak_tflops(args.peak_tflops)
+    launch = Launch.from_env()
+    data_parallel = args.nproc is not None or launch.launched
+    if not args.dry_run and (data_parallel or _data_parallel_suite(suite, args.resume)):
+        return _data_parallel(args, suite, launch)  # (a dry run estimates one rank's share)
     execution = ExecutionOptions(
         isolate=args.isolate,
         case_timeout_s=args.case_timeout,
@@ -239,8 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             execution, skip_larger=not args.no_skip_larger, resume=True, shard=shard
         )
         return _sweep(suite, device, args.resume, options, console, not args.no_report)
-    stem = suite.name if shard is None else f"{suite.name}-shard{shard.index}of{shard.count}"
-    out = args.out or Path("reports") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = args.out or _default_out(suite, shard)
     if args.find_max_batch:
         if shard is not None:
             raise MpbenchError("--shard: splits a sweep; not used with --find-max-batch")
@@ -255,6 +295,79 @@ def cmd_run(args: argparse.Namespace) -> int:
             highlight=False,
         )
     return _sweep(suite, device, out, options, console, not args.no_report, estimate)
+
+
+def _default_out(suite: Any, shard: Any) -> Path:
+    """reports/<suite>-<timestamp>, with -shardIofN after the suite for --shard."""
+    stem = suite.name if shard is None else f"{suite.name}-shard{shard.index}of{shard.count}"
+    return Path("reports") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _data_parallel_suite(suite: Any, resume: Path | None) -> bool:
+    """The suite (given, or that of the run being resumed) has a [parallel] strategy."""
+    if suite is None and resume is not None:
+        from bench.engine.session import load_resumable_suite
+
+        suite = load_resumable_suite(resume)
+    return suite is not None and suite.parallel.enabled
+
+
+def _data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> int:
+    """A data-parallel run: `--nproc N` starts torchrun and watches it (bench.engine.launch);
+    under torchrun every rank joins the process group, rank 0 runs the sweep and writes the run
+    directory, and the others follow it."""
+    from bench.engine import parallel
+    from bench.engine.device import resolve_device
+    from bench.engine.interrupts import ExecutionOptions
+    from bench.engine.launch import SUPERVISED_ENV
+    from bench.engine.session import RunOptions, follow_sweep
+    from bench.engine.suite import parse_shard
+
+    if args.find_max_batch or args.memory_limit is not None:
+        flag = "--find-max-batch" if args.find_max_batch else "--memory-limit"
+        raise MpbenchError(f"{flag}: not used with a data-parallel run (torchrun or --nproc)")
+    if suite is not None and not suite.parallel.enabled:
+        raise MpbenchError(
+            f"{'--nproc' if args.nproc is not None else 'torchrun'}: a data-parallel run needs "
+            "--parallel ddp|fsdp (or a [parallel] strategy in the suite); without one every "
+            "rank would run the whole sweep on its own"
+        )
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    console = stderr_console(args.quiet or not launch.leader)
+    if args.nproc is not None:
+        from bench.engine.launch import supervise
+
+        if launch.launched:
+            raise MpbenchError(
+                "--nproc: this process was already started by torchrun; drop --nproc"
+            )
+        out = args.resume or args.out or _default_out(suite, shard)
+        code = supervise(
+            args.argv, args.nproc, out, args.case_timeout, args.resume is not None, console
+        )
+        if not (out / RESULTS_FILE).exists():
+            return code
+        return show_run(out, console, not args.no_report, code)
+    device = resolve_device(parallel.rank_device(args.device, launch))
+    device.activate()
+    backend = parallel.init_process_group(device, launch, args.case_timeout)
+    execution = ExecutionOptions(isolate="none", case_timeout_s=args.case_timeout)
+    options = RunOptions(
+        execution,
+        skip_larger=not args.no_skip_larger,
+        resume=args.resume is not None,
+        shard=shard,
+        launch=launch,
+        backend=backend,
+    )
+    try:
+        if not launch.leader:
+            return follow_sweep(device, options)
+        out = args.resume or args.out or _default_out(suite, shard)
+        shown = not os.environ.get(SUPERVISED_ENV)  # else `--nproc` shows the run at its end
+        return _sweep(suite, device, out, options, console, not args.no_report, show=shown)
+    finally:
+        parallel.destroy_process_group()
 
 
 def _estimate(
@@ -307,8 +420,10 @@ def _sweep(
     console: Any,
     render: bool,
     estimate: Any = None,
+    show: bool = True,
 ) -> int:
-    """Run the sweep with a progress display, then the tables and the report."""
+    """Run the sweep with a progress display, then (unless not `show`) the tables and the
+    report."""
     from bench.engine.session import run_suite
 
     started = time.perf_counter()
@@ -331,7 +446,7 @@ def _sweep(
             f"{len(outcome.startup_s)} worker process(es) started, {mean:.1f} s each on average "
             "(--isolate none skips this cost, and the crash protection)"
         )
-    return show_run(out, console, render, outcome.exit_code)
+    return show_run(out, console, render, outcome.exit_code) if show else outcome.exit_code
 
 
 def show_run(out: Path, console: Any, render: bool, exit_code: int) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.engine import workloads
+from bench.engine import parallel, workloads
 from bench.engine.device import Device
 from bench.engine.flops import count_flops
 from bench.engine.models import ModelSpec, count_parameters
@@ -100,6 +100,7 @@ def measure_steps(
     phase: PhaseCallback = no_phase,
     timing: TimingConfig | None = None,
     timed_window: Callable[[], AbstractContextManager[TelemetryReading]] | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> MeasuredSteps:
     """Warm up, then time `iterations` steps one by one.
 
@@ -110,7 +111,9 @@ def measure_steps(
     each returns stays on the device (losses as tensors: reading them here would add a host sync
     per step, METHODS rule 2). Progress is reported between steps, outside the timer.
     `timed_window` (the GPU telemetry's) encloses the timed steps and the synchronize that ends
-    them, so the energy it reads is theirs.
+    them, so the energy it reads is theirs. `agree` turns this process's "steady" into one all
+    ranks of a data-parallel case share (each step's collectives must match on every rank, so
+    all ranks must run the same number of warm-up steps).
     """
     cap = warmup if timing is None else timing.warmup_cap
     warmup_s: list[float] = []
@@ -122,7 +125,10 @@ def measure_steps(
         if timing is not None:
             device.synchronize()
             warmup_s.append(time.perf_counter() - t0)
-            if i + 1 >= warmup and steady(warmup_s, timing.steady_window, timing.steady_tolerance):
+            settled_here = steady(warmup_s, timing.steady_window, timing.steady_tolerance)
+            if agree is not None:
+                settled_here = agree(settled_here)
+            if i + 1 >= warmup and settled_here:
                 settled = True
                 break
     else:
@@ -199,10 +205,12 @@ class CaseRunner:
         return self._pristine[1]
 
     def input_seed(self, case: Case, batch_index: int = 0) -> int:
-        """Seed of a case's inputs: same for every precision, different per shape and batch."""
-        return workloads.stable_seed(
-            self.suite.info.seed, case.model, case.batch_size, case.seq_len, batch_index
-        )
+        """Seed of a case's inputs: same for every precision, different per shape and batch,
+        and per rank in a data-parallel case (each rank trains on its own part of the batch)."""
+        parts: tuple[object, ...] = (case.model, case.batch_size, case.seq_len, batch_index)
+        if case.parallel is not None:
+            parts += ("rank", parallel.current_rank())
+        return workloads.stable_seed(self.suite.info.seed, *parts)
 
     def skip_reason(self, case: Case) -> str | None:
         """Why a case cannot run here (precision or workload unsupported), or None."""
@@ -216,13 +224,20 @@ class CaseRunner:
         torch_device = self.device.torch_device
         prepared = mode.prepare(self.pristine_model(spec), self.device, case.workload)
         model = prepared.model
+        details = dict(prepared.details)
+        # A data-parallel case's steps call the DDP / FSDP2 module (bench.engine.parallel); the
+        # optimizer, made below, holds its (for FSDP2 sharded) parameters.
+        run_model = model
+        if case.parallel is not None:
+            run_model, wrapped = parallel.wrap_model(model, case, self.device)
+            details.update(wrapped)
         # Under --compile the steps call the compiled module; the optimizer holds the same
         # parameters. A fresh compiler state per case: dynamo's caches would otherwise fill up
         # across cases and fall back to eager without a word.
-        run_model = model
+        eager_model = run_model
         if case.compiled:
             torch.compiler.reset()
-            run_model = torch.compile(model)
+            run_model = torch.compile(run_model)
         # Dropout draws from the global RNG: seed it so every precision sees the same masks.
         torch.manual_seed(self.suite.info.seed)
         batch = workloads.make_batch(
@@ -230,7 +245,6 @@ class CaseRunner:
         )
         scaler = None
         optimizer = None
-        details = dict(prepared.details)
 
         def autocast() -> Any:
             return mode.autocast(self.device, case.workload)
@@ -279,7 +293,7 @@ class CaseRunner:
             optimizer,
             # FLOPs are counted on the eager module: FlopCounterMode sees aten ops, which a
             # compiled graph does not dispatch one by one.
-            count_step=make_step(model) if case.compiled else step,
+            count_step=make_step(eager_model) if case.compiled else step,
             batch=batch,
         )
 
@@ -325,6 +339,7 @@ class CaseRunner:
                         phase,
                         timing,
                         self.telemetry.window,
+                        parallel.all_ranks_agree if case.parallel is not None else None,
                     )
                     step_s, outputs = measured.step_s, measured.outputs
                     details = {
@@ -332,6 +347,10 @@ class CaseRunner:
                         **prepared.details,
                         "parameters": prepared.parameters,
                     }
+                    if case.parallel is not None:  # after the timed steps, never among them
+                        phase("profiling collectives", None, None)
+                        comm_s, comm_method = parallel.collective_time_s(prepared.step, self.device)
+                        details.update(comm_s_per_step=comm_s, comm_method=comm_method)
                     caveat = mode.caveat(self.device, case.compiled)
                     if caveat:
                         details["caveat"] = caveat

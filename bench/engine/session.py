@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.engine.device import Device
 from bench.engine.env import capture_env
 from bench.engine.interrupts import ExecutionOptions, InterruptibleSweep
 from bench.engine.oom import OomLimits
-from bench.engine.progress import SweepProgress
+from bench.engine.parallel import Launch, RankLost, combine_ranks, gather_results
+from bench.engine.progress import PhaseCallback, SweepProgress
 from bench.engine.suite import Shard, Suite, parse_shard, parse_suite
-from bench.errors import MpbenchError, OutputError
+from bench.errors import EXIT_RANK_LOST, MpbenchError, OutputError
 from bench.results.rundir import (
     ENV_FILE,
+    INFLIGHT_FILE,
     RESULTS_FILE,
     SUITE_FILE,
     ResultsWriter,
@@ -29,7 +32,7 @@ from bench.results.rundir import (
     write_json,
     write_text_atomic,
 )
-from bench.results.schema import CaseResult
+from bench.results.schema import Case, CaseResult
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class RunOptions:
     skip_larger: bool = True  # after an OOM, predict OOM for larger batches of that config
     resume: bool = False
     shard: Shard | None = None  # --shard I/N: only the cases of that shard
+    launch: Launch | None = None  # a torchrun launch: this process is one rank of the run
+    backend: str | None = None  # its process group's (nccl or gloo)
 
 
 @dataclass
@@ -54,7 +59,13 @@ class SweepOutcome:
 
 
 def start_run_dir(
-    suite: Suite, device: Device, out: Path, isolate: str, shard: Shard | None = None
+    suite: Suite,
+    device: Device,
+    out: Path,
+    isolate: str,
+    shard: Shard | None = None,
+    launch: Launch | None = None,
+    backend: str | None = None,
 ) -> dict:
     """Create the run directory with env.json and the resolved suite.toml; returns the env."""
     create_run_dir(out)
@@ -62,19 +73,27 @@ def start_run_dir(
     env["suite_sha256"] = suite.fingerprint()
     env["isolate"] = isolate
     env["shard"] = str(shard) if shard else None
+    if launch is not None:
+        env["world_size"] = launch.world_size
+        env["backend"] = backend
     write_json(out / ENV_FILE, env)
     write_text_atomic(out / SUITE_FILE, suite.to_toml())
     return env
 
 
+def load_resumable_suite(run_dir: Path) -> Suite:
+    """The resolved suite an interrupted run started with."""
+    if not (run_dir / SUITE_FILE).is_file() or not (run_dir / ENV_FILE).is_file():
+        raise MpbenchError(f"--resume {run_dir}: not an mpbench run directory (no {SUITE_FILE})")
+    return parse_suite(
+        (run_dir / SUITE_FILE).read_text(encoding="utf-8"), str(run_dir / SUITE_FILE)
+    )
+
+
 def load_resumable(run_dir: Path, suite: Suite | None, device: Device) -> Suite:
     """The suite of an interrupted run; a suite given again must be the same one (by hash), and
     the device the same."""
-    if not (run_dir / SUITE_FILE).is_file() or not (run_dir / ENV_FILE).is_file():
-        raise MpbenchError(f"--resume {run_dir}: not an mpbench run directory (no {SUITE_FILE})")
-    stored = parse_suite(
-        (run_dir / SUITE_FILE).read_text(encoding="utf-8"), str(run_dir / SUITE_FILE)
-    )
+    stored = load_resumable_suite(run_dir)
     if suite is not None and suite.fingerprint() != stored.fingerprint():
         raise MpbenchError(
             f"--resume {run_dir}: the suite given ({suite.source}, with flags) differs from the one "
@@ -87,6 +106,19 @@ def load_resumable(run_dir: Path, suite: Suite | None, device: Device) -> Suite:
             f"resume it with --device {env.get('device')}"
         )
     return stored
+
+
+def check_world_size(run_dir: Path, launch: Launch | None) -> None:
+    """A resumed data-parallel run must have as many ranks as it started with (the case ids
+    name the world size)."""
+    stored = read_env(run_dir / ENV_FILE).get("world_size")
+    given = launch.world_size if launch is not None else None
+    if stored != given:
+        raise MpbenchError(
+            f"--resume {run_dir}: the run was started with "
+            f"{f'{stored} rank(s)' if stored else 'no torchrun launch'}, this one has "
+            f"{f'{given} rank(s)' if given else 'none'}; resume it the way it started"
+        )
 
 
 def resumed_shard(run_dir: Path, given: Shard | None) -> Shard | None:
@@ -118,20 +150,25 @@ def run_suite(
 
     Each result is appended to results.jsonl and fsynced before the next case starts. Ctrl-C or
     SIGTERM abandons the case in flight and returns exit code 130 / 143; a results file that
-    cannot be written raises OutputError (exit 3) with every earlier line intact.
+    cannot be written raises OutputError (exit 3) with every earlier line intact. Under a
+    torchrun launch only rank 0 gets here (the others follow it: `follow_sweep`); a rank lost
+    mid-case records that case as crashed and ends the sweep with exit code 4.
     """
     progress = progress or SweepProgress()
     shard = options.shard
+    launch = options.launch
     if options.resume:
         suite = load_resumable(out, suite, device)
         shard = resumed_shard(out, shard)
+        check_world_size(out, launch)
         previous, problems = previous_results(out)  # before the writer mends a torn line
     else:
-        start_run_dir(suite, device, out, options.execution.isolate, shard)
+        start_run_dir(suite, device, out, options.execution.isolate, shard, launch, options.backend)
         previous, problems = [], []
     writer = ResultsWriter(out)
     done_ids = {r.case.id for r in previous}
-    cases = [c for c in suite.cases(device.name, shard) if c.id not in done_ids]
+    world_size = launch.world_size if launch is not None else 1
+    cases = [c for c in suite.cases(device.name, shard, world_size) if c.id not in done_ids]
     for problem in problems:
         progress.notice(problem)
     name = suite.name if shard is None else f"{suite.name}, shard {shard}"
@@ -140,14 +177,23 @@ def run_suite(
     for result in previous:
         oom_limits.record(result)
     finished = 0
+    exit_code = None
+    ranks = _Ranks(suite, launch, options.backend) if launch is not None else None
     with InterruptibleSweep(suite, device, options.execution) as sweep:
         for case in cases:
             progress.case_started(case)
             result = oom_limits.predict(case)
+            lost = None
             if result is None:
-                result = sweep.executor.run(
-                    case, lambda name, step, total, c=case: progress.phase(c, name, step, total)
-                )
+
+                def phase(name: str, step: int | None, total: int | None, c: Case = case) -> None:
+                    progress.phase(c, name, step, total)
+
+                if ranks is None:
+                    result = sweep.executor.run(case, phase)
+                else:
+                    _mark_inflight(out, case)
+                    result, lost = ranks.run(case, sweep.executor, phase)
             try:
                 writer.append(result)  # durable before the next case starts
             except OutputError as exc:
@@ -156,13 +202,99 @@ def run_suite(
                     f"{exc}; stopped. The {kept} result(s) before it are intact; free some space "
                     f"and continue with `mpbench run --resume {out}`"
                 ) from None
+            _mark_inflight(out, None)
             finished += 1
             oom_limits.record(result)
             progress.case_finished(case, result)
+            if lost is not None:
+                progress.notice(
+                    f"a rank was lost ({lost}); the process group cannot be trusted after that, so "
+                    f"the sweep stops here. Continue with `mpbench run --resume {out}` under the "
+                    "same launch (`mpbench run --nproc N` does this by itself)"
+                )
+                exit_code = EXIT_RANK_LOST
+                break
+        if ranks is not None and exit_code is None:
+            ranks.stop()
     return SweepOutcome(
-        exit_code=sweep.exit_code,
+        exit_code=exit_code or sweep.exit_code,
         finished=finished,
         not_run=len(cases) - finished,
         already_done=len(done_ids),
         startup_s=list(sweep.executor.startup_s),
     )
+
+
+def _mark_inflight(out: Path, case: Case | None) -> None:
+    """RUN_DIR/inflight: the id of the case the ranks are running (removed once its result is
+    written), so `mpbench run --nproc` can record it as crashed if torchrun ends mid-case."""
+    path = out / INFLIGHT_FILE
+    if case is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_text_atomic(path, case.id + "\n")
+
+
+class _Ranks:
+    """Rank 0's side of a data-parallel sweep: it tells the other ranks which case to run
+    (a broadcast), runs its own share, and gathers theirs into the case's one result."""
+
+    def __init__(self, suite: Suite, launch: Launch, backend: str | None) -> None:
+        import torch.distributed as dist
+
+        self.suite = suite
+        self.launch = launch
+        self.backend = backend or "unknown"
+        # The followers build their runners from the suite rank 0 resolved (flags, resume).
+        dist.broadcast_object_list([suite.to_toml()], src=0)
+
+    def run(self, case: Case, executor: Any, phase: PhaseCallback) -> tuple[CaseResult, str | None]:
+        """The case's result, and why a rank was lost (None when none was)."""
+        import torch.distributed as dist
+
+        try:
+            dist.broadcast_object_list([case.to_dict()], src=0)
+            local = executor.run(case, phase)
+            per_rank = gather_results(local)
+        except (RankLost, RuntimeError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            status = (
+                "timeout"
+                if "timed out" in message.lower() or "timeout" in message.lower()
+                else "crashed"
+            )
+            reason = f"a rank was lost during the case: {message}"
+            return CaseResult(case, status, reason), message
+        if case.parallel is None:
+            return per_rank[0], None  # run by rank 0 alone; the others only waited for it
+        return combine_ranks(case, per_rank, self.backend, self.suite.timing.unstable_cv), None
+
+    def stop(self) -> None:
+        """Tell the other ranks the sweep is over."""
+        import torch.distributed as dist
+
+        dist.broadcast_object_list([None], src=0)
+
+
+def follow_sweep(device: Device, options: RunOptions) -> int:
+    """A rank other than 0: run each case rank 0 names (its data-parallel cases; for the others
+    only wait) until it says stop. Writes nothing; returns the exit code."""
+    import torch.distributed as dist
+
+    from bench.engine.executors import make_executor
+
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    suite = parse_suite(box[0], "<suite from rank 0>")
+    executor = make_executor("none", suite, device)
+    waiting = CaseResult(Case("-", None, "train", "fp32", 1, 1, None), "skipped", "rank 0 runs it")
+    try:
+        while True:
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is None:
+                return 0
+            case = Case.from_dict(box[0])
+            local = executor.run(case) if case.parallel is not None else waiting
+            gather_results(local)
+    finally:
+        executor.close()

@@ -20,7 +20,7 @@ from bench.engine.numerics.config import validate_table as validate_numerics_tab
 from bench.engine.workloads import WORKLOADS
 from bench.errors import MpbenchError, SuiteError
 from bench.results.peaks import DTYPES
-from bench.results.schema import Case
+from bench.results.schema import PARALLEL_STRATEGIES, REDUCE_DTYPES, Case
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -97,6 +97,23 @@ class FlopsConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """[parallel]: data-parallel training (bench.engine.parallel) when the run is launched by
+    torchrun. `strategy` "ddp" (DistributedDataParallel) or "fsdp" (FSDP2's fully_shard), or
+    "none"; each training case then runs once per `reduce_dtypes` entry, the dtype gradients are
+    reduced in (DDP: a communication hook; FSDP2: MixedPrecisionPolicy.reduce_dtype). The world
+    size is the launch's, not the suite's."""
+
+    strategy: str = "none"
+    reduce_dtypes: tuple[str, ...] = ("fp32",)
+
+    @property
+    def enabled(self) -> bool:
+        """True for ddp or fsdp."""
+        return self.strategy != "none"
+
+
+@dataclass(frozen=True)
 class Shard:
     """`--shard I/N`: this run takes every N-th comparison group of the sweep, from the I-th.
 
@@ -147,35 +164,44 @@ class Suite:
     source: str = "<suite>"
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # [numerics], [check] as given
     flops: FlopsConfig = field(default_factory=FlopsConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     @property
     def name(self) -> str:
         """The suite's name (used in run directory names)."""
         return self.info.name
 
-    def cases(self, device: str, shard: Shard | None = None) -> list[Case]:
+    def cases(self, device: str, shard: Shard | None = None, world_size: int = 1) -> list[Case]:
         """Every case (of `shard` only, when given), ordered model > workload > seq_len > batch
-        size > precision > eager or compiled, so the cases being compared run back to back
-        (drift hits them alike) and batch sizes grow."""
+        size > precision > gradient reduce dtype > eager or compiled, so the cases being
+        compared run back to back (drift hits them alike) and batch sizes grow. With [parallel]
+        on, training cases are data-parallel over `world_size` ranks (the launch's)."""
         out = []
+        parallel = self.parallel
         for spec in self.models:
             for workload in self.sweep.workloads:
+                data_parallel = parallel.enabled and workload == "train"
+                reduce_dtypes = parallel.reduce_dtypes if data_parallel else (None,)
                 for seq_len in self.sweep.seq_lens:
                     for batch_size in self.sweep.batch_sizes:
                         for precision in self.sweep.precisions:
-                            for execution in self.sweep.compile:
-                                out.append(
-                                    Case(
-                                        spec.name,
-                                        spec.family,
-                                        workload,
-                                        precision,
-                                        batch_size,
-                                        seq_len,
-                                        device,
-                                        compiled=execution == "compiled",
+                            for reduce_dtype in reduce_dtypes:
+                                for execution in self.sweep.compile:
+                                    out.append(
+                                        Case(
+                                            spec.name,
+                                            spec.family,
+                                            workload,
+                                            precision,
+                                            batch_size,
+                                            seq_len,
+                                            device,
+                                            compiled=execution == "compiled",
+                                            parallel=parallel.strategy if data_parallel else None,
+                                            world_size=world_size if data_parallel else None,
+                                            reduce_dtype=reduce_dtype,
+                                        )
                                     )
-                                )
         if shard is None:
             return out
         groups = len({comparison_group(c) for c in out})
@@ -190,6 +216,16 @@ class Suite:
         """A copy with [timing] keys replaced (from --warmup/--iterations), validated."""
         clean = {k: _check_field(Timing, k, v, f"--{k}") for k, v in values.items()}
         return replace(self, timing=replace(self.timing, **clean))
+
+    def with_parallel(self, strategy: str | None, reduce_dtypes: list[str] | None) -> Suite:
+        """A copy with [parallel] keys replaced (from --parallel/--reduce-dtypes), validated."""
+        values = {"strategy": strategy, "reduce_dtypes": reduce_dtypes}
+        clean = {
+            k: _check_field(ParallelConfig, k, v, f"--{k.replace('_', '-')}")
+            for k, v in values.items()
+            if v is not None
+        }
+        return replace(self, parallel=replace(self.parallel, **clean))
 
     def with_peak_tflops(self, text: str) -> Suite:
         """A copy with [flops] peak_tflops from --peak-tflops ("989" or "bf16=989,fp8=1979")."""
@@ -225,6 +261,8 @@ class Suite:
         lines += ["", "[flops]", f"enabled = {_toml_value(self.flops.enabled)}"]
         if self.flops.peak_tflops:
             lines.append(f"peak_tflops = {_toml_value(self.flops.peak_tflops)}")
+        if self.parallel.enabled:  # absent when off, so older suites keep their hash
+            lines += ["", "[parallel]"] + _toml_items(self.parallel)
         for table, values in self.tables.items():
             lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         return "\n".join(lines) + "\n"
@@ -239,6 +277,7 @@ _TABLES: dict[str, type] = {
     "sweep": Sweep,
     "timing": Timing,
     "flops": FlopsConfig,
+    "parallel": ParallelConfig,
 }
 # Tables whose keys are validated by the feature that owns them (numerics here, check by the CLI).
 _FREE_TABLES = ("numerics", "check")
@@ -321,7 +360,16 @@ def parse_suite(
     info = replace(info, data=_resolve_data(info.data, source, base_dir, data_override))
     tables = {t: dict(doc[t]) for t in _FREE_TABLES if t in doc}
     _validate_feature_tables(tables, source)
-    return Suite(info, sweep, timing, models, source=source, tables=tables, flops=parsed["flops"])
+    return Suite(
+        info,
+        sweep,
+        timing,
+        models,
+        source=source,
+        tables=tables,
+        flops=parsed["flops"],
+        parallel=parsed["parallel"],
+    )
 
 
 def _resolve_data(data: str, source: str, base_dir: Path | None, override: str | None) -> str:
@@ -473,6 +521,14 @@ _FIELD_RULES: dict[tuple[type, str], tuple[str, Any]] = {
     (FlopsConfig, "peak_tflops"): (
         f"a positive number (every dtype) or a table of them by dtype ({', '.join(DTYPES)})",
         _peak_tflops,
+    ),
+    (ParallelConfig, "strategy"): (
+        'one of "none", ' + ", ".join(f'"{s}"' for s in PARALLEL_STRATEGIES),
+        lambda v: v if v in ("none", *PARALLEL_STRATEGIES) else None,
+    ),
+    (ParallelConfig, "reduce_dtypes"): (
+        f"a non-empty list from: {', '.join(REDUCE_DTYPES)}",
+        _list_of(_string, REDUCE_DTYPES),
     ),
 }
 

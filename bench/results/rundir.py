@@ -33,6 +33,9 @@ else:  # pragma: no cover - Python 3.10
 RESULTS_FILE = "results.jsonl"
 ENV_FILE = "env.json"
 SUITE_FILE = "suite.toml"
+INFLIGHT_FILE = (
+    "inflight"  # the case a data-parallel run's ranks are running (bench.engine.session)
+)
 MAX_BATCH_FILE = "max_batch.json"
 
 

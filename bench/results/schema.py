@@ -21,6 +21,11 @@ Schema history (bump SCHEMA_VERSION on any change a reader must know about):
      `telemetry` object (GPU power, energy, clocks, throttling: bench.engine.telemetry) and the
      `flops` object (FLOPs per step and the peak that MFU is taken against). Older lines have
      none of these (null).
+  5  data-parallel cases: `case.parallel` ("ddp" or "fsdp"), `case.world_size` and
+     `case.reduce_dtype` (the dtype gradients are reduced in); the id gains `/ddpN` (and
+     `/reduce-bf16` where gradients are not reduced in fp32). Their timing is the slowest rank's
+     per step and their throughput is global (all ranks); `details.parallel` keeps every rank's
+     step times and peak memory (bench.engine.parallel). Older lines are single-device cases.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 
 from bench.errors import ResultsError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Case statuses. "ok" is measured; every other status carries a `reason`.
 STATUSES = ("ok", "skipped", "oom", "error", "crashed", "timeout")
@@ -48,6 +53,9 @@ VERDICTS = ("ok", "warn", "diverged", "nan")
 # The headline divergence of a case: the first of these its numerics carry (training loss first,
 # then inference outputs).
 DIVERGENCE_KEYS = ("max_rel_div", "rel_rmse", "kl_mean")
+# Data-parallel strategies (bench.engine.parallel) and the dtypes gradients may be reduced in.
+PARALLEL_STRATEGIES = ("ddp", "fsdp")
+REDUCE_DTYPES = ("fp32", "bf16", "fp16")
 # How per-step times were taken. Timings taken differently are not compared.
 TIMING_METHODS = ("cuda-events", "perf-counter", "pytest-benchmark")
 
@@ -149,7 +157,8 @@ class Case:
 
     `label` is set only for a benchmark that is not a sweep point (a plain pytest-benchmark test):
     it is then the case's id, and the sweep fields it cannot know are None. `compiled` cases ran
-    under torch.compile.
+    under torch.compile. A data-parallel training case names its `parallel` strategy, its
+    `world_size` (ranks) and its gradient `reduce_dtype`; `batch_size` is then per rank.
     """
 
     model: str
@@ -161,29 +170,59 @@ class Case:
     device: str | None
     label: str | None = None
     compiled: bool = False
+    parallel: str | None = None  # "ddp" or "fsdp": data-parallel training over world_size ranks
+    world_size: int | None = None
+    reduce_dtype: str | None = None  # gradients reduced in: "fp32", "bf16" or "fp16"
+
+    @property
+    def layout(self) -> str:
+        """'' on one device, else the strategy and world size, e.g. 'ddp4'."""
+        return f"{self.parallel}{self.world_size}" if self.parallel else ""
+
+    @property
+    def reduce_suffix(self) -> str:
+        """'' when gradients are reduced in fp32 (or not at all), else e.g. 'reduce-bf16'."""
+        reduced = self.reduce_dtype not in (None, "fp32")
+        return f"reduce-{self.reduce_dtype}" if reduced else ""
 
     @property
     def id(self) -> str:
-        """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (no device),
-        with `/compiled` at the end for a case under torch.compile."""
+        """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (no device);
+        a data-parallel case adds `/ddp4` (and `/reduce-bf16` for a non-fp32 reduction), and a
+        case under torch.compile ends in `/compiled`."""
         if self.label is not None:
             return self.label
-        suffix = "/compiled" if self.compiled else ""
-        return (
-            f"{self.model}/{self.workload}/{self.precision}/bs{self.batch_size}/seq{self.seq_len}"
-            + suffix
-        )
+        parts = [self.model, self.workload, self.precision, f"bs{self.batch_size}"]
+        parts += [f"seq{self.seq_len}", self.layout, self.reduce_suffix]
+        parts.append("compiled" if self.compiled else "")
+        return "/".join(p for p in parts if p)
 
     @property
     def mode(self) -> str:
-        """The precision, and ' +compile' under torch.compile: what views list as a row."""
-        return f"{self.precision} +compile" if self.compiled else self.precision
+        """What views list as a row: the precision, then the layout and the reduction of a
+        data-parallel case (`amp_bf16 ddp2 reduce-bf16`), then ' +compile' under torch.compile."""
+        words = [
+            self.precision,
+            self.layout,
+            self.reduce_suffix,
+            "+compile" if self.compiled else "",
+        ]
+        return " ".join(w for w in words if w)
+
+    @property
+    def numerics_key(self) -> str:
+        """The cases that share one numerics pass: the mode without ' +compile'."""
+        return " ".join(w for w in (self.precision, self.layout, self.reduce_suffix) if w)
 
     def to_dict(self) -> dict[str, Any]:
-        """The `case` object of a results line (`label` only where set)."""
+        """The `case` object of a results line (`label` and the parallel fields only where
+        set)."""
         data = {"id": self.id, **asdict(self)}
         if self.label is None:
             del data["label"]
+        if self.parallel is None:
+            for key in ("parallel", "world_size", "reduce_dtype"):
+                del data[key]
         return data
 
     @classmethod
@@ -196,6 +235,19 @@ class Case:
         compiled = data.get("compiled", False)
         if not isinstance(compiled, bool):
             raise _fail(where, "compiled", f"must be true or false; got {compiled!r}")
+        parallel = _text(data, "parallel", where)
+        if parallel is not None and parallel not in PARALLEL_STRATEGIES:
+            raise _fail(
+                where, "parallel", f"must be one of {PARALLEL_STRATEGIES}; got {parallel!r}"
+            )
+        world_size = _integer(data, "world_size", where, required=parallel is not None)
+        if world_size is not None and world_size < 1:
+            raise _fail(where, "world_size", f"must be at least 1; got {world_size}")
+        reduce_dtype = _text(data, "reduce_dtype", where, required=parallel is not None)
+        if reduce_dtype is not None and reduce_dtype not in REDUCE_DTYPES:
+            raise _fail(
+                where, "reduce_dtype", f"must be one of {REDUCE_DTYPES}; got {reduce_dtype!r}"
+            )
         case = cls(
             model=_text(data, "model", where, required=True),
             family=_text(data, "family", where),
@@ -206,6 +258,9 @@ class Case:
             device=_text(data, "device", where),
             label=label,
             compiled=compiled,
+            parallel=parallel,
+            world_size=world_size if parallel is not None else None,
+            reduce_dtype=reduce_dtype if parallel is not None else None,
         )
         given = data.get("id")
         if given is not None and given != case.id:
@@ -683,9 +738,9 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
         return data
     if version == 1:
         return {**_upgrade_v1(data), "schema": SCHEMA_VERSION}
-    if version in (2, 3):
+    if version in (2, 3, 4):
         # v2: eager cases (`compiled` defaults to false); v2/v3: no steadiness, telemetry or
-        # FLOPs (they read as null).
+        # FLOPs (they read as null); v2-v4: single-device cases (no `parallel`).
         return {**data, "schema": SCHEMA_VERSION}
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ResultsError(

@@ -182,6 +182,8 @@ EXTRA_COLUMNS: tuple[ExtraColumn, ...] = (
     ("TFLOP/s", "achieved_tflops", fmt_tflops),
     ("MFU", "mfu", fmt_mfu),
     ("J/sample", "energy_per_sample_j", fmt_energy),
+    ("comm/step", "comm_s_per_step", fmt_seconds),
+    ("scaling", "scaling_efficiency", fmt_fraction),
 )
 
 
@@ -191,12 +193,15 @@ def extra_columns(group: GroupSummary) -> list[ExtraColumn]:
 
 
 def run_extra_columns(analysis: RunAnalysis) -> list[ExtraColumn]:
-    """The optional columns a run's case table shows: TFLOP/s always, MFU and J/sample where
-    some case has one."""
+    """The optional columns a run's case table shows: TFLOP/s always, MFU, J/sample and
+    scaling efficiency where some case has one, collective time per step in a data-parallel
+    run."""
     shown = {
         "achieved_tflops": True,
         "mfu": analysis.has_mfu,
         "energy_per_sample_j": analysis.has_energy,
+        "comm_s_per_step": analysis.has_parallel,
+        "scaling_efficiency": analysis.has_scaling,
     }
     return [c for c in EXTRA_COLUMNS if shown[c[1]]]
 

@@ -354,14 +354,26 @@ class RawCell:
     sort: str | None
 
 
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def raw_table(analysis: RunAnalysis) -> tuple[list[tuple[str, bool]], list[list[RawCell]]]:
-    """Headers (name, numeric?) and formatted cells for every case."""
-    headers = [(name, numeric) for name, _, _, numeric in RAW_COLUMNS]
+    """Headers (name, numeric?) and formatted cells for every case; an optional column
+    (fmt.EXTRA_COLUMNS) only where some case has a value in it."""
+    records = analysis.records()
+    optional = {key for _, key, _ in fmt.EXTRA_COLUMNS}
+    columns = [
+        c
+        for c in RAW_COLUMNS
+        if c[1] not in optional or any(_present(r.get(c[1])) for r in records)
+    ]
+    headers = [(name, numeric) for name, _, _, numeric in columns]
     body = []
-    for record in analysis.records():
+    for record in records:
         record["verdict_key"] = fmt.case_verdict_key(record["verdict"], record["numerics_error"])
         cells = []
-        for _, column, formatter, numeric in RAW_COLUMNS:
+        for _, column, formatter, numeric in columns:
             value = record[column]
             text = fmt.MISSING if value is None else formatter(value)
             sort = None

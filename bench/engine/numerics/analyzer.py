@@ -13,6 +13,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from bench.engine.numerics.passes import (
     run_training,
 )
 from bench.engine.numerics.verdicts import inference_verdict, training_verdict
+from bench.engine.parallel import current_rank, mean_over_ranks, wrap_model
 from bench.engine.precision import PrecisionMode
 from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.runner import first_line
@@ -111,6 +113,13 @@ class NumericsAnalyzer:
             self._cache.clear()  # one model's references at a time: they can be large
             self._model = case.model
         kind = "train" if case.workload == "train" else "infer"
+        if case.parallel is not None:  # a data-parallel training case: its own passes
+            return dict(
+                self._memo(
+                    ("numerics", kind, case.numerics_key),
+                    lambda: self._training_numerics(spec, case.precision, case),
+                )
+            )
         out = dict(
             self._memo(
                 ("numerics", kind, case.precision),
@@ -172,16 +181,20 @@ class NumericsAnalyzer:
             torch.manual_seed(self.suite.info.seed)
             yield
 
-    def _batches(self, spec: ModelSpec, kind: str) -> Batches:
+    def _batches(self, spec: ModelSpec, kind: str, rank: int | None = None) -> Batches:
+        """The pass's batches; with `rank`, that rank's own (data-parallel passes: each rank
+        trains on its own deterministic part of the global batch)."""
+
         def build() -> Batches:
             batch_size, seq_len = self.shape(spec)
             count = self.config.train_steps if kind == "train" else INFER_BATCHES
-            seed = stable_seed(self.suite.info.seed, spec.name, "numerics", kind)
+            parts = () if rank is None else ("rank", rank)
+            seed = stable_seed(self.suite.info.seed, spec.name, "numerics", kind, *parts)
             return make_batches(
                 self.suite.info.data, spec, kind == "train", batch_size, seq_len, count, seed
             )
 
-        return self._memo(("batches", kind), build)
+        return self._memo(("batches", kind, str(rank)), build)
 
     def _fp64_affordable(self, spec: ModelSpec) -> bool:
         return self.config.noise_floor and (
@@ -221,29 +234,55 @@ class NumericsAnalyzer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def training_trace(self, spec: ModelSpec, mode: PrecisionMode, label: str) -> TrainingTrace:
+    def training_trace(
+        self, spec: ModelSpec, mode: PrecisionMode, label: str, case: Case | None = None
+    ) -> TrainingTrace:
         """One training pass of `mode` on the suite's numerics batches, from the pristine weights,
-        in the deterministic pass context (uncached: a trace holds a copy of the gradients)."""
-        batches = self._batches(spec, "train").batches
+        in the deterministic pass context (uncached: a trace holds a copy of the gradients).
+        For a data-parallel `case`, on every rank at once, laid out and reduced as the case is:
+        each rank its own batches, the loss the mean over the ranks (the global batch's)."""
+        if case is None:
+            batches = self._batches(spec, "train").batches
+            wrap = None
+        else:
+            batches = self._batches(spec, "train", current_rank()).batches
+
+            def wrap(model: torch.nn.Module) -> torch.nn.Module:
+                return wrap_model(model, case, self.device)[0]
+
         name = f"numerics: {label}"
         self._phase(name, 0, len(batches))
         with self._pass(mode):
-            return run_training(
+            trace = run_training(
                 self.pristine_model(spec),
                 mode,
                 self.device,
                 batches,
                 on_step=lambda step, total: self._phase(name, step, total),
+                wrap=wrap,
             )
+        if case is not None:
+            trace.loss = mean_over_ranks(trace.loss)
+        return trace
 
-    def _training_reference(self, spec: ModelSpec) -> dict[str, Any]:
-        """fp32 run (the baseline), a second fp32 run and an fp64 run (the noise floor)."""
+    def _training_reference(self, spec: ModelSpec, case: Case | None = None) -> dict[str, Any]:
+        """fp32 run (the baseline), a second fp32 run and an fp64 run (the noise floor). For a
+        data-parallel case, laid out as it is with gradients reduced in fp32, and no fp64 run."""
         fp32 = PRECISION_MODES["fp32"]
-        reference = self.training_trace(spec, fp32, "fp32 reference")
-        repeat = self.training_trace(spec, fp32, "fp32 repeat") if self.config.noise_floor else None
-        fp64, fp64_error = self._optional_fp64(
-            lambda: self.training_trace(spec, FP64_REFERENCE, "fp64 reference"), spec
+        layout = None if case is None else replace(case, precision="fp32", reduce_dtype="fp32")
+        reference = self.training_trace(spec, fp32, "fp32 reference", layout)
+        repeat = (
+            self.training_trace(spec, fp32, "fp32 repeat", layout)
+            if self.config.noise_floor
+            else None
         )
+        if layout is None:
+            fp64, fp64_error = self._optional_fp64(
+                lambda: self.training_trace(spec, FP64_REFERENCE, "fp64 reference"), spec
+            )
+        else:
+            fp64, fp64_error = None, "not run for data-parallel cases"
+
         floor: dict[str, Any] = {
             "fp32_runs_identical": None,
             "fp32_repeat_max_rel_div": None,
@@ -275,21 +314,70 @@ class NumericsAnalyzer:
         floor["max_rel_div"] = max(candidates) if candidates else None
         return {"trace": reference, "repeat": repeat, "noise_floor": floor}
 
-    def _training_numerics(self, spec: ModelSpec, precision: str) -> dict[str, Any]:
-        reference = self._memo(("reference", "train"), lambda: self._training_reference(spec))
+    def _training_numerics(
+        self, spec: ModelSpec, precision: str, case: Case | None = None
+    ) -> dict[str, Any]:
+        """Divergence of `precision`'s training from fp32's; for a data-parallel `case`, of its
+        precision and gradient reduce dtype from fp32 computed and reduced in fp32, with the
+        reduction's own effect (against the same precision reduced in fp32) in `reduce`."""
+        layout = "" if case is None else case.layout
+        reference = self._memo(
+            ("reference", "train", layout), lambda: self._training_reference(spec, case)
+        )
         base: TrainingTrace = reference["trace"]
         mode = PRECISION_MODES[precision]
-        if precision == "fp32":
+        reduced = case is not None and case.reduce_dtype not in (None, "fp32")
+        if precision == "fp32" and not reduced:
             # fp32 against itself is the repeat run (METHODS rule 11); without one, itself.
             trace = reference["repeat"] or base
         else:
-            trace = self.training_trace(spec, mode, precision)
+            label = precision if case is None else case.numerics_key
+            trace = self.training_trace(spec, mode, label, case)
+        out = self._training_divergence(spec, trace, base, reference["noise_floor"])
+        if case is not None:
+            out["reference"] = (
+                f"fp32, gradients reduced in fp32, {case.layout} (TF32 off, deterministic "
+                "algorithms, dropout off)"
+            )
+            out["world_size"] = case.world_size
+        if reduced:
+            out["reduce"] = self._reduce_effect(spec, case, trace, base, reference)
+        return out
+
+    def _reduce_effect(
+        self,
+        spec: ModelSpec,
+        case: Case,
+        trace: TrainingTrace,
+        base: TrainingTrace,
+        reference: dict[str, Any],
+    ) -> dict[str, Any]:
+        """What reducing gradients in the case's dtype alone does: its training against the
+        same precision with gradients reduced in fp32, from the same weights and data."""
+        if case.precision == "fp32":
+            same = base
+        else:
+            fp32_reduce = replace(case, reduce_dtype="fp32")
+            label = f"{fp32_reduce.numerics_key} (fp32 reduce)"
+            same = self.training_trace(spec, PRECISION_MODES[case.precision], label, fp32_reduce)
+        effect = self._training_divergence(spec, trace, same, reference["noise_floor"])
+        keys = ("max_rel_div", "final_rel_div", "grad_sqnr_db", "first_exceed_step", "verdict")
+        return {
+            "against": f"{case.precision}, gradients reduced in fp32, {case.layout}",
+            "reduce_dtype": case.reduce_dtype,
+            **{k: effect[k] for k in keys},
+            "reasons": effect["reasons"],
+        }
+
+    def _training_divergence(
+        self, spec: ModelSpec, trace: TrainingTrace, base: TrainingTrace, floor: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A training pass against its baseline: losses, divergence, gradient SQNR, verdict."""
         div = metrics.loss_divergence(trace.loss, base.loss)
         if trace.first_nan_step is not None:
             # Stopped on NaN/inf weights or gradients: the divergence from here on is unbounded,
             # even where the losses recorded so far were close.
             div.update(max_rel_div=math.nan, mean_rel_div=math.nan, final_rel_div=math.nan)
-        floor = reference["noise_floor"]
         out: dict[str, Any] = {
             **self._common(spec, "train"),
             "loss": trace.loss,

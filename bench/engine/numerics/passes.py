@@ -20,6 +20,7 @@ from bench.engine import workloads
 from bench.engine.device import Device
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.activations import activation_ranges
+from bench.engine.parallel import full_tensor, local_tensor
 from bench.engine.precision import PrecisionMode, PreparedModel
 
 # The reference fp32 is judged against where it is affordable (METHODS rule 12: PyTorch's same()).
@@ -63,13 +64,14 @@ def _gradients_cpu(
     for name, param in model.named_parameters():
         if param.grad is not None:
             dtype = torch.float64 if param.grad.dtype == torch.float64 else torch.float32
-            grad = param.grad.detach().to("cpu", dtype) / divide_by
+            # FSDP2 shards gradients (DTensor): gathered whole, on every rank alike.
+            grad = full_tensor(param.grad.detach()).to("cpu", dtype) / divide_by
             out[name] = grad.t() if name in transposed else grad
     return out
 
 
 def _all_finite(tensors: Any) -> bool:
-    flags = [torch.isfinite(t).all() for t in tensors]
+    flags = [torch.isfinite(local_tensor(t)).all() for t in tensors]
     return bool(torch.stack(flags).all()) if flags else True
 
 
@@ -79,18 +81,21 @@ def first_step_gradients(
     device: Device,
     batch: dict[str, torch.Tensor],
     scaler: torch.amp.GradScaler | None,
+    module: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients of the first batch at the initial weights, as the mode's training computes them.
 
     With a GradScaler the loss is scaled by its initial scale and halved until the gradients are
     finite, as the scaler's first steps would; the result is unscaled (powers of two: exact).
-    Leaves the model's gradients cleared.
+    Leaves the model's gradients cleared. `module` is what the forward pass calls (a DDP
+    wrapper, whose backward all-reduces the gradients); the model itself by default.
     """
     model = prepared.model
+    module = module or model
     scale = float(scaler.get_scale()) if scaler is not None else 1.0
     for _ in range(_MAX_BACKOFFS):
         with mode.autocast(device, "train"):
-            loss = model(**batch).loss
+            loss = module(**batch).loss
         (loss * scale if scaler is not None else loss).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if scaler is None or _all_finite(grads):
@@ -122,8 +127,12 @@ def run_training(
     batches: list[dict[str, torch.Tensor]],
     gradients: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> TrainingTrace:
     """Train a copy for len(batches) steps, one batch per step; stop at the first NaN/inf.
+
+    `wrap` makes the copy data-parallel (bench.engine.parallel.wrap_model): the steps then call
+    what it returns, and the gradients compared are the reduced ones.
 
     NaN/inf in the loss, in the gradients (modes without a GradScaler: with one, a non-finite
     gradient is a skipped step, which is the scaler's job) or in the weights after the optimizer
@@ -132,25 +141,28 @@ def run_training(
     prepared = working_copy(pristine, mode, device, "train")
     model = prepared.model
     model.train()
+    module = wrap(model) if wrap is not None else model  # before the optimizer: FSDP2 shards
     optimizer = mode.make_optimizer(model, device)
     scaler = mode.make_grad_scaler(device)
     trace = TrainingTrace(names=parameter_names(model))
     device_batches = [_to_device(b, device) for b in batches]
     if gradients:
-        trace.grads = first_step_gradients(prepared, mode, device, device_batches[0], scaler)
+        trace.grads = first_step_gradients(
+            prepared, mode, device, device_batches[0], scaler, module
+        )
     grad_flags: list[torch.Tensor] = []
 
     def check_grad(param: torch.Tensor) -> None:
         # Runs inside backward as each gradient is complete; flags stay on the device (no sync).
         if param.grad is not None:
-            grad_flags.append(torch.isfinite(param.grad).all())
+            grad_flags.append(torch.isfinite(local_tensor(param.grad)).all())
 
     params = list(model.parameters())
     handles = [p.register_post_accumulate_grad_hook(check_grad) for p in params]
     # train_step_fn closes over this dict: refilling it feeds the next batch to the same step.
     current: dict[str, torch.Tensor] = {}
     step = workloads.train_step_fn(
-        model,
+        module,
         current,
         optimizer,
         lambda: mode.autocast(device, "train"),
