@@ -383,3 +383,54 @@ def test_a_hung_rank_times_out_its_case_and_the_run_goes_on(tmp_path: Path) -> N
     assert [r.status for r in results.values()] == ["ok", "timeout", "ok"]
     assert "timeout" in results[victim].reason.lower()
     assert processes_naming(out) == []
+
+
+# -- GPU paths, through fakes at the narrowest boundary --------------------------------------------
+
+
+def test_each_gpu_rank_takes_its_local_gpu(monkeypatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    rank1 = parallel.Launch(rank=1, world_size=2, local_rank=1, launched=True)
+    assert parallel.rank_device("auto", rank1) == "cuda:1"
+    assert parallel.rank_device("cuda", rank1) == "cuda:1"
+    assert parallel.rank_device("cpu", rank1) == "cpu"
+    with pytest.raises(Exception, match="LOCAL_RANK"):
+        parallel.rank_device("cuda:0", rank1)
+    assert parallel.rank_device("cuda:0", parallel.Launch()) == "cuda:0"  # not launched
+
+
+class _FakeEvent:
+    def __init__(self, name: str, device_type: object, elapsed_us: float) -> None:
+        self.name, self.device_type = name, device_type
+        self.time_range = type("Range", (), {"elapsed_us": lambda _self: elapsed_us})()
+
+
+def test_collective_time_counts_nccl_kernels_not_their_launches(monkeypatch) -> None:
+    from torch.autograd import DeviceType
+
+    events = [
+        _FakeEvent("nccl:all_reduce", DeviceType.CPU, 900.0),  # the launch, on the CPU
+        _FakeEvent("ncclDevKernel_AllReduce_Sum_f32_RING_LL", DeviceType.CUDA, 300.0),
+        _FakeEvent("ncclDevKernel_AllReduce_Sum_f32_RING_LL", DeviceType.CUDA, 300.0),
+        _FakeEvent("ampere_sgemm_128x64_tn", DeviceType.CUDA, 5000.0),
+    ]
+
+    class FakeProfile:
+        def __init__(self, activities: list) -> None:
+            self.activities = activities
+
+        def __enter__(self) -> FakeProfile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def events(self) -> list:
+            return events
+
+    monkeypatch.setattr("torch.profiler.profile", FakeProfile)
+    gpu = type("FakeGpu", (), {"is_cuda": True, "synchronize": lambda self: None})()
+    steps = []
+    seconds, method = parallel.collective_time_s(lambda: steps.append(1), gpu, steps=2)
+    assert len(steps) == 2
+    assert seconds == pytest.approx(600e-6 / 2) and "NCCL kernel" in method
