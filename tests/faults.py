@@ -2,8 +2,9 @@
 
 Run mpbench with MPBENCH_RUNNER_FACTORY=faults:faulty_runner (and this folder on PYTHONPATH) and
 MPBENCH_TEST_FAULT="kill:<case id>" (the worker SIGKILLs itself when that case starts) or
-"hang:<case id>" (it sleeps forever); "kill-rank1:<case id>" and "hang-rank1:<case id>" do that
-only in rank 1 of a torchrun launch. Nothing of this lives in mpbench itself.
+"hang:<case id>" (it sleeps forever) or "oom:<case id>" (the case's result is an out-of-memory
+without running it); "kill-rank1:<case id>" and the like do that only in rank 1 of a torchrun
+launch. Nothing of this lives in mpbench itself.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import Any
 
 from bench.engine.executors import default_runner_factory
+from bench.results.schema import CaseResult
 
 FAULT_ENV = "MPBENCH_TEST_FAULT"
 
@@ -30,6 +32,8 @@ def faulty_runner(suite: Any, device: Any) -> Any:
     def run_with_fault(case: Any, *args: Any, **kwargs: Any) -> Any:
         if case.id == victim and kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if case.id == victim and kind == "oom":
+            return CaseResult(case, "oom", "OutOfMemoryError: injected by tests/faults.py")
         if case.id == victim and kind == "hang":
             while True:
                 time.sleep(60)

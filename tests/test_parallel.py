@@ -109,13 +109,14 @@ def test_torchrun_arguments_for_the_ranks() -> None:
 
 
 def test_launch_from_torchrun_environment(monkeypatch) -> None:
-    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+    torchrun_env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x"}
+    for key, value in torchrun_env.items():
         monkeypatch.setenv(key, value)
     here = parallel.Launch.from_env()
     assert (here.rank, here.world_size, here.local_rank, here.launched) == (1, 2, 1, True)
     assert not here.leader
     assert parallel.rank_device("auto", here) == "cpu"  # no GPU here
-    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # RANK/WORLD_SIZE from another launcher: ignored
     assert parallel.Launch.from_env() == parallel.Launch()
 
 
@@ -253,16 +254,19 @@ def test_torchrun_ddp_run_from_the_issue(tmp_path: Path) -> None:
     assert run.results[1].numerics["verdict"] in ("ok", "warn")
 
 
-def test_torchrun_fsdp_reduce_dtypes_with_verdicts(tmp_path: Path) -> None:
-    out = tmp_path / "fsdp"
+@pytest.mark.parametrize(("strategy", "low"), [("fsdp", "amp_bf16"), ("ddp", "bf16")])
+def test_torchrun_reduce_dtypes_with_verdicts(tmp_path: Path, strategy: str, low: str) -> None:
+    """fsdp: MixedPrecisionPolicy(reduce_dtype); ddp: the communication hooks, bf16 weights
+    reduced in fp32 through mpbench's upcast hook."""
+    out = tmp_path / strategy
     proc = torchrun(
-        "run", suite_file(tmp_path), "--precisions", "fp32,amp_bf16", "--parallel", "fsdp",
+        "run", suite_file(tmp_path), "--precisions", f"fp32,{low}", "--parallel", strategy,
         "--reduce-dtypes", "fp32,bf16,fp16", "--out", str(out), "--no-report",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r.case.id: r for r in load_run(out).results}
-    assert len(results) == 6 and all(r.ok for r in results.values())
-    base = "gpt2-tiny/train/fp32/bs2/seq16/fsdp2"
+    assert len(results) == 6 and all(r.ok for r in results.values()), results
+    base = f"gpt2-tiny/train/fp32/bs2/seq16/{strategy}2"
     assert results[base].numerics["max_rel_div"] == 0  # fp32 against its fp32-reduce repeat
     for dtype in ("bf16", "fp16"):
         numerics = results[f"{base}/reduce-{dtype}"].numerics
@@ -270,9 +274,15 @@ def test_torchrun_fsdp_reduce_dtypes_with_verdicts(tmp_path: Path) -> None:
         assert numerics["loss"] != numerics["baseline_loss"]  # the reduction changed something
         assert numerics["grad_sqnr_db"]["overall"] < 200
         assert numerics["reduce"]["reduce_dtype"] == dtype and numerics["reduce"]["verdict"]
-        mixed = results[f"gpt2-tiny/train/amp_bf16/bs2/seq16/fsdp2/reduce-{dtype}"].numerics
-        assert mixed["reduce"]["against"].startswith("amp_bf16, gradients reduced in fp32")
-    assert results[base].details["mp_policy_reduce_dtype"] == "fp32"
+        mixed = results[f"gpt2-tiny/train/{low}/bs2/seq16/{strategy}2/reduce-{dtype}"].numerics
+        assert mixed["reduce"]["against"].startswith(f"{low}, gradients reduced in fp32")
+    details = {r.case.reduce_dtype: r.details for r in results.values() if r.case.precision == low}
+    if strategy == "fsdp":
+        assert details["fp32"]["mp_policy_reduce_dtype"] == "fp32"
+    else:
+        assert details["fp32"]["comm_hook"].startswith("fp32 upcast")
+        assert details["bf16"]["comm_hook"].startswith("none")  # bf16 already
+        assert details["fp16"]["comm_hook"] == "fp16_compress_hook"
 
 
 def processes_naming(out: Path) -> list[int]:
@@ -381,7 +391,7 @@ def test_a_hung_rank_times_out_its_case_and_the_run_goes_on(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r.case.id: r for r in load_run(out).results}
     assert [r.status for r in results.values()] == ["ok", "timeout", "ok"]
-    assert "timeout" in results[victim].reason.lower()
+    assert "timed out" in results[victim].reason.lower() or "timeout" in results[victim].reason
     assert processes_naming(out) == []
 
 
@@ -434,3 +444,26 @@ def test_collective_time_counts_nccl_kernels_not_their_launches(monkeypatch) -> 
     seconds, method = parallel.collective_time_s(lambda: steps.append(1), gpu, steps=2)
     assert len(steps) == 2
     assert seconds == pytest.approx(600e-6 / 2) and "NCCL kernel" in method
+
+
+def test_out_of_memory_on_one_rank_is_recorded_as_oom(tmp_path: Path) -> None:
+    """Rank 1 fails alone (as one GPU running out of memory would): it leaves its result and
+    exits; rank 0's collectives fail; the case is `oom` with rank 1's reason, and larger batches
+    of it are then predicted to run out too."""
+    out = tmp_path / "oom"
+    text = SUITE.replace("batch_sizes = [2]", "batch_sizes = [2, 4]")
+    (tmp_path / "dp.toml").write_text(text)
+    env = fault_env("oom")
+    proc = mpbench(
+        "run", str(tmp_path / "dp.toml"), "--precisions", "fp32,amp_bf16", "--parallel", "ddp",
+        "--nproc", "2", "--out", str(out), "--no-report", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r.case.id: r for r in load_run(out).results}
+    assert results[VICTIM].status == "oom"
+    assert results[VICTIM].reason.startswith("rank 1: OutOfMemoryError: injected")
+    bigger = results["gpt2-tiny/train/amp_bf16/bs4/seq16/ddp2"]
+    assert bigger.status == "oom" and "predicted" in bigger.reason
+    assert results["gpt2-tiny/train/fp32/bs4/seq16/ddp2"].ok
+    assert not list(out.glob("inflight*"))
+    assert processes_naming(out) == []

@@ -138,7 +138,8 @@ def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
     for mode in group.modes:
         result = analysis.result(mode.case_id) if mode.ok else None
         if result is not None and result.losses:
-            curves[mode.label] = list(result.losses)
+            label = BASELINE_PRECISION if mode.is_baseline else mode.label
+            curves.setdefault(label, list(result.losses))
     if not curves:
         return None
     baseline = curves.pop(BASELINE_PRECISION, [])

@@ -251,7 +251,9 @@ def mode_rank(
     first, then each data-parallel layout with its reduce dtypes in REDUCE_DTYPES order; each
     eager before compiled."""
     reduce_order = REDUCE_DTYPES.index(reduce_dtype) if reduce_dtype in REDUCE_DTYPES else -1
-    return (*precision_rank(precision), layout, reduce_order, compiled)
+    strategy = layout.rstrip("0123456789")
+    ranks = int(layout[len(strategy) :] or 0)  # ddp2 before ddp16
+    return (*precision_rank(precision), strategy, ranks, reduce_order, compiled)
 
 
 @dataclass(frozen=True)

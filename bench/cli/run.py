@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.analysis.check import validate_table as validate_check_table
 from bench.analysis.summary import analyze
-from bench.errors import EXIT_OK, EXIT_OUTPUT, MpbenchError, OutputError
+from bench.errors import EXIT_OK, EXIT_OUTPUT, EXIT_RANK_LOST, MpbenchError, OutputError
 from bench.results.rundir import RESULTS_FILE, load_run
 from bench.views import terminal
 from bench.views.format import fmt_duration
@@ -319,7 +319,7 @@ def _data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> int:
     from bench.engine import parallel
     from bench.engine.device import resolve_device
     from bench.engine.interrupts import ExecutionOptions
-    from bench.engine.launch import SUPERVISED_ENV
+    from bench.engine.launch import SUPERVISED_ENV, die_with_parent
     from bench.engine.session import RunOptions, follow_sweep
     from bench.engine.suite import parse_shard
 
@@ -348,6 +348,8 @@ def _data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> int:
         if not (out / RESULTS_FILE).exists():
             return code
         return show_run(out, console, not args.no_report, code)
+    if launch.launched and os.environ.get(SUPERVISED_ENV):
+        die_with_parent()  # `--nproc` started this torchrun: never outlive it
     device = resolve_device(parallel.rank_device(args.device, launch))
     device.activate()
     backend = parallel.init_process_group(device, launch, args.case_timeout)
@@ -360,14 +362,20 @@ def _data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> int:
         launch=launch,
         backend=backend,
     )
+    code = EXIT_RANK_LOST
     try:
         if not launch.leader:
-            return follow_sweep(device, options)
+            code = follow_sweep(device, options)
+            return code
         out = args.resume or args.out or _default_out(suite, shard)
         shown = not os.environ.get(SUPERVISED_ENV)  # else `--nproc` shows the run at its end
-        return _sweep(suite, device, out, options, console, not args.no_report, show=shown)
+        code = _sweep(suite, device, out, options, console, not args.no_report, show=shown)
+        return code
     finally:
-        parallel.destroy_process_group()
+        # After a lost rank the group's teardown could wait on collectives that never end: the
+        # process exit cleans up instead.
+        if code != EXIT_RANK_LOST:
+            parallel.destroy_process_group()
 
 
 def _estimate(

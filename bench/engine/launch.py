@@ -3,9 +3,10 @@
 torchrun (PyTorch's own launcher, `python -m torch.distributed.run --standalone`) starts the N
 ranks; its elastic agent ends them all when one dies. This supervisor adds what torchrun cannot
 know: which case was in flight (RUN_DIR/inflight, written by rank 0) and that the run should go
-on. When torchrun ends before the sweep does, the in-flight case is recorded as `crashed` (or
-`timeout`, when this watchdog had to stop a case that ran past --case-timeout) unless rank 0
-recorded it already, and a fresh torchrun continues the run with --resume. Ctrl-C or SIGTERM
+on. When torchrun ends before the sweep does, the in-flight case is recorded (unless rank 0
+recorded it already): with the status a failed rank reported (RUN_DIR/inflight-rankN.json),
+else `timeout` when it ran past --case-timeout, else `crashed`; a fresh torchrun continues the
+run with --resume. Ctrl-C or SIGTERM
 stops torchrun and every process under it; none is left behind.
 """
 
@@ -16,11 +17,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, MpbenchError
-from bench.results.rundir import INFLIGHT_FILE, RESULTS_FILE, ResultsWriter, read_results
+from bench.results.rundir import (
+    INFLIGHT_FILE,
+    RESULTS_FILE,
+    SUITE_FILE,
+    ResultsWriter,
+    clear_inflight,
+    read_rank_reports,
+    read_results,
+)
 from bench.results.schema import Case, CaseResult
 
 SUPERVISED_ENV = "MPBENCH_SUPERVISED"  # set for the ranks: the supervisor shows the run at the end
@@ -31,6 +41,18 @@ WATCHDOG_GRACE_S = 60.0
 STOP_WAIT_S = 40.0
 # Flags the supervisor sets itself on the torchrun command line (each takes a value).
 _OWN_FLAGS = ("--nproc", "--out", "--resume")
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent (torchrun) dies, so a rank never
+    outlives a torchrun that was itself killed. A no-op elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def rank_arguments(argv: list[str]) -> list[str]:
@@ -88,22 +110,42 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop_tree(proc: subprocess.Popen[Any]) -> None:
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _is_rank(pid: int) -> bool:
+    """A live process running mpbench (so a recycled PID is never signalled)."""
+    try:
+        return _alive(pid) and b"bench" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_tree(proc: subprocess.Popen[Any], known: set[int]) -> None:
     """SIGTERM to torchrun (it stops its ranks), then SIGKILL to whatever is still alive below
-    it: no rank outlives the supervisor."""
-    tree = descendants(proc.pid)
+    it or among the ranks seen under it before (`known`: a rank outlives a torchrun that was
+    killed, re-parented): no rank outlives the supervisor."""
+    known |= set(descendants(proc.pid))
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(STOP_WAIT_S)
         except subprocess.TimeoutExpired:
             pass
-    tree += descendants(proc.pid) if proc.poll() is None else []
-    for pid in [proc.pid, *tree]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    if proc.poll() is None:
+        known |= set(descendants(proc.pid))
+        proc.kill()
+    for pid in known:
+        if _is_rank(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     proc.wait()
 
 
@@ -128,14 +170,26 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise _Interrupted(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
 
 
-def watch(cmd: list[str], out: Path, case_timeout_s: float) -> tuple[int, bool]:
-    """Run torchrun to its end: (its exit code, True if the watchdog stopped a hung case)."""
+@dataclass
+class Launched:
+    """How one torchrun launch ended."""
+
+    code: int  # torchrun's exit code
+    hung: bool  # the watchdog stopped a case that ran past its timeout
+    inflight_s: float  # how long the case in flight (if any) had been running
+
+
+def watch(cmd: list[str], out: Path, case_timeout_s: float) -> Launched:
+    """Run torchrun to its end, stopping it when a case runs past the timeout."""
     env = {**os.environ, SUPERVISED_ENV: "1"}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    known: set[int] = set()  # every process seen under torchrun, to stop even if orphaned
     seen: tuple[str | None, float] = (None, time.monotonic())
+    hung = False
     try:
         while proc.poll() is None:
             time.sleep(0.5)
+            known |= set(descendants(proc.pid))
             current = _inflight(out)
             if current != seen[0]:
                 seen = (current, time.monotonic())
@@ -143,12 +197,13 @@ def watch(cmd: list[str], out: Path, case_timeout_s: float) -> tuple[int, bool]:
                 current is not None
                 and time.monotonic() - seen[1] > case_timeout_s + WATCHDOG_GRACE_S
             ):
-                stop_tree(proc)
-                return proc.returncode, True
-        stop_tree(proc)  # torchrun has ended; a rank it could not stop must not linger
-        return proc.returncode, False
+                hung = True
+                break
+        running_s = time.monotonic() - seen[1] if _inflight(out) is not None else 0.0
+        stop_tree(proc, known)  # torchrun has ended (or must); no rank may linger
+        return Launched(proc.returncode, hung, running_s)
     except (KeyboardInterrupt, _Interrupted):
-        stop_tree(proc)
+        stop_tree(proc, known)
         raise
 
 
@@ -161,58 +216,90 @@ def supervise(
     try:
         while True:
             done_before = _done_ids(out) if resume else set()
+            if resume:
+                clear_inflight(out)  # a stale one from an earlier launch names no live case
             cmd = torchrun_command(argv, nproc, out, resume)
             console.print(f"mpbench: torchrun, {nproc} process(es): {' '.join(cmd[1:])}")
-            code, hung = watch(cmd, out, case_timeout_s)
-            if code == EXIT_OK and not hung:
+            ended = watch(cmd, out, case_timeout_s)
+            if ended.code == EXIT_OK and not ended.hung:
                 return EXIT_OK
+            if not (out / SUITE_FILE).is_file():
+                raise MpbenchError(
+                    f"torchrun exited with code {ended.code} before the run started; its output "
+                    "above says why"
+                )
             case_id = _inflight(out)
             done = _done_ids(out)
             if case_id is not None and case_id not in done:
-                _record_lost(out, case_id, code, hung, case_timeout_s)
+                _record_lost(out, case_id, ended, case_timeout_s)
                 done.add(case_id)
-            (out / INFLIGHT_FILE).unlink(missing_ok=True)
+            clear_inflight(out)
+            if _all_done(out, done):
+                console.print(
+                    f"mpbench: torchrun ended with code {ended.code} after the last case; "
+                    "every case has its result"
+                )
+                return EXIT_OK
             if len(done) <= len(done_before):  # nothing new: a failure outside any case
                 raise MpbenchError(
-                    f"torchrun exited with code {code} before finishing a case; its output above "
-                    "says why"
+                    f"torchrun exited with code {ended.code} before finishing a case; its output "
+                    "above says why"
                 )
             console.print(
-                f"mpbench: torchrun ended with code {code} during the sweep; "
+                f"mpbench: torchrun ended with code {ended.code} during the sweep; "
                 f"continuing with a fresh launch (`--resume {out}`)"
             )
             resume = True
     except (KeyboardInterrupt, _Interrupted) as exc:
-        (out / INFLIGHT_FILE).unlink(missing_ok=True)  # dropped, not recorded, as for one device
+        clear_inflight(out)  # the case in flight is dropped, not recorded, as on one device
         return exc.code if isinstance(exc, _Interrupted) else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
 
 
-def _record_lost(out: Path, case_id: str, code: int, hung: bool, case_timeout_s: float) -> None:
-    """Append the in-flight case as crashed (a rank died) or timeout (the watchdog stopped it)."""
+def _record_lost(out: Path, case_id: str, ended: Launched, case_timeout_s: float) -> None:
+    """Append the in-flight case: a failed rank's own report where one was left (say, out of
+    memory on one GPU), else timeout (the watchdog stopped it, or it had run past the timeout
+    when the ranks gave up: NCCL's watchdog ends a process whose collective timed out), else
+    crashed (a rank died)."""
     case = _case_of(out, case_id)
-    if hung:
-        status = "timeout"
-        reason = (
-            f"no result within --case-timeout {case_timeout_s:g} s (+{WATCHDOG_GRACE_S:g} s); "
-            "torchrun and every rank stopped"
+    reports = read_rank_reports(out, case_id)
+    if reports:
+        rank = min(reports)
+        result = reports[rank].replace(case=case, reason=f"rank {rank}: {reports[rank].reason}")
+    elif ended.hung or ended.inflight_s >= case_timeout_s:
+        result = CaseResult(
+            case,
+            "timeout",
+            f"no result within --case-timeout {case_timeout_s:g} s; torchrun and every rank "
+            "stopped",
         )
     else:
-        status = "crashed"
-        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        how = f"signal {-ended.code}" if ended.code < 0 else f"exit code {ended.code}"
         reason = f"torchrun ended the case ({how}): a rank died; torchrun's log above names it"
-    ResultsWriter(out).append(CaseResult(case, status, reason))
+        result = CaseResult(case, "crashed", reason)
+    ResultsWriter(out).append(result)
+
+
+def _run_cases(out: Path) -> list[Case]:
+    """Every case of the run (its suite, world size and shard)."""
+    from bench.engine.suite import parse_shard, parse_suite
+    from bench.results.rundir import ENV_FILE, read_env
+
+    suite = parse_suite((out / SUITE_FILE).read_text(encoding="utf-8"), str(out / SUITE_FILE))
+    env = read_env(out / ENV_FILE)
+    shard = parse_shard(env["shard"]) if env.get("shard") else None
+    return suite.cases(env.get("device", "cpu"), shard, env.get("world_size") or 1)
+
+
+def _all_done(out: Path, done: set[str]) -> bool:
+    """Every case of the run has a result."""
+    return all(case.id in done for case in _run_cases(out))
 
 
 def _case_of(out: Path, case_id: str) -> Case:
     """The Case with this id in the run's suite."""
-    from bench.engine.suite import parse_suite
-    from bench.results.rundir import ENV_FILE, SUITE_FILE, read_env
-
-    suite = parse_suite((out / SUITE_FILE).read_text(encoding="utf-8"), str(out / SUITE_FILE))
-    env = read_env(out / ENV_FILE)
-    for case in suite.cases(env.get("device", "cpu"), None, env.get("world_size") or 1):
+    for case in _run_cases(out):
         if case.id == case_id:
             return case
     raise MpbenchError(f"{out / INFLIGHT_FILE}: case {case_id!r} is not in the run's suite")

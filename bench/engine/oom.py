@@ -12,11 +12,13 @@ class OomLimits:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._smallest_oom: dict[tuple[str, str, str, int | None], int] = {}
+        self._smallest_oom: dict[tuple[object, ...], int] = {}
 
     @staticmethod
-    def _key(case: Case) -> tuple[str, str, str, int | None]:
-        return (case.model, case.workload, case.precision, case.seq_len)
+    def _key(case: Case) -> tuple[object, ...]:
+        # A data-parallel layout and its reduce dtype hold memory differently: their own limits.
+        layout = (case.layout, case.reduce_suffix)
+        return (case.model, case.workload, case.precision, case.seq_len, *layout)
 
     def record(self, result: CaseResult) -> None:
         """Remember a measured OOM."""

@@ -59,8 +59,11 @@ class Launch:
 
     @classmethod
     def from_env(cls) -> Launch:
-        """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK; a bad value is an MpbenchError."""
-        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK (where torchrun's agent set them);
+        a bad value is an MpbenchError."""
+        # TORCHELASTIC_RUN_ID: set by torchrun's agent, so RANK/WORLD_SIZE left by another
+        # launcher (an MPI or Kubeflow job) do not make a plain `mpbench run` a rank.
+        if not all(k in os.environ for k in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID")):
             return cls()
         try:
             values = {k: int(os.environ.get(k, "0")) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -127,7 +130,11 @@ def current_rank() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _reduce_in_bf16(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+# The hooks carry no annotations: DDP checks them against dist.GradBucket and
+# Future[Tensor] objects, and `from __future__ import annotations` would make them strings.
+
+
+def _reduce_in_bf16(state, bucket):
     """PyTorch's bf16_compress_hook under another name: DDP refuses that name unless NCCL >= 2.10
     is present, though gloo all-reduces bf16 too (CPU tests). The arithmetic is the hook's."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -135,15 +142,33 @@ def _reduce_in_bf16(state: Any, bucket: dist.GradBucket) -> torch.futures.Future
     return default_hooks.bf16_compress_hook(state, bucket)
 
 
-def _ddp_hook(reduce_dtype: str) -> tuple[Callable[..., Any] | None, str]:
-    """The DDP communication hook for a reduce dtype, and its name for the record."""
+def _reduce_in_fp32(state, bucket):
+    """All-reduce a bucket of bf16/fp16 gradients in fp32 (the compression hooks' inverse):
+    upcast, average, cast back into the bucket."""
+    group = state if state is not None else dist.group.WORLD
+    buffer = bucket.buffer()
+    upcast = buffer.to(torch.float32).div_(dist.get_world_size(group))
+    future = dist.all_reduce(upcast, group=group, async_op=True).get_future()
+
+    def cast_back(done: Any) -> torch.Tensor:
+        buffer.copy_(done.value()[0])
+        return buffer
+
+    return future.then(cast_back)
+
+
+def _ddp_hook(reduce_dtype: str, grad_dtype: torch.dtype) -> tuple[Callable[..., Any] | None, str]:
+    """The DDP communication hook that reduces gradients of `grad_dtype` in `reduce_dtype`, and
+    its name for the record."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
+    if REDUCE_TORCH_DTYPES[reduce_dtype] == grad_dtype:
+        return None, "none (all-reduce in the gradients' dtype)"
     if reduce_dtype == "bf16":
         return _reduce_in_bf16, "bf16_compress_hook"
     if reduce_dtype == "fp16":
         return default_hooks.fp16_compress_hook, "fp16_compress_hook"
-    return None, "none (all-reduce in the gradients' dtype)"
+    return _reduce_in_fp32, "fp32 upcast (mpbench's hook: gradients are kept in low precision)"
 
 
 def layer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -171,7 +196,8 @@ def wrap_model(
         names = inspect.signature(DistributedDataParallel).parameters
         sync = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
         ddp = DistributedDataParallel(model, device_ids=ids, **{sync: False})
-        hook, name = _ddp_hook(reduce_dtype)
+        grad_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        hook, name = _ddp_hook(reduce_dtype, grad_dtype)
         if hook is not None:
             ddp.register_comm_hook(None, hook)
         return ddp, {"comm_hook": name}
@@ -307,7 +333,10 @@ def combine_ranks(
     known = [p for p in peaks if p is not None]
     memory = Memory(
         max(known) if known else None,
-        max((r.memory.reserved_bytes or 0 for r in per_rank if r.memory), default=None),
+        max(
+            (r.memory.reserved_bytes for r in per_rank if r.memory and r.memory.reserved_bytes),
+            default=None,
+        ),
         lead.memory.method if lead.memory else "unavailable",
     )
     comm = [r.details.get("comm_s_per_step") for r in per_rank]

@@ -347,15 +347,15 @@ class CaseRunner:
                         **prepared.details,
                         "parameters": prepared.parameters,
                     }
-                    if case.parallel is not None:  # after the timed steps, never among them
-                        phase("profiling collectives", None, None)
-                        comm_s, comm_method = parallel.collective_time_s(prepared.step, self.device)
-                        details.update(comm_s_per_step=comm_s, comm_method=comm_method)
                     caveat = mode.caveat(self.device, case.compiled)
                     if caveat:
                         details["caveat"] = caveat
                     if prepared.scaler is not None:
                         details.update(_scaler_details(scales[0], prepared.scaler.get_scale()))
+                    if case.parallel is not None:  # after the timed steps and their record
+                        phase("profiling collectives", None, None)
+                        comm_s, comm_method = parallel.collective_time_s(prepared.step, self.device)
+                        details.update(comm_s_per_step=comm_s, comm_method=comm_method)
                     losses = _losses(outputs) if case.workload == "train" else None
                     # The case's model, optimizer state, inputs and outputs die here, before the
                     # window closes and long before the numerics pass: nothing of this case may

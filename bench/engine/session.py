@@ -8,6 +8,7 @@ Tables, the report and everything else read results.jsonl afterwards (bench.cli)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ from bench.results.rundir import (
     RESULTS_FILE,
     SUITE_FILE,
     ResultsWriter,
+    clear_inflight,
     create_run_dir,
     read_env,
+    read_rank_reports,
     read_results,
     write_json,
+    write_rank_report,
     write_text_atomic,
 )
 from bench.results.schema import Case, CaseResult
@@ -178,7 +182,7 @@ def run_suite(
         oom_limits.record(result)
     finished = 0
     exit_code = None
-    ranks = _Ranks(suite, launch, options.backend) if launch is not None else None
+    ranks = _Ranks(suite, launch, options.backend, out) if launch is not None else None
     with InterruptibleSweep(suite, device, options.execution) as sweep:
         for case in cases:
             progress.case_started(case)
@@ -208,8 +212,8 @@ def run_suite(
             progress.case_finished(case, result)
             if lost is not None:
                 progress.notice(
-                    f"a rank was lost ({lost}); the process group cannot be trusted after that, so "
-                    f"the sweep stops here. Continue with `mpbench run --resume {out}` under the "
+                    f"the case failed on a rank, or lost one ({lost}); its process group cannot be "
+                    f"trusted after that, so the sweep stops here. Continue with `mpbench run --resume {out}` under the "
                     "same launch (`mpbench run --nproc N` does this by itself)"
                 )
                 exit_code = EXIT_RANK_LOST
@@ -226,48 +230,67 @@ def run_suite(
 
 
 def _mark_inflight(out: Path, case: Case | None) -> None:
-    """RUN_DIR/inflight: the id of the case the ranks are running (removed once its result is
-    written), so `mpbench run --nproc` can record it as crashed if torchrun ends mid-case."""
-    path = out / INFLIGHT_FILE
-    if case is None:
-        path.unlink(missing_ok=True)
-    else:
-        write_text_atomic(path, case.id + "\n")
+    """RUN_DIR/inflight: the id of the case the ranks are running (removed, with any rank's
+    report, once its result is written), so `mpbench run --nproc` can record it if torchrun ends
+    mid-case."""
+    clear_inflight(out)
+    if case is not None:
+        write_text_atomic(out / INFLIGHT_FILE, case.id + "\n")
 
 
 class _Ranks:
     """Rank 0's side of a data-parallel sweep: it tells the other ranks which case to run
-    (a broadcast), runs its own share, and gathers theirs into the case's one result."""
+    (a broadcast), runs its own share, and gathers theirs into the case's one result.
 
-    def __init__(self, suite: Suite, launch: Launch, backend: str | None) -> None:
+    A rank whose share fails (out of memory on one GPU, an error) cannot tell its peers: they
+    may be inside a collective that will never complete. It leaves its result in
+    RUN_DIR/inflight-rankN.json and exits; its peers' collectives then fail (or time out), and
+    the case is recorded with the failed rank's own status and reason.
+    """
+
+    def __init__(self, suite: Suite, launch: Launch, backend: str | None, out: Path) -> None:
         import torch.distributed as dist
 
         self.suite = suite
         self.launch = launch
         self.backend = backend or "unknown"
-        # The followers build their runners from the suite rank 0 resolved (flags, resume).
-        dist.broadcast_object_list([suite.to_toml()], src=0)
+        self.out = out
+        # The followers build their runners from the suite rank 0 resolved (flags, resume), and
+        # leave a failed share's report in its run directory.
+        dist.broadcast_object_list([suite.to_toml(), str(out)], src=0)
 
     def run(self, case: Case, executor: Any, phase: PhaseCallback) -> tuple[CaseResult, str | None]:
-        """The case's result, and why a rank was lost (None when none was)."""
+        """The case's result, and why the sweep cannot go on (None when it can)."""
         import torch.distributed as dist
 
         try:
             dist.broadcast_object_list([case.to_dict()], src=0)
             local = executor.run(case, phase)
+            if shares_collectives(case, self.launch) and failed_share(local):
+                # No gather: a peer may be waiting in a collective this rank has left.
+                return self._failed(case, local), f"rank 0: {local.reason}"
             per_rank = gather_results(local)
         except (RankLost, RuntimeError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            status = (
-                "timeout"
-                if "timed out" in message.lower() or "timeout" in message.lower()
-                else "crashed"
-            )
-            reason = f"a rank was lost during the case: {message}"
-            return CaseResult(case, status, reason), message
+            return self._failed(case, None, message), message
         if case.parallel is None:
             return per_rank[0], None  # run by rank 0 alone; the others only waited for it
         return combine_ranks(case, per_rank, self.backend, self.suite.timing.unstable_cv), None
+
+    def _failed(self, case: Case, local: CaseResult | None, lost: str | None = None) -> CaseResult:
+        """The failed case's result: the lowest failed peer's report if one left it (the cause;
+        rank 0's own error is then its consequence); else rank 0's own failure, unless it is a
+        collective that failed (a peer died: crashed; stopped answering: timeout)."""
+        reports = read_rank_reports(self.out, case.id)
+        if reports:
+            rank = min(reports)
+            return reports[rank].replace(case=case, reason=f"rank {rank}: {reports[rank].reason}")
+        message = lost if local is None else (local.reason or "")
+        if local is not None and not _collective_failure(message):
+            return local.replace(reason=f"rank 0: {local.reason}")
+        lowered = message.lower()
+        status = "timeout" if "timed out" in lowered or "timeout" in lowered else "crashed"
+        return CaseResult(case, status, f"a rank was lost during the case: {message}")
 
     def stop(self) -> None:
         """Tell the other ranks the sweep is over."""
@@ -276,18 +299,41 @@ class _Ranks:
         dist.broadcast_object_list([None], src=0)
 
 
+# What the collectives say when a peer died or stopped answering (gloo, NCCL, c10d).
+_COLLECTIVE_ERRORS = ("gloo", "nccl", "connection", "timed out", "timeout", "distbackenderror")
+
+
+def _collective_failure(message: str) -> bool:
+    """The error is a collective's that failed because of a peer, not this rank's own."""
+    return any(word in message.lower() for word in _COLLECTIVE_ERRORS)
+
+
+def shares_collectives(case: Case, launch: Launch | None) -> bool:
+    """A data-parallel case over more than one rank: its ranks wait on each other."""
+    return case.parallel is not None and launch is not None and launch.world_size > 1
+
+
+def failed_share(result: CaseResult) -> bool:
+    """This rank's share of a case ended early (skipped cases skip on every rank alike)."""
+    return result.status not in ("ok", "skipped")
+
+
 def follow_sweep(device: Device, options: RunOptions) -> int:
     """A rank other than 0: run each case rank 0 names (its data-parallel cases; for the others
-    only wait) until it says stop. Writes nothing; returns the exit code."""
+    only wait) until it says stop. Writes nothing but a failed share's report; returns the exit
+    code."""
     import torch.distributed as dist
 
     from bench.engine.executors import make_executor
 
-    box: list[Any] = [None]
+    box: list[Any] = [None, None]
     dist.broadcast_object_list(box, src=0)
     suite = parse_suite(box[0], "<suite from rank 0>")
+    out = Path(box[1])
+    launch = options.launch
     executor = make_executor("none", suite, device)
     waiting = CaseResult(Case("-", None, "train", "fp32", 1, 1, None), "skipped", "rank 0 runs it")
+    box = [None]
     try:
         while True:
             dist.broadcast_object_list(box, src=0)
@@ -295,6 +341,10 @@ def follow_sweep(device: Device, options: RunOptions) -> int:
                 return 0
             case = Case.from_dict(box[0])
             local = executor.run(case) if case.parallel is not None else waiting
+            if shares_collectives(case, launch) and failed_share(local):
+                write_rank_report(out, launch.rank, local)
+                # Leave at once: a clean exit would wait on peers stuck in a collective.
+                os._exit(EXIT_RANK_LOST)
             gather_results(local)
     finally:
         executor.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import OutputError, ResultsError
+from bench.errors import MpbenchError, OutputError, ResultsError
 from bench.results.identity import DeviceIdentity
 from bench.results.schema import CaseResult
 
@@ -95,6 +95,37 @@ def create_run_dir(out: Path) -> None:
 def write_json(path: Path, data: Any) -> None:
     """A JSON file (env.json, max_batch.json), written whole or not at all."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def rank_report_path(run_dir: Path, rank: int) -> Path:
+    """RUN_DIR/inflight-rankN.json: what rank N's share of the in-flight case ended in, written by
+    a rank whose share failed before it leaves (its peers cannot hear it any more)."""
+    return Path(run_dir) / f"{INFLIGHT_FILE}-rank{rank}.json"
+
+
+def write_rank_report(run_dir: Path, rank: int, result: CaseResult) -> None:
+    """Leave a failed rank's result for rank 0 or `mpbench run --nproc` to record."""
+    write_json(rank_report_path(run_dir, rank), result.to_dict())
+
+
+def read_rank_reports(run_dir: Path, case_id: str) -> dict[int, CaseResult]:
+    """The failed ranks' reports of this case, by rank (unreadable or other cases' ignored)."""
+    reports = {}
+    for path in Path(run_dir).glob(f"{INFLIGHT_FILE}-rank*.json"):
+        try:
+            result = CaseResult.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+            rank = int(path.stem.rsplit("rank", 1)[1])
+        except (OSError, ValueError, MpbenchError):
+            continue
+        if result.case.id == case_id:
+            reports[rank] = result
+    return reports
+
+
+def clear_inflight(run_dir: Path) -> None:
+    """Remove RUN_DIR/inflight and the ranks' reports."""
+    for path in [Path(run_dir) / INFLIGHT_FILE, *Path(run_dir).glob(f"{INFLIGHT_FILE}-rank*.json")]:
+        path.unlink(missing_ok=True)
 
 
 class ResultsWriter:

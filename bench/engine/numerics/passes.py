@@ -20,7 +20,7 @@ from bench.engine import workloads
 from bench.engine.device import Device
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.activations import activation_ranges
-from bench.engine.parallel import full_tensor, local_tensor
+from bench.engine.parallel import all_ranks_agree, full_tensor, local_tensor
 from bench.engine.precision import PrecisionMode, PreparedModel
 
 # The reference fp32 is judged against where it is affordable (METHODS rule 12: PyTorch's same()).
@@ -82,13 +82,15 @@ def first_step_gradients(
     batch: dict[str, torch.Tensor],
     scaler: torch.amp.GradScaler | None,
     module: torch.nn.Module | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients of the first batch at the initial weights, as the mode's training computes them.
 
     With a GradScaler the loss is scaled by its initial scale and halved until the gradients are
     finite, as the scaler's first steps would; the result is unscaled (powers of two: exact).
     Leaves the model's gradients cleared. `module` is what the forward pass calls (a DDP
-    wrapper, whose backward all-reduces the gradients); the model itself by default.
+    wrapper, whose backward all-reduces the gradients); the model itself by default. `agree`
+    makes "finite" one answer for all ranks (FSDP2: each rank sees only its shards).
     """
     model = prepared.model
     module = module or model
@@ -98,7 +100,10 @@ def first_step_gradients(
             loss = module(**batch).loss
         (loss * scale if scaler is not None else loss).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if scaler is None or _all_finite(grads):
+        if scaler is None:
+            break
+        finite = _all_finite(grads)
+        if agree(finite) if agree is not None else finite:
             break
         model.zero_grad(set_to_none=True)
         scale /= 2.0
@@ -113,7 +118,9 @@ class TrainingTrace:
 
     loss: list[float] = field(default_factory=list)
     first_nan_step: int | None = None
-    nan_source: str | None = None  # "loss", "gradients" or "weights" (after the optimizer step)
+    # "loss", "gradients" or "weights" (after the optimizer step); "another rank" in a
+    # data-parallel pass where a peer saw it first
+    nan_source: str | None = None
     grads: dict[str, torch.Tensor] = field(default_factory=dict)  # first step, CPU, unscaled
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     scale: list[float] | None = None  # GradScaler scale used at each step
@@ -132,7 +139,9 @@ def run_training(
     """Train a copy for len(batches) steps, one batch per step; stop at the first NaN/inf.
 
     `wrap` makes the copy data-parallel (bench.engine.parallel.wrap_model): the steps then call
-    what it returns, and the gradients compared are the reduced ones.
+    what it returns, the gradients compared are the reduced ones, and every decision to stop
+    is taken by all ranks together (a rank stopping alone would leave its peers' collectives
+    unmatched).
 
     NaN/inf in the loss, in the gradients (modes without a GradScaler: with one, a non-finite
     gradient is a skipped step, which is the scaler's job) or in the weights after the optimizer
@@ -142,13 +151,14 @@ def run_training(
     model = prepared.model
     model.train()
     module = wrap(model) if wrap is not None else model  # before the optimizer: FSDP2 shards
+    agree = all_ranks_agree if wrap is not None else None
     optimizer = mode.make_optimizer(model, device)
     scaler = mode.make_grad_scaler(device)
     trace = TrainingTrace(names=parameter_names(model))
     device_batches = [_to_device(b, device) for b in batches]
     if gradients:
         trace.grads = first_step_gradients(
-            prepared, mode, device, device_batches[0], scaler, module
+            prepared, mode, device, device_batches[0], scaler, module, agree
         )
     grad_flags: list[torch.Tensor] = []
 
@@ -184,6 +194,8 @@ def run_training(
                 if float(scaler.get_scale()) < scale_before:
                     trace.skipped_at.append(index)
             source = _nan_source(loss, grad_flags, scaler is None, params)
+            if agree is not None and not agree(source is None) and source is None:
+                source = "another rank"  # a peer saw a NaN/inf (in its data or its shard)
             if on_step is not None:
                 on_step(index + 1, len(device_batches))
             if source is not None:
