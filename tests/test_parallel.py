@@ -386,7 +386,7 @@ def test_a_hung_rank_times_out_its_case_and_the_run_goes_on(tmp_path: Path) -> N
     victim, env = VICTIM, fault_env("hang")
     proc = mpbench(
         "run", suite_file(tmp_path), "--precisions", "fp32,amp_bf16,bf16", "--parallel", "ddp",
-        "--nproc", "2", "--case-timeout", "10", "--out", str(out), "--no-report", env=env,
+        "--nproc", "2", "--case-timeout", "5", "--out", str(out), "--no-report", env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r.case.id: r for r in load_run(out).results}
@@ -455,15 +455,31 @@ def test_out_of_memory_on_one_rank_is_recorded_as_oom(tmp_path: Path) -> None:
     (tmp_path / "dp.toml").write_text(text)
     env = fault_env("oom")
     proc = mpbench(
-        "run", str(tmp_path / "dp.toml"), "--precisions", "fp32,amp_bf16", "--parallel", "ddp",
+        "run", str(tmp_path / "dp.toml"), "--precisions", "amp_bf16", "--parallel", "ddp",
         "--nproc", "2", "--out", str(out), "--no-report", env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r.case.id: r for r in load_run(out).results}
+    assert list(results) == [VICTIM, "gpt2-tiny/train/amp_bf16/bs4/seq16/ddp2"]
     assert results[VICTIM].status == "oom"
     assert results[VICTIM].reason.startswith("rank 1: OutOfMemoryError: injected")
     bigger = results["gpt2-tiny/train/amp_bf16/bs4/seq16/ddp2"]
     assert bigger.status == "oom" and "predicted" in bigger.reason
-    assert results["gpt2-tiny/train/fp32/bs4/seq16/ddp2"].ok
     assert not list(out.glob("inflight*"))
     assert processes_naming(out) == []
+
+
+def test_fsdp_on_a_torch_without_fsdp2_is_skipped_with_the_reason(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_fsdp2(name: str, *args: object, **kwargs: object) -> object:
+        if name == "torch.distributed.fsdp":
+            raise ImportError("no FSDP2 here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_fsdp2)
+    fsdp = ddp_case().__class__(**{**ddp_case().__dict__, "parallel": "fsdp"})
+    assert "torch >= 2.6" in parallel.unsupported_reason(fsdp)
+    assert parallel.unsupported_reason(ddp_case()) is None

@@ -171,6 +171,18 @@ def _ddp_hook(reduce_dtype: str, grad_dtype: torch.dtype) -> tuple[Callable[...,
     return _reduce_in_fp32, "fp32 upcast (mpbench's hook: gradients are kept in low precision)"
 
 
+def unsupported_reason(case: Case) -> str | None:
+    """Why this torch cannot run the case's strategy (FSDP2's public API is torch >= 2.6), or
+    None."""
+    if case.parallel != "fsdp":
+        return None
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: F401
+    except ImportError:
+        return f"fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); torch {torch.__version__} lacks it"
+    return None
+
+
 def layer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks FSDP shards one by one: the longest ModuleList (GPT-2's `h`, BERT's
     `layer`)."""

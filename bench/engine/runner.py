@@ -84,10 +84,13 @@ def steady(times_s: list[float], window: int, tolerance: float) -> bool:
 
 
 def skip_reason(suite: Suite, device: Device, case: Case) -> str | None:
-    """Why `case` cannot run on `device` (precision or workload unsupported), or None."""
+    """Why `case` cannot run on `device` (precision, workload or data-parallel strategy
+    unsupported), or None."""
     mode = PRECISION_MODES[case.precision]
-    return mode.unsupported_reason(device, case.workload) or workloads.unsupported_reason(
-        case.workload, suite.model(case.model), case.compiled
+    return (
+        mode.unsupported_reason(device, case.workload)
+        or workloads.unsupported_reason(case.workload, suite.model(case.model), case.compiled)
+        or parallel.unsupported_reason(case)
     )
 
 
