@@ -28,8 +28,8 @@ from bench.results.rundir import (
     SUITE_FILE,
     ResultsWriter,
     clear_inflight,
-    read_rank_reports,
     read_results,
+    reported_failure,
 )
 from bench.results.schema import Case, CaseResult
 
@@ -263,18 +263,13 @@ def _record_lost(out: Path, case_id: str, ended: Launched, case_timeout_s: float
     when the ranks gave up: NCCL's watchdog ends a process whose collective timed out), else
     crashed (a rank died)."""
     case = _case_of(out, case_id)
-    reports = read_rank_reports(out, case_id)
-    if reports:
-        rank = min(reports)
-        result = reports[rank].replace(case=case, reason=f"rank {rank}: {reports[rank].reason}")
-    elif ended.hung or ended.inflight_s >= case_timeout_s:
-        result = CaseResult(
-            case,
-            "timeout",
-            f"no result within --case-timeout {case_timeout_s:g} s; torchrun and every rank "
-            "stopped",
+    result = reported_failure(out, case)
+    if result is None and (ended.hung or ended.inflight_s >= case_timeout_s):
+        reason = (
+            f"no result within --case-timeout {case_timeout_s:g} s; torchrun and every rank stopped"
         )
-    else:
+        result = CaseResult(case, "timeout", reason)
+    elif result is None:
         how = f"signal {-ended.code}" if ended.code < 0 else f"exit code {ended.code}"
         reason = f"torchrun ended the case ({how}): a rank died; torchrun's log above names it"
         result = CaseResult(case, "crashed", reason)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from bench.engine.device import Device
 from bench.errors import MpbenchError
-from bench.results.schema import FAILURES, Case, CaseResult, Memory, Throughput, Timing
+from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 
 REDUCE_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Steps run under the profiler, after the timed ones, to measure collective time.
@@ -241,10 +241,15 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return local() if local is not None else tensor
 
 
+def _collective_device() -> str:
+    """Where a small tensor must live to take part in a collective: NCCL only moves GPU
+    memory."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def all_ranks_agree(flag: bool) -> bool:
     """True only where every rank says True (a collective)."""
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor([int(flag)], device=device)
+    tensor = torch.tensor([int(flag)], device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return bool(tensor.item())
 
@@ -254,7 +259,7 @@ def mean_over_ranks(values: list[float]) -> list[float]:
     batch's loss. As given outside a process group."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     # A rank that stopped early (a non-finite loss) recorded fewer: keep the steps all have.
     length = torch.tensor([len(values)], device=device)
     dist.all_reduce(length, op=dist.ReduceOp.MIN)
@@ -382,8 +387,3 @@ def combine_ranks(
         details={**details, "parallel": parallel},
         wall_s=max(r.wall_s or 0.0 for r in per_rank),
     )
-
-
-def is_failure(result: CaseResult) -> bool:
-    """A status that means something broke."""
-    return result.status in FAILURES

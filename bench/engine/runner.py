@@ -216,7 +216,7 @@ class CaseRunner:
         return workloads.stable_seed(self.suite.info.seed, *parts)
 
     def skip_reason(self, case: Case) -> str | None:
-        """Why a case cannot run here (precision or workload unsupported), or None."""
+        """Why a case cannot run here (module-level skip_reason), or None."""
         return skip_reason(self.suite, self.device, case)
 
     @contextmanager

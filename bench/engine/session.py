@@ -30,8 +30,8 @@ from bench.results.rundir import (
     clear_inflight,
     create_run_dir,
     read_env,
-    read_rank_reports,
     read_results,
+    reported_failure,
     write_json,
     write_rank_report,
     write_text_atomic,
@@ -281,10 +281,9 @@ class _Ranks:
         """The failed case's result: the lowest failed peer's report if one left it (the cause;
         rank 0's own error is then its consequence); else rank 0's own failure, unless it is a
         collective that failed (a peer died: crashed; stopped answering: timeout)."""
-        reports = read_rank_reports(self.out, case.id)
-        if reports:
-            rank = min(reports)
-            return reports[rank].replace(case=case, reason=f"rank {rank}: {reports[rank].reason}")
+        reported = reported_failure(self.out, case)
+        if reported is not None:
+            return reported
         message = lost if local is None else (local.reason or "")
         if local is not None and not _collective_failure(message):
             return local.replace(reason=f"rank 0: {local.reason}")

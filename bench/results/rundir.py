@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.errors import MpbenchError, OutputError, ResultsError
 from bench.results.identity import DeviceIdentity
-from bench.results.schema import CaseResult
+from bench.results.schema import Case, CaseResult
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -120,6 +120,17 @@ def read_rank_reports(run_dir: Path, case_id: str) -> dict[int, CaseResult]:
         if result.case.id == case_id:
             reports[rank] = result
     return reports
+
+
+def reported_failure(run_dir: Path, case: Case) -> CaseResult | None:
+    """The case's result as the lowest failed rank reported it (its status, its reason naming
+    the rank), or None where no rank left a report. That rank's failure is the cause; its peers'
+    errors, their collectives failing, are the consequence."""
+    reports = read_rank_reports(run_dir, case.id)
+    if not reports:
+        return None
+    rank = min(reports)
+    return reports[rank].replace(case=case, reason=f"rank {rank}: {reports[rank].reason}")
 
 
 def clear_inflight(run_dir: Path) -> None:
