@@ -22,15 +22,15 @@ from runs import (
     write_run,
 )
 
-from bench.analysis.check import (
+from bench.analysis.assessment import assess
+from bench.analysis.compare import compare_runs
+from bench.analysis.compatibility import compatibility
+from bench.analysis.thresholds import (
     CheckConfig,
-    assess,
-    compatibility,
     config_from_table,
     parse_threshold_flag,
     validate_table,
 )
-from bench.analysis.compare import compare_runs
 from bench.errors import SuiteError
 from bench.results.identity import DeviceIdentity
 from bench.results.inputs import load_input

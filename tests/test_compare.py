@@ -365,7 +365,8 @@ def test_compare_json_and_markdown_to_stdout(
 
 
 def test_html_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
-    from bench.analysis.check import CheckConfig, assess
+    from bench.analysis.assessment import assess
+    from bench.analysis.thresholds import CheckConfig
     from bench.views.compare_page import render_page
 
     cases = fixture_cases()

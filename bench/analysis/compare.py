@@ -1,7 +1,7 @@
 """Compare two runs case by case: match by case id, ratio every metric, test significance.
 
 Statistics only: nothing here prints (bench.views renders a comparison) and nothing here passes
-or fails (bench.analysis.check applies the thresholds).
+or fails (bench.analysis.assessment applies the thresholds).
 
 Timing changes are tested on the per-step samples (bench.analysis.stats). Peak memory and
 divergence are single numbers per case, so there is nothing to test: a change counts when it is
@@ -63,7 +63,7 @@ METRICS: dict[str, MetricSpec] = {
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """Knobs of the statistics (the CI gate's thresholds are in bench.analysis.check)."""
+    """Knobs of the statistics (the CI gate's thresholds are in bench.analysis.thresholds)."""
 
     alpha: float = DEFAULT_ALPHA
     memory_floor_bytes: float = DEFAULT_MEMORY_FLOOR_BYTES

@@ -2,7 +2,7 @@
 
 bench.cli calls `register(subparsers)`; each parser sets `handler`, which takes the parsed
 arguments and returns the exit code. Inputs are read by bench.results.inputs, judged by
-bench.analysis.check, and shown by bench.views (terminal, Markdown, JSON, HTML page, JUnit).
+bench.analysis.assessment, and shown by bench.views (terminal, Markdown, JSON, HTML page, JUnit).
 Bad input raises MpbenchError (one line, exit 2).
 """
 
@@ -15,16 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.check import (
-    Assessment,
+from bench.analysis.assessment import Assessment, assess, run_check
+from bench.analysis.compare import Comparison, compare_runs
+from bench.analysis.thresholds import (
     CheckConfig,
-    assess,
     parse_threshold_flag,
     resolve_config,
-    run_check,
     suite_check_table,
 )
-from bench.analysis.compare import Comparison, compare_runs
 from bench.cli.output import write_file, write_output
 from bench.errors import MpbenchError, ResultsError
 from bench.results.baseline import DEFAULT_DIR, is_baseline_dir, save_baseline

@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.check import validate_table as validate_check_table
 from bench.analysis.summary import analyze
+from bench.analysis.thresholds import validate_table as validate_check_table
 from bench.errors import EXIT_OK, EXIT_OUTPUT, EXIT_RANK_LOST, MpbenchError, OutputError
 from bench.results.rundir import RESULTS_FILE, load_run
 from bench.views import terminal

@@ -404,7 +404,7 @@ def _resolve_data(data: str, source: str, base_dir: Path | None, override: str |
 
 def _validate_feature_tables(tables: dict[str, dict[str, Any]], source: str) -> None:
     """[numerics] belongs to the numerics passes, which validate it here. [check] belongs to the
-    CI gate (bench.analysis.check), which the CLI asks to validate it before a run starts: the
+    CI gate (bench.analysis.thresholds), which the CLI asks to validate it before a run starts: the
     engine never reads it."""
     if "numerics" in tables:
         validate_numerics_table(tables["numerics"], source)

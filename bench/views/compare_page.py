@@ -17,7 +17,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from bench.analysis.check import Assessment
+from bench.analysis.assessment import Assessment
 from bench.analysis.compare import METRICS, CaseComparison
 from bench.results.schema import precision_rank
 from bench.views.comparison import (

@@ -4,7 +4,7 @@ cells per case, worst first."""
 
 from __future__ import annotations
 
-from bench.analysis.check import Assessment
+from bench.analysis.assessment import Assessment
 from bench.analysis.compare import CaseComparison, MetricDelta
 
 TABLE_HEADERS = (

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.analysis.check import Assessment
+from bench.analysis.assessment import Assessment
 from bench.analysis.compare import CaseComparison
 
 

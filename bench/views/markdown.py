@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.analysis.check import Assessment
+from bench.analysis.assessment import Assessment
 from bench.analysis.summary import RunAnalysis
 from bench.views import format as fmt
 from bench.views.comparison import TABLE_HEADERS, device_lines, headline, table_rows

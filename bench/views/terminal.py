@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench.analysis.check import Assessment
+from bench.analysis.assessment import Assessment
 from bench.analysis.summary import RunAnalysis
 from bench.results.schema import CaseResult
 from bench.views import format as fmt
