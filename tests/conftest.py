@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,15 @@ from tiny import TINY_SUITE
 
 # transformers warns about generation defaults and config quirks; tests read our output only.
 logging.getLogger("transformers").setLevel(logging.ERROR)
+
+# Under pytest-xdist each worker process gets one thread, and so do the processes the tests
+# start (mpbench workers, torchrun ranks inherit the environment): two workers on two cores
+# with two threads each would only fight over them. The tiny models run no faster on two.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,17 @@ from rich.console import Console
 from runs import edit_results
 
 from bench.analysis import series
+from bench.analysis.rows import CaseRow
 from bench.analysis.summary import analyze, headline_point
 from bench.results.rundir import load_run
-from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
+from bench.results.schema import (
+    Case,
+    CaseResult,
+    Memory,
+    TelemetryReading,
+    Throughput,
+    Timing,
+)
 from bench.views import format as fmt
 from bench.views import terminal
 from bench.views.markdown import md_text, summary_markdown
@@ -64,29 +73,67 @@ def test_speedup_and_saving_are_per_shape_against_fp32() -> None:
             result("bf16", 8, median_s=1.0, peak=100),
         ]
     )
-    rows = analysis.cases.set_index("id")
-    assert rows.loc["m/train/bf16/bs2/seq16", "speedup"] == pytest.approx(2.0)
-    assert rows.loc["m/train/bf16/bs2/seq16", "memory_saving"] == pytest.approx(0.4)
-    assert rows.loc["m/train/bf16/bs8/seq16", "speedup"] == pytest.approx(4.0)
-    assert rows.loc["m/train/bf16/bs8/seq16", "memory_saving"] == pytest.approx(0.75)
-    assert rows.loc["m/train/fp32/bs8/seq16", "speedup"] == pytest.approx(1.0)
+    rows = {row.id: row for row in analysis.rows}
+    assert rows["m/train/bf16/bs2/seq16"].speedup == pytest.approx(2.0)
+    assert rows["m/train/bf16/bs2/seq16"].memory_saving == pytest.approx(0.4)
+    assert rows["m/train/bf16/bs8/seq16"].speedup == pytest.approx(4.0)
+    assert rows["m/train/bf16/bs8/seq16"].memory_saving == pytest.approx(0.75)
+    assert rows["m/train/fp32/bs8/seq16"].speedup == pytest.approx(1.0)
+
+
+def test_views_get_typed_rows_without_nan() -> None:
+    benchmark = Case("test_0", None, "benchmark", "unknown", None, None, None, "t.py::test_0")
+    no_nvml = TelemetryReading("unavailable", "no NVML on CPU")
+    analysis = analyze(
+        [
+            replace(result("fp32", 2, peak=100), telemetry=no_nvml),
+            result("bf16", 2, status="skipped"),
+            result("fp16", 2, status="skipped"),
+            result("bf16", 4, status="skipped"),
+            replace(result("fp32", 4, peak=None), telemetry=no_nvml),
+            CaseResult(benchmark, "ok", timing=Timing.from_samples([0.01] * 3, None, "x")),
+        ]
+    )
+    fp32, skipped, *_, no_peak, labelled = analysis.rows
+    assert all(isinstance(row, CaseRow) for row in analysis.rows)
+    assert (fp32.batch_size, fp32.peak_bytes, fp32.speedup) == (2, 100, 1.0)
+    assert isinstance(fp32.peak_bytes, int) and fp32.headline is False and no_peak.headline
+    assert (no_peak.peak_bytes, no_peak.memory_saving, skipped.median_s) == (None, None, None)
+    assert (labelled.sweep, labelled.batch_size, labelled.speedup) == (False, None, None)
+    assert analysis.benchmark_rows == [labelled]
+    assert analysis.skipped_precisions == {"bf16": 2, "fp16": 1}  # precision order
+    assert analysis.telemetry_reasons == ["no NVML on CPU"]
+    assert [row.id for row in analysis.group_rows(analysis.groups[0])] == [
+        row.id for row in analysis.rows[:-1]
+    ]
+
+
+def test_views_read_rows_not_the_frame() -> None:
+    """No view indexes the analysis' pandas frame; only report.py imports pandas, to flatten
+    raw results into results.csv."""
+    views = Path(fmt.__file__).parent
+    for path in views.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"\.frame\b|\.records\(", text), path.name
+        if path.name != "report.py":
+            assert "pandas" not in text, path.name
 
 
 def test_headline_point_is_where_fp32_and_most_modes_ran() -> None:
     both = [result(p, b) for p in ("fp32", "bf16", "fp16") for b in (2, 4)]
-    assert headline_point(analyze(both).cases) == (4, 16)  # all ran everywhere: the largest
+    assert headline_point(analyze(both).frame) == (4, 16)  # all ran everywhere: the largest
     # fp16 ran out of memory at 4: batch 2 has all three, 4 has only two.
     oom = [r for r in both if r.case.id != "m/train/fp16/bs4/seq16"]
     oom.append(result("fp16", 4, status="oom"))
-    assert headline_point(analyze(oom).cases) == (2, 16)
+    assert headline_point(analyze(oom).frame) == (2, 16)
     # fp32 itself OOMs at 8 where bf16 ran: the point must have fp32.
     bigger = [*both, result("bf16", 8), result("fp16", 8), result("fp32", 8, status="oom")]
-    assert headline_point(analyze(bigger).cases) == (4, 16)
+    assert headline_point(analyze(bigger).frame) == (4, 16)
     # No fp32 anywhere: the shape most precisions ran at, no speedups.
     no_fp32 = analyze([result("bf16", 2), result("fp16", 2), result("bf16", 4)])
     assert (no_fp32.groups[0].batch_size, no_fp32.groups[0].has_baseline) == (2, False)
     assert all(m.speedup is None for m in no_fp32.groups[0].modes)
-    assert headline_point(analyze([result("fp32", 2, status="skipped")]).cases) is None
+    assert headline_point(analyze([result("fp32", 2, status="skipped")]).frame) is None
 
 
 def test_recommendation_rules() -> None:
@@ -114,7 +161,7 @@ def test_a_later_result_for_the_same_case_wins() -> None:
     first = result("fp32", 1, status="oom")
     second = result("fp32", 1)
     analysis = analyze([first, second])
-    assert list(analysis.cases["status"]) == ["ok"] and analysis.status_counts == {"ok": 1}
+    assert [r.status for r in analysis.rows] == ["ok"] and analysis.status_counts == {"ok": 1}
 
 
 def test_one_answer_when_larger_batches_run_out_of_memory(tmp_path: Path) -> None:
@@ -144,8 +191,8 @@ def test_one_answer_when_larger_batches_run_out_of_memory(tmp_path: Path) -> Non
     group = analysis.group("gpt2-tiny", "train")
     assert (group.batch_size, group.seq_len) == (2, 64)
     amp = group.mode("amp_bf16")
-    rows = analysis.cases.set_index("id")
-    assert amp.speedup == pytest.approx(rows.loc["gpt2-tiny/train/amp_bf16/bs2/seq64", "speedup"])
+    rows = {row.id: row for row in analysis.rows}
+    assert amp.speedup == pytest.approx(rows["gpt2-tiny/train/amp_bf16/bs2/seq64"].speedup)
     expected = fmt.fmt_speedup(amp.speedup)
     # The terminal's verdict table, summary.md and the HTML summary all show this figure.
     console = Console(record=True, width=250)
@@ -168,7 +215,7 @@ def test_series_follow_the_headline_point() -> None:
     rows = [result(p, b, median_s=b / 10, verdict="ok") for p in ("fp32", "bf16") for b in (1, 2)]
     analysis = analyze(rows)
     group = analysis.groups[0]
-    data = series.series_vs_batch(analysis, group, "rate")
+    data = series.series_vs_batch(analysis, group, lambda row: row.rate)
     assert data["fp32"][0] == [1, 2] and data["bf16"][1] == pytest.approx([10.0, 10.0])  # samples/s
     assert set(series.step_samples(analysis, group)) == {"fp32", "bf16"}
 

@@ -14,6 +14,7 @@ from runs import mpbench
 from bench.engine import estimate
 from bench.engine.device import Device
 from bench.engine.flops import analytic_flops
+from bench.engine.modes import PRECISION_MODES
 from bench.engine.rates import MatmulRate, measure_matmul
 from bench.engine.selfcheck import SELFCHECK_NUMERICS_STEPS, shortened
 from bench.engine.suite import load_suite, parse_suite
@@ -102,7 +103,9 @@ def test_eager_fp8_on_a_gpu_costs_more_than_compiled_fp8() -> None:
     rates = {"fp8": MatmulRate("fp8", 8192, 1500.0)}
     eager_s = estimate.step_estimate_s(suite, eager, rates, "cuda")
     compiled_s = estimate.step_estimate_s(suite, compiled, rates, "cuda")
-    assert eager_s == pytest.approx(compiled_s * 3 * estimate.EAGER_FP8_FACTOR["train"])
+    assert eager_s == pytest.approx(
+        compiled_s * 3 * PRECISION_MODES["fp8"].eager_gpu_slowdown["train"]
+    )
 
 
 def test_a_cpu_rate_is_measured_and_positive() -> None:

@@ -17,8 +17,7 @@ from bench.engine.flops import analytic_flops, count_flops, matmul_weights
 from bench.engine.models import PRESETS
 from bench.engine.modes import PRECISION_MODES
 from bench.results import peaks
-from bench.results.peaks import COMPUTE_DTYPE, PeakLookup, mfu, peak_tflops
-from bench.results.schema import PRECISIONS
+from bench.results.peaks import PeakLookup, mfu, peak_tflops
 
 CPU = Device(torch.device("cpu"))
 BATCH, SEQ = 2, 64
@@ -205,12 +204,13 @@ def test_table_entries_are_consistent() -> None:
     assert ampere is not None and "fp8" not in ampere.tflops
 
 
-def test_every_precision_mode_has_a_compute_dtype() -> None:
-    assert set(COMPUTE_DTYPE) == set(PRECISIONS)
-    assert COMPUTE_DTYPE["amp_fp16"] == "fp16" and COMPUTE_DTYPE["amp_bf16"] == "bf16"
-    assert {COMPUTE_DTYPE[m] for m in ("fp8", "fp8_rowwise", "mxfp8")} == {"fp8"}
-    for precision, dtype in COMPUTE_DTYPE.items():
-        assert peak_tflops("NVIDIA H100 80GB HBM3", dtype).tflops, precision
+def test_every_precision_mode_has_a_compute_dtype_with_a_peak() -> None:
+    dtype = {name: mode.compute_dtype for name, mode in PRECISION_MODES.items()}
+    assert dtype["amp_fp16"] == "fp16" and dtype["amp_bf16"] == "bf16"
+    assert {dtype[m] for m in ("fp8", "fp8_rowwise", "mxfp8")} == {"fp8"}
+    for precision, compute in dtype.items():
+        assert compute in peaks.DTYPES, precision
+        assert peak_tflops("NVIDIA H100 80GB HBM3", compute).tflops, precision
 
 
 def test_reasons_when_there_is_no_peak() -> None:

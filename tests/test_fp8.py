@@ -12,11 +12,10 @@ import pytest
 import torch
 from fake_gpu import FakeGpu
 
-from bench.engine import fp8
 from bench.engine.device import Device
 from bench.engine.executors import default_runner_factory
 from bench.engine.models import PRESETS
-from bench.engine.modes import PRECISION_MODES
+from bench.engine.modes import PRECISION_MODES, fp8
 from bench.engine.numerics.activations import activation_summary, range_entry
 from bench.engine.suite import parse_suite
 

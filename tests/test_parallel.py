@@ -173,11 +173,11 @@ def test_scaling_efficiency_against_the_one_rank_case() -> None:
     one_rank = rank_result([1.0, 1.0, 1.0], 1, 0.0, ddp_case(world=1))  # 4 samples/s
     two = rank_result([1.25, 1.25, 1.25], 1, 0.0)
     two = parallel.combine_ranks(two.case, [two, two], "gloo", None)  # 8 / 1.25 = 6.4
-    frame = analyze([one_rank, two]).cases.set_index("id")
-    assert frame.loc[two.case.id, "scaling_efficiency"] == pytest.approx(6.4 / (2 * 4.0))
-    assert frame.loc[two.case.id, "speedup"] == pytest.approx(1.0)  # vs fp32 ddp2 itself
+    rows = {row.id: row for row in analyze([one_rank, two]).rows}
+    assert rows[two.case.id].scaling_efficiency == pytest.approx(6.4 / (2 * 4.0))
+    assert rows[two.case.id].speedup == pytest.approx(1.0)  # vs fp32 ddp2 itself
     # Without a one-rank case there is nothing to scale against.
-    assert analyze([two]).cases["scaling_efficiency"].isna().all()
+    assert all(row.scaling_efficiency is None for row in analyze([two]).rows)
 
 
 # -- in one process: a one-rank group -----------------------------------------------------------

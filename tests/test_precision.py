@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.engine import precision
+from bench.engine import flags as precision
 from bench.engine.device import Device
 from bench.engine.modes import PRECISION_MODES
 
@@ -79,7 +79,7 @@ def test_prepare_casts_only_pure_modes_and_leaves_the_pristine_model() -> None:
 
 
 def test_copy_in_dtype_keeps_tied_weights_tied() -> None:
-    from bench.engine.precision import copy_in_dtype
+    from bench.engine.modes.base import copy_in_dtype
 
     model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 8, bias=False))
     model[1].weight = model[0].weight
@@ -110,7 +110,7 @@ def test_grad_scaler_only_for_amp_fp16() -> None:
 def _globals() -> tuple:
     """Every global a mode touches, read through the API this torch has."""
     return (
-        precision._GlobalFlags.capture(),
+        precision.GlobalFlags.capture(),
         torch.get_default_dtype(),
         torch.are_deterministic_algorithms_enabled(),
     )
@@ -135,7 +135,7 @@ def test_global_state_after_the_new_tf32_api_was_used() -> None:
     mpbench must still set, record and restore TF32 (through the new API)."""
     if not precision.new_tf32_api():
         pytest.skip(f"torch {torch.__version__} has no fp32_precision API")
-    saved = precision._GlobalFlags.capture()
+    saved = precision.GlobalFlags.capture()
     try:
         torch.backends.cuda.matmul.fp32_precision = "tf32"  # what enable_tf32 does
         with PRECISION_MODES["fp32"].global_state(CPU):
@@ -154,7 +154,7 @@ def test_global_state_legacy_api_in_a_fresh_process() -> None:
     """On a torch without the new API, the legacy flags are set and restored (run in a fresh
     interpreter: once the new API has been used in a process, legacy reads raise)."""
     code = (
-        "import torch; from bench.engine import precision as p; "
+        "import torch; from bench.engine import flags as p; "
         "p.new_tf32_api = lambda: False; "
         "from bench.engine.modes import PRECISION_MODES as M; from bench.engine.device import Device; "
         "d = Device(torch.device('cpu')); before = p.tf32_state(); "

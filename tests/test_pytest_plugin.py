@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -53,7 +54,10 @@ def plugin_args() -> list[str]:
 
 
 def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """pytest in a subprocess, in a directory of its own (no rootdir config from this repo)."""
+    """pytest in a subprocess, in a directory of its own (no rootdir config from this repo), and
+    not taken for a pytest-xdist worker when this run is one (pytest-benchmark turns itself off
+    in xdist workers)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     return subprocess.run(
         [sys.executable, "-m", "pytest", *plugin_args(), "-p", "no:cacheprovider", *args],
         cwd=cwd,
@@ -61,6 +65,7 @@ def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=600,
         check=False,
+        env=env,
     )
 
 

@@ -132,9 +132,9 @@ def test_memory_cap_gives_oom_then_larger_batches_are_predicted(tmp_path: Path, 
         "--batch-sizes",
         "1,512,1024",
         "--seq-lens",
-        "256",
+        "64",
         "--memory-limit",
-        "1.5",
+        "0.75",
     )
     assert proc.returncode == 0, proc.stderr
     results = {r.case.batch_size: r for r in load_run(out).results}
@@ -166,8 +166,12 @@ def test_oom_prediction_can_be_turned_off() -> None:
 def test_interrupt_keeps_finished_cases_and_resume_completes(
     suite_path: Path, tmp_path: Path, sig, code, isolate
 ) -> None:
+    """The fourth case hangs (tests/faults.py), so the signal always lands mid-case."""
     out = tmp_path / "run"
-    proc = start(str(suite_path), "--out", str(out), "--isolate", isolate)
+    fourth = "gpt2-tiny/train/amp_bf16/bs2/seq16"
+    proc = start(
+        str(suite_path), "--out", str(out), "--isolate", isolate, env=with_fault(f"hang:{fourth}")
+    )
     results = out / "results.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -180,7 +184,7 @@ def test_interrupt_keeps_finished_cases_and_resume_completes(
     assert "Traceback" not in stderr
     assert f"mpbench run --resume {out}" in stderr
     finished = statuses(out)
-    assert 3 <= len(finished) < 8
+    assert len(finished) == 3 and fourth not in finished
     assert set(finished.values()) == {"ok"}
     assert (out / "index.html").exists()
 
@@ -268,15 +272,68 @@ def test_find_max_batch_doubles_then_bisects(limit: int) -> None:
 
 
 def test_find_max_batch_cap_and_nothing_fits() -> None:
-    from bench.engine.maxbatch import find_max_batch, with_ratios
+    from dataclasses import asdict
+
+    from bench.analysis.maxbatch import max_batch_report
+    from bench.engine.maxbatch import find_max_batch
 
     template = load_suite("smoke").cases("cpu")[0]
     capped = find_max_batch(fake_probe(10_000, []), template, cap=64)
     assert (capped.max_batch_size, capped.limit_reached) == (64, True)
     none = find_max_batch(fake_probe(0, []), template, cap=64)
     assert none.max_batch_size is None
-    rows = with_ratios([capped])
-    assert rows[0]["vs_fp32"] == 1.0
+    report = max_batch_report([capped], cap=64, finished=True)
+    assert report.rows[0].vs_fp32 == 1.0
+    # max_batch.json: each search's fields as found, then its ratio.
+    (row,) = report.to_dict()["results"]
+    assert list(row) == [*asdict(capped), "vs_fp32"]
+    assert {k: row[k] for k in asdict(capped)} == asdict(capped)
+
+
+def test_max_batch_ratios_are_against_fp32_at_the_same_shape() -> None:
+    from bench.analysis.maxbatch import max_batch_rows
+    from bench.engine.maxbatch import MaxBatch
+
+    found = [
+        MaxBatch("m", "train", "fp32", 64, 8, False),
+        MaxBatch("m", "train", "bf16", 64, 20, False),
+        MaxBatch("m", "train", "fp16", 64, None, False, "skipped: no GPU"),
+        MaxBatch("m", "train", "bf16", 128, 4, False),  # no fp32 at seq 128
+    ]
+    assert [r.vs_fp32 for r in max_batch_rows(found)] == [1.0, 2.5, None, None]
+
+
+def test_an_interrupted_max_batch_search_writes_the_finished_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from bench.cli.run import _find_max_batch
+    from bench.engine import maxbatch
+
+    found = [maxbatch.MaxBatch("m", "train", "fp32", 64, 8, False, None, [])]
+    monkeypatch.setattr(
+        maxbatch, "search_max_batch", lambda *a, **k: maxbatch.MaxBatchOutcome(130, found)
+    )
+    device = type("FakeDevice", (), {"name": "cpu"})()
+    console = Console(record=True, width=200)
+    assert _find_max_batch(None, device, tmp_path, None, 64, console) == 130
+    data = json.loads((tmp_path / "max_batch.json").read_text())
+    assert (data["cap"], data["finished"]) == (64, False)
+    assert data["results"] == [
+        {
+            "model": "m",
+            "workload": "train",
+            "precision": "fp32",
+            "seq_len": 64,
+            "max_batch_size": 8,
+            "limit_reached": False,
+            "reason": None,
+            "probes": [],
+            "vs_fp32": 1.0,
+        }
+    ]
+    assert "interrupted" in console.export_text()
 
 
 def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path: Path) -> None:
@@ -291,9 +348,9 @@ def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path:
         "--precisions",
         "fp32",
         "--seq-lens",
-        "256",
+        "64",
         "--memory-limit",
-        "1.5",
+        "0.75",
         "--max-batch-cap",
         "256",
     )

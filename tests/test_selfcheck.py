@@ -15,10 +15,11 @@ from fake_gpu import FakeGpu
 from report_fixtures import FIXTURE_RUN
 from runs import edit_results, mpbench
 
-from bench.cli.selfcheck import suite_checks
 from bench.engine import selfcheck, workloads
 from bench.engine.device import CpuStepTimer, Device, MemoryReading
+from bench.engine.selfcheck import suite_checks
 from bench.results.peaks import PeakLookup
+from bench.results.rundir import load_run
 
 CPU = Device(torch.device("cpu"))
 
@@ -118,7 +119,7 @@ def test_a_training_step_that_synchronizes_fails_the_mode_check(monkeypatch) -> 
 def test_a_mode_that_did_not_take_effect_fails(monkeypatch) -> None:
     """A bf16 mode whose prepare kept fp32 weights is caught."""
     from bench.engine.modes import PRECISION_MODES
-    from bench.engine.precision import PreparedModel, copy_in_dtype
+    from bench.engine.modes.base import PreparedModel, copy_in_dtype
 
     def fp32_copy(self: Any, pristine: Any, device: Any, workload: str) -> PreparedModel:
         return PreparedModel(copy_in_dtype(pristine, torch.float32))
@@ -132,8 +133,9 @@ def test_a_mode_that_did_not_take_effect_fails(monkeypatch) -> None:
 def test_suite_checks_read_the_run_back(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(FIXTURE_RUN, run)
-    cases, determinism = suite_checks(run, 0)
+    cases, determinism = suite_checks(load_run(run), 0)
     assert cases.status == "PASS" and determinism.status == "PASS"
+    assert cases.detail.endswith(f"({run})")
 
     def fp32_not_repeatable(r: dict[str, Any]) -> dict[str, Any]:
         numerics = r.get("numerics")
@@ -143,10 +145,19 @@ def test_suite_checks_read_the_run_back(tmp_path: Path) -> None:
         return {**r, "numerics": {**numerics, "noise_floor": floor}}
 
     edit_results(run, fp32_not_repeatable)
-    _, determinism = suite_checks(run, 0)
+    _, determinism = suite_checks(load_run(run), 0)
     assert determinism.status == "FAIL" and "not deterministic" in determinism.detail
-    cases, _ = suite_checks(run, 130)
+    cases, _ = suite_checks(load_run(run), 130)
     assert cases.status == "FAIL" and "exit code 130" in cases.detail
+
+
+def test_the_tally_counts_each_status_and_fails_on_any_fail() -> None:
+    check = selfcheck.CheckResult
+    results = [check("a", "PASS", ""), check("b", "SKIP", ""), check("c", "PASS", "")]
+    counts = selfcheck.tally(results)
+    assert (counts.passed, counts.failed, counts.skipped, counts.verdict) == (2, 0, 1, "PASS")
+    assert counts.line() == "2 PASS, 0 FAIL, 1 SKIP"
+    assert selfcheck.tally([*results, check("d", "FAIL", "")]).verdict == "FAIL"
 
 
 class _FakeTelemetry:

@@ -228,7 +228,7 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             assert (row[5] or fmt.MISSING) == saving and md[4] == saving
             extras = dict(
                 zip(
-                    [h for h, _, _ in fmt.extra_columns(group)],
+                    [column.header for column in fmt.extra_columns(group)],
                     fmt.extra_cells(mode, fmt.extra_columns(group)),
                     strict=True,
                 )
@@ -240,6 +240,12 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             assert extras.get("TFLOP/s", fmt.MISSING) == fmt.fmt_tflops(mode.achieved_tflops)
             # The per-case results table shows the same figure for the headline case.
             assert results_rows[mode.case_id][5] == speedup
+    # The typed rows the views read are the cases of the JSON: missing figures None, never NaN.
+    assert [row.id for row in analysis.rows] == [case["id"] for case in data["cases"]]
+    for row, case in zip(analysis.rows, data["cases"], strict=True):
+        values = vars(row).values()
+        assert not any(isinstance(v, float) and math.isnan(v) for v in values)
+        assert (row.speedup, row.memory_saving) == (case["speedup"], case["memory_saving"])
     # Every per-case speedup in the results table is the analysis' own, and the analysis' own is
     # right: eager fp32's median over the case's, at the same model, workload and shape.
     by_id = {r.case.id: r for r in results}

@@ -7,10 +7,11 @@ Nothing here draws or formats (bench.views.plots does); nothing here decides a h
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, RunAnalysis
 from bench.results.schema import BASELINE_PRECISION, Case, is_number, precision_rank
 
@@ -38,27 +39,21 @@ def _label_rank(label: str) -> tuple[int, str, str, bool]:
 
 
 def series_vs_batch(
-    analysis: RunAnalysis, group: GroupSummary, column: str
+    analysis: RunAnalysis, group: GroupSummary, value: Callable[[CaseRow], float | None]
 ) -> dict[str, tuple[list[int], list[float]]]:
-    """Per precision, (batch sizes, values of `column`) of the group's ok cases at its headline
-    sequence length, by batch size. `column` is a case-frame column: "rate" or "peak_bytes"."""
-    frame = analysis.cases
-    rows = frame[
-        (frame["model"] == group.model)
-        & (frame["workload"] == group.workload)
-        & (frame["status"] == "ok")
-        & (frame["seq_len"] == group.seq_len)
-        & frame[column].notna()
-        & frame["batch_size"].notna()
-    ]
+    """Per precision, (batch sizes, values) of the group's ok cases at its headline sequence
+    length, by batch size; `value` picks the figure of a case (its rate, its peak bytes)."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for row in analysis.group_rows(group):
+        if not row.ok or row.batch_size is None or row.seq_len is None:
+            continue
+        figure = value(row)
+        if row.seq_len == group.seq_len and figure is not None and math.isfinite(figure):
+            points.setdefault(row.mode, []).append((row.batch_size, float(figure)))
     out: dict[str, tuple[list[int], list[float]]] = {}
-    for precision, part in rows.groupby("mode"):
-        part = part[part[column].map(math.isfinite)].sort_values("batch_size")
-        if not part.empty:
-            out[str(precision)] = (
-                [int(b) for b in part["batch_size"]],
-                [float(v) for v in part[column]],
-            )
+    for mode, part in points.items():
+        part.sort(key=lambda point: point[0])
+        out[mode] = ([b for b, _ in part], [v for _, v in part])
     return _ordered(out)
 
 
@@ -97,19 +92,14 @@ def _is_baseline(case: Case) -> bool:
 def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
     """Loss curves of a training group: from the numerics pass (the same batches for every
     precision), else from the timed steps at the headline point."""
-    frame = analysis.cases
-    rows = frame[
-        (frame["model"] == group.model)
-        & (frame["workload"] == group.workload)
-        & (frame["status"] == "ok")
-        & ~frame["compiled"]  # a compiled case carries its precision's eager pass
-    ].sort_values("order")
+    # A compiled case carries its precision's eager pass.
+    rows = [r for r in analysis.group_rows(group) if r.ok and not r.compiled]
     curves: dict[str, list[float]] = {}
     rel_div: dict[str, list[float]] = {}
     baseline: list[float] = []
     tolerance = None
-    for case_id in rows["id"]:
-        result = analysis.result(case_id)
+    for row in rows:
+        result = analysis.result(row.id)
         numerics = result.numerics if result is not None else None
         loss = _numbers((numerics or {}).get("loss"))
         # One curve per numerics pass: a precision, with its data-parallel layout and reduction.
@@ -231,18 +221,15 @@ def _activation_profile(model: str, case_id: str, entries: list[Any]) -> Activat
 def activation_profiles(analysis: RunAnalysis) -> list[ActivationProfile]:
     """One profile per model: the first fp32 case whose numerics carry `activations`."""
     by_model: dict[str, ActivationProfile] = {}
-    frame = analysis.cases.sort_values(["order"])
-    fp32_first = frame.sort_values(
-        "precision", key=lambda s: s != BASELINE_PRECISION, kind="stable"
-    )
-    for case_id in fp32_first["id"]:
-        result = analysis.result(case_id)
+    fp32_first = sorted(analysis.rows, key=lambda r: r.precision != BASELINE_PRECISION)
+    for row in fp32_first:
+        result = analysis.result(row.id)
         entries = (result.numerics or {}).get("activations") if result is not None else None
         model = result.case.model if result is not None else ""
         if model in by_model or not isinstance(entries, list):
             continue
-        profile = _activation_profile(model, case_id, entries)
+        profile = _activation_profile(model, row.id, entries)
         if profile.modules:
             by_model[model] = profile
-    order = list(dict.fromkeys(frame["model"]))
+    order = list(dict.fromkeys(r.model for r in analysis.rows))
     return sorted(by_model.values(), key=lambda p: order.index(p.model))

@@ -24,18 +24,21 @@ they cannot disagree. The rules (README, "Reading the results"):
 * **Unstable**: the timed steps' stdev exceeds the suite's limit (10% of the mean by default);
   **throttled**: NVML saw a power or thermal slowdown during the timed steps.
 
-The substrate is one tidy pandas frame of cases joined against fp32 at the same shape.
+The substrate is one tidy pandas frame of cases joined against fp32 at the same shape; views
+read it as typed rows (bench.analysis.rows.CaseRow), never the frame itself.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from bench.analysis.rows import CaseRow, case_rows
 from bench.results.schema import (
     BASELINE_PRECISION,
     FAILURES,
@@ -343,10 +346,12 @@ class ProblemGroup:
 
 @dataclass
 class RunAnalysis:
-    """Everything the views of a run show: the case frame, one summary per model x workload,
-    and the cases that did not run ok."""
+    """Everything the views of a run show: one typed row per case, one summary per model x
+    workload, and the cases that did not run ok. Views read `rows` (and the helpers below);
+    `frame`, the pandas frame the figures are computed on, is the analysis' own substrate."""
 
-    cases: pd.DataFrame  # every case, sweep points and labelled benchmarks alike
+    frame: pd.DataFrame  # every case joined against fp32 at its shape (see case_frame)
+    rows: tuple[CaseRow, ...]  # every case, sweep points and labelled benchmarks alike, in order
     groups: list[GroupSummary]  # one per model x workload of the sweep points
     problems: list[ProblemGroup] = field(default_factory=list)
     results: dict[str, CaseResult] = field(default_factory=dict)  # by case id, for curves
@@ -356,54 +361,60 @@ class RunAnalysis:
         return self.results.get(case_id) if case_id is not None else None
 
     @property
+    def benchmark_rows(self) -> list[CaseRow]:
+        """The labelled benchmarks (plain pytest-benchmark tests): no sweep point, no fp32."""
+        return [r for r in self.rows if not r.sweep]
+
+    def group_rows(self, group: GroupSummary) -> list[CaseRow]:
+        """Every case of a group's model and workload, in order."""
+        return [r for r in self.rows if (r.model, r.workload) == (group.model, group.workload)]
+
+    @property
     def status_counts(self) -> dict[str, int]:
         """How many cases ended in each status."""
-        return {str(k): int(v) for k, v in self.cases["status"].value_counts().sort_index().items()}
+        return dict(sorted(Counter(r.status for r in self.rows).items()))
 
-    def records(self, sweep: bool | None = None) -> list[dict[str, Any]]:
-        """The case frame as dicts, missing values as None (NaN in the frame): `sweep` True for
-        sweep points only, False for labelled benchmarks (plain pytest-benchmark tests)."""
-        frame = self.cases if sweep is None else self.cases[self.cases["sweep"] == sweep]
-        rows = []
-        for row in frame.to_dict("records"):
-            clean = {key: None if _missing(value) else value for key, value in row.items()}
-            for key in _INTEGER_COLUMNS:  # the frame holds them as floats (NaN for missing)
-                if clean[key] is not None:
-                    clean[key] = int(clean[key])
-            rows.append(clean)
-        return rows
+    @property
+    def skipped_precisions(self) -> dict[str, int]:
+        """How many cases of each precision were skipped, in precision order."""
+        counts = Counter(r.precision for r in self.rows if r.status == "skipped")
+        return dict(sorted(counts.items(), key=lambda kv: precision_rank(kv[0])))
+
+    @property
+    def telemetry_reasons(self) -> list[str]:
+        """Why cases have no GPU telemetry, each reason once, in case order."""
+        reasons = (r.telemetry_reason for r in self.rows if r.telemetry_reason is not None)
+        return list(dict.fromkeys(reasons))
 
     @property
     def unstable_cases(self) -> list[tuple[str, float]]:
         """(case id, CV) of every case whose timed steps spread beyond the suite's limit."""
-        rows = self.cases[self.cases["unstable"]]
-        return [(r.id, float(r.cv)) for r in rows.itertuples()]
+        return [(r.id, math.nan if r.cv is None else r.cv) for r in self.rows if r.unstable]
 
     @property
     def throttled_cases(self) -> list[tuple[str, str]]:
         """(case id, reasons) of every case during which the GPU slowed down."""
-        rows = self.cases[self.cases["throttled"]]
-        return [(r.id, str(r.throttle_reasons)) for r in rows.itertuples()]
+        return [(r.id, str(r.throttle_reasons)) for r in self.rows if r.throttled]
 
     @property
     def has_mfu(self) -> bool:
         """True when any case has an MFU (a known GPU, or --peak-tflops)."""
-        return bool(self.cases["mfu"].notna().any())
+        return any(r.mfu is not None for r in self.rows)
 
     @property
     def has_parallel(self) -> bool:
         """True when any case ran data-parallel."""
-        return bool((self.cases["world_size"] > 1).any() | self.cases["layout"].astype(bool).any())
+        return any(r.world_size > 1 or r.layout for r in self.rows)
 
     @property
     def has_scaling(self) -> bool:
         """True when any data-parallel case has a scaling efficiency."""
-        return bool(self.cases["scaling_efficiency"].notna().any())
+        return any(r.scaling_efficiency is not None for r in self.rows)
 
     @property
     def has_energy(self) -> bool:
         """True when any case has an energy figure (GPU telemetry)."""
-        return bool(self.cases["energy_per_sample_j"].notna().any())
+        return any(r.energy_per_sample_j is not None for r in self.rows)
 
     def group(self, model: str, workload: str) -> GroupSummary | None:
         """The summary of one model x workload."""
@@ -411,58 +422,53 @@ class RunAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (`mpbench report --json`): NaN and infinities become null."""
-        cases = []
-        for row in self.records():
-            cases.append(
-                {
-                    key: _json_value(row[key])
-                    for key in (
-                        "id",
-                        "model",
-                        "workload",
-                        "precision",
-                        "compiled",
-                        "mode",
-                        "batch_size",
-                        "seq_len",
-                        "status",
-                        "reason",
-                        "median_s",
-                        "rate",
-                        "rate_unit",
-                        "peak_bytes",
-                        "speedup",
-                        "memory_saving",
-                        "verdict",
-                        "numerics_error",
-                        "divergence_metric",
-                        "divergence",
-                        "headline",
-                        "warmup_steps",
-                        "warmup_steady",
-                        "cv",
-                        "unstable",
-                        "flops_per_step",
-                        "achieved_tflops",
-                        "peak_tflops",
-                        "mfu",
-                        "mfu_reason",
-                        "energy_per_step_j",
-                        "energy_per_sample_j",
-                        "power_mean_w",
-                        "throttled",
-                        "throttle_reasons",
-                    )
-                }
-            )
         return {
             "rules": RULES,
             "status_counts": self.status_counts,
             "groups": [_json_value(asdict(g)) for g in self.groups],
-            "cases": cases,
+            "cases": [{key: _json_value(getattr(r, key)) for key in CASE_KEYS} for r in self.rows],
             "problems": [_json_value(asdict(p)) for p in self.problems],
         }
 
+
+# The fields of each case in `mpbench report --json`, in this order.
+CASE_KEYS = (
+    "id",
+    "model",
+    "workload",
+    "precision",
+    "compiled",
+    "mode",
+    "batch_size",
+    "seq_len",
+    "status",
+    "reason",
+    "median_s",
+    "rate",
+    "rate_unit",
+    "peak_bytes",
+    "speedup",
+    "memory_saving",
+    "verdict",
+    "numerics_error",
+    "divergence_metric",
+    "divergence",
+    "headline",
+    "warmup_steps",
+    "warmup_steady",
+    "cv",
+    "unstable",
+    "flops_per_step",
+    "achieved_tflops",
+    "peak_tflops",
+    "mfu",
+    "mfu_reason",
+    "energy_per_step_j",
+    "energy_per_sample_j",
+    "power_mean_w",
+    "throttled",
+    "throttle_reasons",
+)
 
 RULES = {
     "speedup": "median step of fp32 / median step of the mode, same model, workload and shape",
@@ -475,13 +481,6 @@ RULES = {
     "energy_per_sample_j": "NVML energy over the timed steps / steps / batch size",
     "unstable": "stdev / mean of the timed steps above the suite's timing.unstable_cv",
 }
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-_INTEGER_COLUMNS = ("batch_size", "seq_len", "peak_bytes", "warmup_steps", "flops_per_step")
 
 
 def _json_value(value: Any) -> Any:
@@ -658,4 +657,4 @@ def analyze(results: Sequence[CaseResult] | Iterable[CaseResult]) -> RunAnalysis
             )
     frame["headline"] = headline
     by_id = {r.case.id: r for r in results}
-    return RunAnalysis(frame, groups, problem_groups(frame), by_id)
+    return RunAnalysis(frame, case_rows(frame), groups, problem_groups(frame), by_id)

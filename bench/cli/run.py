@@ -485,8 +485,12 @@ def show_run(out: Path, console: Any, render: bool, exit_code: int) -> int:
 def _find_max_batch(
     suite: Any, device: Any, out: Path, execution: Any, cap: int, console: Any
 ) -> int:
-    """`--find-max-batch`: search, print each result as it is found, then the table."""
+    """`--find-max-batch`: search, print each result as it is found, then the table; write
+    RUN_DIR/max_batch.json with each mode's ratio to fp32 (also after an interrupt, with the
+    searches that ended and "finished": false)."""
+    from bench.analysis.maxbatch import max_batch_report
     from bench.engine.maxbatch import search_max_batch
+    from bench.results.rundir import MAX_BATCH_FILE, write_json
 
     console.print(f"mpbench: largest batch size per config (cap {cap}) on {device.name} -> {out}")
 
@@ -500,8 +504,11 @@ def _find_max_batch(
         )
 
     outcome = search_max_batch(suite, device, out, execution, cap, found)
+    report = max_batch_report(outcome.found, cap, finished=outcome.exit_code == EXIT_OK)
+    path = out / MAX_BATCH_FILE
+    write_json(path, report.to_dict())
     if outcome.exit_code != EXIT_OK:
         console.print("[yellow]interrupted[/]: the search was not finished")
-    console.print(terminal.max_batch_table(outcome.rows))
-    console.print(f"max batch sizes: {outcome.path}")
+    console.print(terminal.max_batch_table(report.rows))
+    console.print(f"max batch sizes: {path}")
     return outcome.exit_code

@@ -46,58 +46,19 @@ def print_check(console: Console, result: Any) -> None:
     console.print(line, highlight=False)
 
 
-def suite_checks(run_dir: Path, exit_code: int) -> list[Any]:
-    """Two checks on the suite's run: every case ran (or was skipped for a reason), and fp32
-    against itself is exactly 0 in every numerics pass."""
-    from bench.engine.selfcheck import FAIL, PASS, SKIP, CheckResult
-
-    run = load_run(run_dir)
-    failed = [r for r in run.results if r.status in ("error", "crashed", "timeout")]
-    counts: dict[str, int] = {}
-    for result in run.results:
-        counts[result.status] = counts.get(result.status, 0) + 1
-    listed = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    if failed or exit_code != EXIT_OK:
-        first = failed[0] if failed else None
-        why = f"; first: {first.case.id}: {first.reason}" if first else f"; exit code {exit_code}"
-        cases = CheckResult("suite", FAIL, f"{listed}{why}", {"counts": counts})
-    else:
-        cases = CheckResult("suite", PASS, f"{listed} ({run_dir})", {"counts": counts})
-    floors = [
-        (r.case.id, (r.numerics or {}).get("noise_floor") or {})
-        for r in run.results
-        if r.ok and r.case.precision == "fp32" and r.numerics and not r.numerics_error
-    ]
-    identical = [f.get("fp32_runs_identical") for _, f in floors]
-    if not floors or all(i is None for i in identical):
-        determinism = CheckResult("fp32 vs fp32", SKIP, "no fp32 numerics pass with a repeat")
-    elif all(identical):
-        determinism = CheckResult(
-            "fp32 vs fp32",
-            PASS,
-            f"fp32 run twice gave identical losses and gradients in {len(floors)} pass(es)",
-            {"passes": len(floors)},
-        )
-    else:
-        bad = [cid for (cid, _), same in zip(floors, identical, strict=True) if same is False]
-        divergences = [f.get("fp32_repeat_max_rel_div") for _, f in floors]
-        determinism = CheckResult(
-            "fp32 vs fp32",
-            FAIL,
-            f"fp32 run twice differs ({', '.join(bad)}): the numerics pass is not deterministic "
-            "here, so every divergence it reports carries that noise",
-            {"max_rel_div": divergences},
-        )
-    return [cases, determinism]
-
-
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     """`mpbench selfcheck`: the device checks, then a suite and its report."""
     from bench.cli.run import _estimate, _sweep
     from bench.engine.device import resolve_device
     from bench.engine.executors import quiet_transformers
     from bench.engine.interrupts import ExecutionOptions
-    from bench.engine.selfcheck import FAIL, measured_rates, run_device_checks, shortened
+    from bench.engine.selfcheck import (
+        measured_rates,
+        run_device_checks,
+        shortened,
+        suite_checks,
+        tally,
+    )
     from bench.engine.session import RunOptions
     from bench.engine.suite import default_suite_name, load_suite
 
@@ -136,28 +97,28 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
             highlight=False,
         )
         code = _sweep(suite, device, run_dir, options, console, True, estimate)
-        for result in suite_checks(run_dir, code):
+        for result in suite_checks(load_run(run_dir), code):
             results.append(result)
             print_check(console, result)
-    failed = [r for r in results if r.status == FAIL]
+    counts = tally(results)
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / SELFCHECK_FILE,
         {
             "device": device.name,
             "device_name": device.product_name(),
-            "passed": not failed,
+            "passed": not counts.failed,
             "checks": [r.to_dict() for r in results],
             "run": str(run_dir) if run_dir else None,
         },
     )
-    counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
-    verdict = "FAIL" if failed else "PASS"
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     console.print(
-        Text(f"selfcheck {verdict}: {summary}; {out / SELFCHECK_FILE}", style=STYLES[verdict])
+        Text(
+            f"selfcheck {counts.verdict}: {counts.line()}; {out / SELFCHECK_FILE}",
+            style=STYLES[counts.verdict],
+        )
     )
-    return EXIT_REGRESSION if failed else EXIT_OK
+    return EXIT_REGRESSION if counts.failed else EXIT_OK
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from bench.engine.device import Device, cpu_model_name
-from bench.engine.precision import tf32_state
+from bench.engine.flags import tf32_state
 from bench.engine.telemetry import nvml_fallback, nvml_handle_by_uuid
 
 

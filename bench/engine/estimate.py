@@ -5,7 +5,7 @@ rates, so a run that would take hours says so before it begins (`mpbench run` pr
 The model, per case (constants below, measured on the machines named there):
 
     step_s  = max(flops / (rate[dtype] * MATMUL_EFFICIENCY),  n_layer * HOST_S_PER_LAYER)
-              * EAGER_FP8_FACTOR for fp8 modes without torch.compile
+              * the mode's eager_gpu_slowdown on a GPU without torch.compile (fp8: torchao's casts)
     case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations) * step_s
               + numerics steps * step_s * NUMERICS_SLOWDOWN
               + compile_s when compiled
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 
 from bench.engine.device import Device
 from bench.engine.flops import analytic_flops
+from bench.engine.modes import BASELINE_MODE, PRECISION_MODES
 from bench.engine.numerics.config import NumericsConfig
 from bench.engine.rates import MatmulRate, measure_matmul
 from bench.engine.suite import Suite
-from bench.results.peaks import COMPUTE_DTYPE
 from bench.results.schema import Case
 
 # Fraction of the square-matmul rate a compute-bound transformer step reaches (fp32 train and
@@ -46,10 +46,6 @@ HOST_S_PER_LAYER = {
     "cuda": {"train": 4.0e-3, "infer": 2.2e-3, "generate": 2.2e-3},
     "cpu": {"train": 7.0e-3, "infer": 1.3e-3, "generate": 1.3e-3},
 }
-# Eager torchao float8 on a GPU (its casts unfused) runs this much slower than the host floor
-# says (H200, gpt2-124m batch 8 x 512: train 166-205 ms vs bf16's 46 ms; infer 38-84 ms vs
-# 30 ms). On a CPU the measured fp8 rate already includes the casts.
-EAGER_FP8_FACTOR = {"train": 4.0, "infer": 2.0, "generate": 2.0}
 # A CPU without fp16 hardware runs the models' small fp16 matmuls 2-15x faster than the square
 # ones measured (2-core VM: gpt2-tiny/bert-tiny steps vs 512x512 matmuls); 4 is their middle.
 CPU_FP16_FACTOR = 4.0
@@ -86,7 +82,7 @@ class SweepEstimate:
 
 def needed_dtypes(cases: list[Case]) -> tuple[str, ...]:
     """The compute dtypes the cases' precision modes run their matmuls in."""
-    return tuple(sorted({COMPUTE_DTYPE[c.precision] for c in cases}))
+    return tuple(sorted({PRECISION_MODES[c.precision].compute_dtype for c in cases}))
 
 
 def measure_rates(device: Device, dtypes: tuple[str, ...]) -> dict[str, MatmulRate]:
@@ -129,7 +125,8 @@ def step_estimate_s(
     suite: Suite, case: Case, rates: dict[str, MatmulRate], device_type: str
 ) -> float | None:
     """Estimated seconds of one timed step of `case` (None without a rate for its dtype)."""
-    rate = rates.get(COMPUTE_DTYPE[case.precision])
+    mode = PRECISION_MODES[case.precision]
+    rate = rates.get(mode.compute_dtype)
     if rate is None or not rate.tflops:
         return None
     spec = suite.model(case.model)
@@ -143,9 +140,8 @@ def step_estimate_s(
     if case.compiled:
         host_s /= 3  # compiled graphs launch fewer, fused kernels
     step_s = max(compute_s, host_s)
-    eager_fp8 = case.precision.startswith(("fp8", "mxfp8")) and not case.compiled
-    if eager_fp8 and device_type == "cuda":
-        step_s *= EAGER_FP8_FACTOR[case.workload]
+    if mode.eager_gpu_slowdown and not case.compiled and device_type == "cuda":
+        step_s *= mode.eager_gpu_slowdown[case.workload]
     return step_s
 
 
@@ -174,7 +170,7 @@ def estimate_sweep(
     for case in cases:
         step_s = step_estimate_s(suite, case, rates, device_type)
         if step_s is None:
-            unknown.add(COMPUTE_DTYPE[case.precision])
+            unknown.add(PRECISION_MODES[case.precision].compute_dtype)
             continue
         case_s = CASE_OVERHEAD_S[device_type] + steps * step_s
         if numerics.enabled and case.workload != "generate" and not case.compiled:
@@ -200,4 +196,4 @@ def estimate_sweep(
 def _fp32_step_s(
     suite: Suite, case: Case, rates: dict[str, MatmulRate], device_type: str
 ) -> float | None:
-    return step_estimate_s(suite, replace(case, precision="fp32"), rates, device_type)
+    return step_estimate_s(suite, replace(case, precision=BASELINE_MODE.name), rates, device_type)

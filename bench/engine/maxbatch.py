@@ -1,6 +1,7 @@
 """`mpbench run --find-max-batch`: the largest batch size that fits, per model, workload,
 precision and sequence length. Doubling from 1 until a batch runs out of memory, then bisection
-between the last fit and the first OOM. "bf16 fits 2.3x the batch of fp32" is the headline.
+between the last fit and the first OOM. "bf16 fits 2.3x the batch of fp32" is the headline
+(bench.analysis.maxbatch computes the ratios; the CLI writes them to max_batch.json).
 
 Each probe is a real case (1 warm-up and 2 timed steps, numerics off) run by the same executor as
 a sweep, so a probe that kills its worker costs one worker, not the search. A probe that
@@ -10,7 +11,7 @@ crashes or times out counts as "does not fit" (the OOM killer ends CPU runs that
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from bench.engine.device import Device
 from bench.engine.interrupts import ExecutionOptions, InterruptibleSweep
 from bench.engine.session import start_run_dir
 from bench.engine.suite import Suite, Timing
-from bench.results.rundir import MAX_BATCH_FILE, write_json
 from bench.results.schema import Case, CaseResult
 
 # Probe statuses that mean "this batch does not fit" (anything else but ok ends the search).
@@ -86,26 +86,13 @@ def find_max_batch(run_case: Callable[[Case], CaseResult], template: Case, cap: 
     return out
 
 
-def with_ratios(found: list[MaxBatch]) -> list[dict[str, Any]]:
-    """Rows for max_batch.json: each result plus its ratio to fp32's max batch."""
-    fp32 = {
-        (m.model, m.workload, m.seq_len): m.max_batch_size for m in found if m.precision == "fp32"
-    }
-    rows = []
-    for m in found:
-        base = fp32.get((m.model, m.workload, m.seq_len))
-        ratio = m.max_batch_size / base if base and m.max_batch_size else None
-        rows.append({**asdict(m), "vs_fp32": ratio})
-    return rows
-
-
 @dataclass
 class MaxBatchOutcome:
-    """What a search did: exit code (0, or 130/143 after an interrupt), results, file."""
+    """What a search did: exit code (0, or 130/143 after an interrupt) and the searches that
+    ended, in the suite's order (bench.analysis.maxbatch adds each one's ratio to fp32's)."""
 
     exit_code: int
-    rows: list[dict[str, Any]]
-    path: Path
+    found: list[MaxBatch]
 
 
 def search_max_batch(
@@ -116,8 +103,9 @@ def search_max_batch(
     cap: int,
     on_found: Callable[[MaxBatch], None] | None = None,
 ) -> MaxBatchOutcome:
-    """One search per model x workload x precision x seq_len, written to out/max_batch.json.
-    `on_found` sees each search as it ends; an interrupt keeps the finished ones."""
+    """One search per model x workload x precision x seq_len, in the run directory `out` (its
+    env.json and suite.toml; the caller writes max_batch.json from the outcome). `on_found` sees
+    each search as it ends; an interrupt keeps the finished ones."""
     start_run_dir(suite, device, out, execution.isolate)
     probes = probe_suite(suite)
     found: list[MaxBatch] = []
@@ -131,7 +119,4 @@ def search_max_batch(
             found.append(find_max_batch(sweep.executor.run, case, cap))
             if on_found is not None:
                 on_found(found[-1])
-    rows = with_ratios(found)
-    path = out / MAX_BATCH_FILE
-    write_json(path, {"cap": cap, "finished": sweep.exit_code == 0, "results": rows})
-    return MaxBatchOutcome(sweep.exit_code, rows, path)
+    return MaxBatchOutcome(sweep.exit_code, found)

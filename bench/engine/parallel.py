@@ -171,18 +171,6 @@ def _ddp_hook(reduce_dtype: str, grad_dtype: torch.dtype) -> tuple[Callable[...,
     return _reduce_in_fp32, "fp32 upcast (mpbench's hook: gradients are kept in low precision)"
 
 
-def unsupported_reason(case: Case) -> str | None:
-    """Why this torch cannot run the case's strategy (FSDP2's public API is torch >= 2.6), or
-    None."""
-    if case.parallel != "fsdp":
-        return None
-    try:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: F401
-    except ImportError:
-        return f"fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); torch {torch.__version__} lacks it"
-    return None
-
-
 def layer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks FSDP shards one by one: the longest ModuleList (GPT-2's `h`, BERT's
     `layer`)."""
@@ -190,42 +178,138 @@ def layer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def wrap_model(
-    model: torch.nn.Module, case: Case, device: Device
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The case's model made data-parallel: DDP (with the reduce dtype's communication hook) or
-    FSDP2 (`fully_shard` on each block, then the whole model). Returns the module the steps call
-    and what was done, for the record. FSDP2 shards the parameters in place: build the
-    optimizer afterwards."""
-    reduce_dtype = case.reduce_dtype or "fp32"
-    if case.parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
+class SingleDevice:
+    """The layout of a case on one device: nothing to wrap, nothing for ranks to agree on."""
 
-        ids = [device.torch_device.index or 0] if device.is_cuda else None
-        # No buffer sync before every forward: the models have no running statistics, and the
-        # weights start identical on every rank (the same seeded fp32 state). Newer torch names
-        # the switch forward_sync_buffers.
-        names = inspect.signature(DistributedDataParallel).parameters
-        sync = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
-        ddp = DistributedDataParallel(model, device_ids=ids, **{sync: False})
-        grad_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-        hook, name = _ddp_hook(reduce_dtype, grad_dtype)
-        if hook is not None:
-            ddp.register_comm_hook(None, hook)
-        return ddp, {"comm_hook": name}
-    if case.parallel == "fsdp":
+    data_parallel = False
+    agree = None  # measure_steps' `agree`: no peers
+
+    def unsupported_reason(self) -> str | None:
+        """Always runnable."""
+        return None
+
+    def seed_parts(self) -> tuple[object, ...]:
+        """Nothing to add to a case's input seed."""
+        return ()
+
+    def wrap(self, model: torch.nn.Module, device: Device) -> tuple[torch.nn.Module, dict]:
+        """The model as it is."""
+        return model, {}
+
+    def after_timed(
+        self, step: Callable[[], Any], device: Device, phase: Callable[..., None]
+    ) -> dict[str, Any]:
+        """Nothing to measure after the timed steps."""
+        return {}
+
+    def mean_losses(self, losses: list[float]) -> list[float]:
+        """The losses as they are."""
+        return losses
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """The layout of a data-parallel training case: every rank of the process group runs it,
+    wrapped in DDP (with the reduce dtype's communication hook) or FSDP2; ranks agree on what
+    changes how many collectives they make, and after the timed steps a profiled window
+    measures the time in collectives."""
+
+    strategy: str  # "ddp" or "fsdp"
+    reduce_dtype: str = "fp32"
+    data_parallel = True
+
+    def unsupported_reason(self) -> str | None:
+        """Why this torch cannot run the strategy (FSDP2's public API is torch >= 2.6), or
+        None."""
+        if self.strategy != "fsdp":
+            return None
+        try:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: F401
+        except ImportError:
+            return f"fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); torch {torch.__version__} lacks it"
+        return None
+
+    def seed_parts(self) -> tuple[object, ...]:
+        """Each rank trains on its own part of the global batch: its rank goes into the seed."""
+        return ("rank", current_rank())
+
+    def wrap(self, model: torch.nn.Module, device: Device) -> tuple[torch.nn.Module, dict]:
+        """The case's model made data-parallel: DDP (with the reduce dtype's communication
+        hook) or FSDP2 (`fully_shard` on each block, then the whole model). Returns the module
+        the steps call and what was done, for the record. FSDP2 shards the parameters in place:
+        build the optimizer afterwards."""
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.torch_device.index or 0] if device.is_cuda else None
+            # No buffer sync before every forward: the models have no running statistics, and
+            # the weights start identical on every rank (the same seeded fp32 state). Newer
+            # torch names the switch forward_sync_buffers.
+            names = inspect.signature(DistributedDataParallel).parameters
+            sync = (
+                "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
+            )
+            ddp = DistributedDataParallel(model, device_ids=ids, **{sync: False})
+            grad_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+            hook, name = _ddp_hook(self.reduce_dtype, grad_dtype)
+            if hook is not None:
+                ddp.register_comm_hook(None, hook)
+            return ddp, {"comm_hook": name}
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         # param_dtype None: parameters are used in the dtype the precision mode stored them in.
-        policy = MixedPrecisionPolicy(reduce_dtype=REDUCE_TORCH_DTYPES[reduce_dtype])
+        policy = MixedPrecisionPolicy(reduce_dtype=REDUCE_TORCH_DTYPES[self.reduce_dtype])
         blocks = layer_blocks(model)
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
-        return model, {"fsdp_sharded_blocks": len(blocks), "mp_policy_reduce_dtype": reduce_dtype}
-    raise ValueError(f"not a data-parallel case: {case.id}")
+        return model, {
+            "fsdp_sharded_blocks": len(blocks),
+            "mp_policy_reduce_dtype": self.reduce_dtype,
+        }
+
+    @staticmethod
+    def agree(flag: bool) -> bool:
+        """Every rank's "steady" (or "finite") made one: all ranks must run the same number of
+        steps, since each step's collectives must match."""
+        return all_ranks_agree(flag)
+
+    def after_timed(
+        self, step: Callable[[], Any], device: Device, phase: Callable[..., None]
+    ) -> dict[str, Any]:
+        """The time one step spends in collectives, from a profiled window after the timed
+        steps (and their record)."""
+        phase("profiling collectives", None, None)
+        comm_s, comm_method = collective_time_s(step, device)
+        return {"comm_s_per_step": comm_s, "comm_method": comm_method}
+
+    def mean_losses(self, losses: list[float]) -> list[float]:
+        """The global batch's loss per step: each rank's, averaged over the ranks."""
+        return mean_over_ranks(losses)
+
+
+Layout = SingleDevice | DataParallel
+
+
+def layout_for(case: Case) -> Layout:
+    """The layout a case runs in: one device, or data-parallel over the process group."""
+    if case.parallel is None:
+        return SingleDevice()
+    return DataParallel(case.parallel, case.reduce_dtype or "fp32")
+
+
+def unsupported_reason(case: Case) -> str | None:
+    """Why this torch cannot run the case's layout, or None."""
+    return layout_for(case).unsupported_reason()
+
+
+def wrap_model(
+    model: torch.nn.Module, case: Case, device: Device
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The case's model wrapped as its layout says (module, what was done)."""
+    return layout_for(case).wrap(model, device)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from bench.engine.device import Device
-from bench.engine.modes import PRECISION_MODES
+from bench.engine.modes import compute_dtypes, mode_for_dtype
+from bench.engine.modes.base import square_matmul  # noqa: F401 (selfcheck imports it here)
 from bench.engine.runner import measure_steps
 
-MATMUL_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+MATMUL_DTYPES = compute_dtypes()  # fp32, tf32, bf16, fp16, fp8: the peak table's keys
 CALL_TARGET_S = 0.02  # a call this long is timed well by either timer
 LARGEST_N = {"cuda": 8192, "cpu": 1024}
 
@@ -33,31 +32,6 @@ class MatmulRate:
     n: int = 0
     tflops: float | None = None
     reason: str | None = None
-
-
-def unsupported_reason(device: Device, dtype: str) -> str | None:
-    """Why this device has no `dtype` matmul (None when it has one)."""
-    cc = device.compute_capability()
-    if dtype == "tf32" and (cc is None or cc < (8, 0)):
-        return "tf32 needs a CUDA GPU with compute capability >= 8.0"
-    if dtype == "fp8" and cc is not None and cc < (8, 9):
-        return "fp8 matmuls need compute capability >= 8.9"
-    return None
-
-
-def square_matmul(device: Device, n: int, dtype: torch.dtype) -> Callable[[], Any]:
-    """A call computing a @ b for two random n x n matrices of `dtype` on the device."""
-    a = torch.randn(n, n, device=device.torch_device, dtype=dtype)
-    b = torch.randn(n, n, device=device.torch_device, dtype=dtype)
-    return lambda: a @ b
-
-
-def fp8_matmul(device: Device, n: int) -> Callable[[], Any]:
-    """An e4m3 x e4m3 -> bf16 torch._scaled_mm (what torchao's float8 layers run)."""
-    a = torch.randn(n, n, device=device.torch_device).to(torch.float8_e4m3fn)
-    b = torch.randn(n, n, device=device.torch_device).to(torch.float8_e4m3fn).t()
-    one = torch.ones((), device=device.torch_device)
-    return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
 
 def time_per_call_s(step: Callable[[], Any], device: Device, iterations: int = 10) -> float:
@@ -92,20 +66,19 @@ def calibrated_size(
 def measure_matmul(
     device: Device, dtype: str, iterations: int = 10, target_s: float = CALL_TARGET_S
 ) -> MatmulRate:
-    """The achieved TFLOP/s of square matmuls in `dtype` (fp32, tf32, bf16, fp16, fp8); a
-    shorter `target_s` (the estimate's) times smaller matrices."""
-    reason = unsupported_reason(device, dtype)
+    """The achieved TFLOP/s of square matmuls in `dtype` (a mode's compute dtype: fp32, tf32,
+    fp16, bf16, fp8), measured through the first mode that computes in it; a shorter `target_s`
+    (the estimate's) times smaller matrices."""
+    mode = mode_for_dtype(dtype)  # its gate says whether this device has the dtype
+    reason = mode.unsupported_reason(device)
     if reason:
         return MatmulRate(dtype, reason=reason)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
 
     def make(size: int) -> Callable[[], Any]:
-        if dtype == "fp8":
-            return fp8_matmul(device, size)
-        return square_matmul(device, size, torch_dtype)
+        return mode.matmul(device, size)
 
-    # TF32 on for tf32 only: every other dtype measured with the fp32 mode's strict flags.
-    with PRECISION_MODES["tf32" if dtype == "tf32" else "fp32"].global_state(device):
+    # Under the mode's own flags: TF32 on for tf32 only, exact fp32 for the rest.
+    with mode.global_state(device):
         n = calibrated_size(make, device, LARGEST_N["cuda" if device.is_cuda else "cpu"], target_s)
         seconds = time_per_call_s(make(n), device, iterations)
     return MatmulRate(dtype, n, 2 * n**3 / seconds / 1e12)

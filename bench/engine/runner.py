@@ -1,10 +1,17 @@
-"""The runner: turns a Case into a CaseResult. Read it top to bottom like nanoGPT's bench.py.
+"""The runner: turns a Case into a CaseResult. Read `CaseRunner.run` top to bottom like nanoGPT's
+bench.py.
 
-For each case: skip with a reason if the device cannot run the precision; otherwise, inside the
-precision's global-state guard and a peak-memory window, copy the model's pristine fp32 weights,
-prepare them for the precision, build inputs once on the device, run warm-up steps, then time
-each of N steps and keep every per-step time. `CaseRunner.run` is the one timed loop: `mpbench
-run`, `--find-max-batch` and the pytest plugin all measure through it.
+For each case: skip with a reason if the device cannot run it (its precision mode, workload,
+execution or data-parallel layout says why). Otherwise, inside the precision's global-state
+guard and a peak-memory window, make the case's model through three steps applied in order:
+the precision mode's `prepare` (the pristine fp32 weights as the mode runs them), the layout's
+wrap (DDP or FSDP2 for a data-parallel case, nothing on one device), the execution's wrap
+(torch.compile, or nothing eagerly); build the inputs once on the device; count one step's
+FLOPs; run the execution's first call (compiling, timed apart); warm up until steady; time each
+of N steps and keep every per-step time; let the layout measure what it needs after them
+(time in collectives). The numerics pass runs after the window closes. `CaseRunner.run` is the
+one timed loop: `mpbench run`, `--find-max-batch`, selfcheck and the pytest plugin all measure
+through it.
 """
 
 from __future__ import annotations
@@ -15,23 +22,25 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import torch
 
-from bench.engine import parallel, workloads
-from bench.engine.device import Device
+from bench.engine import workloads
+from bench.engine.device import Device, MemoryReading
+from bench.engine.execution import Eager, Execution, execution_for
 from bench.engine.flops import count_flops
 from bench.engine.models import ModelSpec, count_parameters
 from bench.engine.modes import PRECISION_MODES
-from bench.engine.precision import PrecisionMode
+from bench.engine.modes.base import PrecisionMode
+from bench.engine.parallel import Layout, SingleDevice, layout_for
 from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.suite import Suite
 from bench.engine.suite import Timing as TimingConfig
 from bench.engine.telemetry import open_telemetry
-from bench.results.peaks import COMPUTE_DTYPE, peak_tflops
+from bench.results.peaks import peak_tflops
 from bench.results.schema import (
     Case,
     CaseResult,
@@ -60,6 +69,8 @@ class PreparedCase:
     optimizer: torch.optim.Optimizer | None = None  # training only
     count_step: Callable[[], Any] | None = None  # the step on the eager module, for FLOPs
     batch: dict[str, torch.Tensor] | None = None  # the inputs every step feeds the model
+    layout: Layout = field(default_factory=SingleDevice)  # one device, or data-parallel
+    execution: Execution = field(default_factory=Eager)  # eager, or compiled
 
 
 @dataclass
@@ -72,6 +83,7 @@ class MeasuredSteps:
     warmup_steps: int
     warmup_steady: bool | None  # None: the warm-up was not judged (fixed count)
     telemetry: TelemetryReading | None = None  # what the GPU did during the timed steps
+    scale_after_warmup: float | None = None  # a GradScaler's, to count skipped timed steps
 
 
 def steady(times_s: list[float], window: int, tolerance: float) -> bool:
@@ -84,13 +96,13 @@ def steady(times_s: list[float], window: int, tolerance: float) -> bool:
 
 
 def skip_reason(suite: Suite, device: Device, case: Case) -> str | None:
-    """Why `case` cannot run on `device` (precision, workload or data-parallel strategy
-    unsupported), or None."""
-    mode = PRECISION_MODES[case.precision]
+    """Why `case` cannot run on `device`: its precision mode, workload, execution or
+    data-parallel layout says why; None when it can run."""
     return (
-        mode.unsupported_reason(device, case.workload)
-        or workloads.unsupported_reason(case.workload, suite.model(case.model), case.compiled)
-        or parallel.unsupported_reason(case)
+        PRECISION_MODES[case.precision].unsupported_reason(device, case.workload)
+        or workloads.unsupported_reason(case.workload, suite.model(case.model))
+        or execution_for(case).unsupported_reason(case.workload)
+        or layout_for(case).unsupported_reason()
     )
 
 
@@ -210,44 +222,111 @@ class CaseRunner:
     def input_seed(self, case: Case, batch_index: int = 0) -> int:
         """Seed of a case's inputs: same for every precision, different per shape and batch,
         and per rank in a data-parallel case (each rank trains on its own part of the batch)."""
-        parts: tuple[object, ...] = (case.model, case.batch_size, case.seq_len, batch_index)
-        if case.parallel is not None:
-            parts += ("rank", parallel.current_rank())
-        return workloads.stable_seed(self.suite.info.seed, *parts)
+        parts = (case.model, case.batch_size, case.seq_len, batch_index)
+        return workloads.stable_seed(self.suite.info.seed, *parts, *layout_for(case).seed_parts())
 
     def skip_reason(self, case: Case) -> str | None:
         """Why a case cannot run here (module-level skip_reason), or None."""
         return skip_reason(self.suite, self.device, case)
 
+    def tokens_per_sample(self, case: Case) -> int:
+        """Tokens a step produces per sample: new tokens for generate, the sequence otherwise."""
+        return self.suite.sweep.generate_new_tokens if case.workload == "generate" else case.seq_len
+
+    # -- one case, top to bottom -----------------------------------------------------------------
+
+    def run(self, case: Case, phase: PhaseCallback = no_phase) -> CaseResult:
+        """Measure one case; never raises for a failure inside the case (it becomes a status)."""
+        started_at, t0 = now_utc(), time.perf_counter()
+        reason = self.skip_reason(case)
+        if reason is not None:
+            return CaseResult(case, "skipped", reason, started_at=started_at, wall_s=0.0)
+        measured = failed = None
+        try:
+            measured = self.measure(case, phase)
+        except Exception as exc:  # one case's failure must not end the sweep
+            failed = failure(case, exc)
+        # Freed here, after the except block has dropped the traceback that pins the tensors.
+        failed = self.clean_up(case, failed)
+        if failed is not None:
+            return failed.replace(started_at=started_at, wall_s=time.perf_counter() - t0)
+        numerics = self.numerics(case, phase) if self.numerics is not None else None
+        return measured.result(
+            case, self.tokens_per_sample(case), numerics, started_at, time.perf_counter() - t0
+        )
+
+    def measure(self, case: Case, phase: PhaseCallback = no_phase) -> Measurement:
+        """Everything timed about a case, in its memory window (raises on a failure)."""
+        mode = PRECISION_MODES[case.precision]
+        phase("building", None, None)
+        # Built (once per model) outside the window: it is not this case's memory.
+        self.pristine_model(self.suite.model(case.model))
+        with mode.global_state(self.device), self.device.memory_window() as memory:
+            with self.prepare(case) as prepared:
+                flops = self.count_flops(case, prepared, phase)
+                compile_s = prepared.execution.first_call(prepared.step, self.device, phase, memory)
+                steps = self.time_steps(prepared, phase)
+                details = self.details(prepared, steps, phase)
+                losses = _losses(steps.outputs) if case.workload == "train" else None
+                # The case's model, optimizer state, inputs and outputs die here, before the
+                # window closes and long before the numerics pass: nothing of this case may sit
+                # in the next one's memory or in the pass's.
+                steps.outputs = []
+                prepared = None
+        timing = (self.device.timing_method, self.suite.timing.unstable_cv)
+        return Measurement(steps, memory, details, flops, compile_s, losses, *timing)
+
     @contextmanager
     def prepare(self, case: Case) -> Iterator[PreparedCase]:
-        """Build the case's model (through its precision mode), optimizer and inputs."""
+        """The case's model, optimizer and inputs. The model goes through three steps in order:
+        the precision mode's prepare, the data-parallel layout's wrap, the execution's wrap."""
         spec = self.suite.model(case.model)
-        mode = PRECISION_MODES[case.precision]
-        torch_device = self.device.torch_device
+        mode, layout, execution = (
+            PRECISION_MODES[case.precision],
+            layout_for(case),
+            execution_for(case),
+        )
         prepared = mode.prepare(self.pristine_model(spec), self.device, case.workload)
-        model = prepared.model
-        details = dict(prepared.details)
-        # A data-parallel case's steps call the DDP / FSDP2 module (bench.engine.parallel); the
-        # optimizer, made below, holds its (for FSDP2 sharded) parameters.
-        run_model = model
-        if case.parallel is not None:
-            run_model, wrapped = parallel.wrap_model(model, case, self.device)
-            details.update(wrapped)
-        # Under --compile the steps call the compiled module; the optimizer holds the same
-        # parameters. A fresh compiler state per case: dynamo's caches would otherwise fill up
-        # across cases and fall back to eager without a word.
-        eager_model = run_model
-        if case.compiled:
-            torch.compiler.reset()
-            run_model = torch.compile(run_model)
+        module, wrapped = layout.wrap(prepared.model, self.device)
+        run_module = execution.wrap(module)
         # Dropout draws from the global RNG: seed it so every precision sees the same masks.
         torch.manual_seed(self.suite.info.seed)
         batch = workloads.make_batch(
-            spec, case.workload, case.batch_size, case.seq_len, torch_device, self.input_seed(case)
+            spec, case.workload, case.batch_size, case.seq_len, self.device.torch_device,
+            self.input_seed(case),
+        )  # fmt: skip
+        details = {**prepared.details, **wrapped}
+        make_step, optimizer, scaler = self._step_factory(case, spec, mode, prepared.model, batch)
+        if optimizer is not None:
+            details["optimizer"] = workloads.describe_optimizer(optimizer)
+        step = make_step(run_module)
+        yield PreparedCase(
+            case,
+            mode,
+            prepared.model,
+            step,
+            scaler,
+            count_parameters(prepared.model),
+            details,
+            optimizer,
+            # FLOPs are counted on the eager module: FlopCounterMode sees aten ops, which a
+            # compiled graph does not dispatch one by one.
+            count_step=make_step(module) if run_module is not module else step,
+            batch=batch,
+            layout=layout,
+            execution=execution,
         )
-        scaler = None
-        optimizer = None
+
+    def _step_factory(
+        self,
+        case: Case,
+        spec: ModelSpec,
+        mode: PrecisionMode,
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+    ) -> tuple[Callable[[Any], Callable[[], Any]], Any, Any]:
+        """(make_step(module) -> the workload's step, optimizer, scaler); training makes the
+        mode's optimizer (on `model`: FSDP2 has sharded its parameters by now) and GradScaler."""
 
         def autocast() -> Any:
             return mode.autocast(self.device, case.workload)
@@ -255,165 +334,81 @@ class CaseRunner:
         if case.workload == "train":
             model.train()
             optimizer = mode.make_optimizer(model, self.device)
-            details["optimizer"] = workloads.describe_optimizer(optimizer)
             scaler = mode.make_grad_scaler(self.device)
             after_step = mode.after_optimizer_step(model)
-
-            def make_step(module: Any) -> Callable[[], Any]:
-                return workloads.train_step_fn(
-                    module, batch, optimizer, autocast, scaler, after_step
-                )
-
-        elif case.workload == "infer":
-            model.eval()
-
-            def make_step(module: Any) -> Callable[[], Any]:
-                return workloads.infer_step_fn(
-                    module, batch, autocast, spec.family, mode.inference_context
-                )
-
-        else:
-            model.eval()
-
-            def make_step(module: Any) -> Callable[[], Any]:
-                return workloads.generate_step_fn(
-                    model,  # generate is never compiled (workloads.unsupported_reason)
-                    batch,
-                    autocast,
-                    self.suite.sweep.generate_new_tokens,
-                    mode.inference_context,
-                )
-
-        step = make_step(run_model)
-        yield PreparedCase(
-            case,
-            mode,
-            model,
-            step,
-            scaler,
-            count_parameters(model),
-            details,
-            optimizer,
-            # FLOPs are counted on the eager module: FlopCounterMode sees aten ops, which a
-            # compiled graph does not dispatch one by one.
-            count_step=make_step(eager_model) if case.compiled else step,
-            batch=batch,
+            return (
+                lambda m: workloads.train_step_fn(
+                    m, batch, optimizer, autocast, scaler, after_step
+                ),
+                optimizer,
+                scaler,
+            )
+        model.eval()
+        if case.workload == "infer":
+            return (
+                lambda m: workloads.infer_step_fn(
+                    m, batch, autocast, spec.family, mode.inference_context
+                ),
+                None,
+                None,
+            )
+        new_tokens = self.suite.sweep.generate_new_tokens
+        return (
+            lambda m: workloads.generate_step_fn(
+                m, batch, autocast, new_tokens, mode.inference_context
+            ),
+            None,
+            None,
         )
 
-    def tokens_per_sample(self, case: Case) -> int:
-        """Tokens a step produces per sample: new tokens for generate, the sequence otherwise."""
-        return self.suite.sweep.generate_new_tokens if case.workload == "generate" else case.seq_len
-
-    def run(self, case: Case, phase: PhaseCallback = no_phase) -> CaseResult:
-        """Measure one case; never raises for a failure inside the case (it becomes a status)."""
-        started_at = now_utc()
-        t0 = time.perf_counter()
-        reason = self.skip_reason(case)
-        if reason is not None:
-            return CaseResult(case, "skipped", reason, started_at=started_at, wall_s=0.0)
-        mode = PRECISION_MODES[case.precision]
+    def time_steps(self, prepared: PreparedCase, phase: PhaseCallback = no_phase) -> MeasuredSteps:
+        """Warm up until steady, then time each step (and read the GPU's telemetry over them);
+        a GradScaler's scale after the warm-up is kept, to count the timed steps it skipped."""
         timing = self.suite.timing
-        prepared = outputs = measured = None
+        scales: list[float] = []
+        after_warmup = None
+        if prepared.scaler is not None:
+            after_warmup = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
+        measured = measure_steps(
+            prepared.step,
+            timing.warmup,
+            timing.iterations,
+            self.device,
+            after_warmup,
+            phase,
+            timing,
+            self.telemetry.window,
+            prepared.layout.agree,
+        )
+        measured.scale_after_warmup = scales[0] if scales else None
+        return measured
+
+    def details(
+        self, prepared: PreparedCase, steps: MeasuredSteps, phase: PhaseCallback = no_phase
+    ) -> dict[str, Any]:
+        """What the case records beside its figures: the mode's settings, what preparing did,
+        the caveat, the GradScaler's state, and what the layout measures after the timed steps."""
+        mode = prepared.mode
+        details = {**mode.describe(), **prepared.details, "parameters": prepared.parameters}
+        caveat = mode.caveat(self.device, prepared.execution.compiled)
+        if caveat:
+            details["caveat"] = caveat
+        if prepared.scaler is not None:
+            details.update(_scaler_details(steps.scale_after_warmup, prepared.scaler.get_scale()))
+        details.update(prepared.layout.after_timed(prepared.step, self.device, phase))
+        return details
+
+    def clean_up(self, case: Case, failed: CaseResult | None) -> CaseResult | None:
+        """Reset the execution's state and free the case's memory. A sticky CUDA error (a
+        device-side assert) surfaces here at the latest: it becomes the case's result, with the
+        CUDA message, instead of a traceback that ends the sweep."""
         try:
-            phase("building", None, None)
-            # Built (once per model) outside the window: it is not this case's memory.
-            self.pristine_model(self.suite.model(case.model))
-            with mode.global_state(self.device), self.device.memory_window() as memory:
-                with self.prepare(case) as prepared:
-                    flops = self.count_flops(case, prepared, phase)
-                    compile_s = None
-                    if case.compiled:  # the first call compiles: timed apart, not a step,
-                        phase("compiling", None, None)  # and its memory is not the case's
-                        t_compile = time.perf_counter()
-                        prepared.step()
-                        self.device.synchronize()
-                        compile_s = time.perf_counter() - t_compile
-                        memory.restart_peak()
-                    scales: list[float] = []
-                    after_warmup = None
-                    if prepared.scaler is not None:
-                        after_warmup = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
-                    measured = measure_steps(
-                        prepared.step,
-                        timing.warmup,
-                        timing.iterations,
-                        self.device,
-                        after_warmup,
-                        phase,
-                        timing,
-                        self.telemetry.window,
-                        parallel.all_ranks_agree if case.parallel is not None else None,
-                    )
-                    step_s, outputs = measured.step_s, measured.outputs
-                    details = {
-                        **mode.describe(),
-                        **prepared.details,
-                        "parameters": prepared.parameters,
-                    }
-                    caveat = mode.caveat(self.device, case.compiled)
-                    if caveat:
-                        details["caveat"] = caveat
-                    if prepared.scaler is not None:
-                        details.update(_scaler_details(scales[0], prepared.scaler.get_scale()))
-                    if case.parallel is not None:  # after the timed steps and their record
-                        phase("profiling collectives", None, None)
-                        comm_s, comm_method = parallel.collective_time_s(prepared.step, self.device)
-                        details.update(comm_s_per_step=comm_s, comm_method=comm_method)
-                    losses = _losses(outputs) if case.workload == "train" else None
-                    # The case's model, optimizer state, inputs and outputs die here, before the
-                    # window closes and long before the numerics pass: nothing of this case may
-                    # sit in the next one's memory or in the pass's.
-                    prepared = outputs = None
-        except Exception as exc:  # one case's failure must not end the sweep
-            prepared = outputs = None
-            status = "oom" if is_out_of_memory(exc) else "error"
-            message = first_line(f"{type(exc).__name__}: {exc}".strip())
-            failed = CaseResult(case, status, message, started_at=started_at)
-        else:
-            failed = None
-        # Freed here, after the except block has dropped the traceback that pins the tensors.
-        # A sticky CUDA error (a device-side assert) surfaces here at the latest: it becomes the
-        # case's result, with the CUDA message, instead of a traceback that ends the sweep.
-        try:
-            if case.compiled:
-                torch.compiler.reset()  # the compiled graphs die with the case
+            execution_for(case).reset()
             self.device.free_memory()
         except Exception as exc:
-            message = first_line(f"{type(exc).__name__}: {exc}".strip())
             if failed is None or failed.status == "oom":
-                failed = CaseResult(case, "error", f"after the case: {message}")
-            failed = failed.replace(started_at=started_at)
-        if failed is not None:
-            return failed.replace(wall_s=time.perf_counter() - t0)
-        timed = Timing.from_samples(
-            step_s,
-            measured.warmup_steps,
-            self.device.timing_method,
-            compile_s=compile_s,
-            warmup_steady=measured.warmup_steady,
-            unstable_cv=timing.unstable_cv,
-        )
-        telemetry = measured.telemetry
-        if telemetry is not None and telemetry.energy_j is not None:
-            telemetry.energy_per_step_j = telemetry.energy_j / len(step_s)
-            telemetry.energy_per_sample_j = telemetry.energy_per_step_j / case.batch_size
-        numerics = self.numerics(case, phase) if self.numerics is not None else None
-        return CaseResult(
-            case,
-            "ok",
-            timing=timed,
-            throughput=Throughput.from_median(
-                case.batch_size, self.tokens_per_sample(case), timed.median_s
-            ),
-            memory=Memory(memory.peak_bytes, memory.reserved_bytes, memory.method),
-            losses=tuple(losses) if losses is not None else None,
-            numerics=numerics,
-            details=details,
-            started_at=started_at,
-            wall_s=time.perf_counter() - t0,
-            telemetry=telemetry,
-            flops=flops,
-        )
+                failed = CaseResult(case, "error", f"after the case: {_message(exc)}")
+        return failed
 
     def count_flops(
         self, case: Case, prepared: PreparedCase, phase: PhaseCallback = no_phase
@@ -428,9 +423,9 @@ class CaseRunner:
         try:
             per_step = count_flops(prepared.count_step)
         except Exception as exc:
-            prepared.details["flops_error"] = first_line(f"{type(exc).__name__}: {exc}")
+            prepared.details["flops_error"] = _message(exc)
             return None
-        dtype = COMPUTE_DTYPE[case.precision]
+        dtype = prepared.mode.compute_dtype
         peak = peak_tflops(self.device.gpu_name(), dtype, config.override(dtype))
         return Flops(
             per_step=per_step,
@@ -440,6 +435,67 @@ class CaseRunner:
             peak_source=peak.source,
             peak_reason=peak.reason,
         )
+
+
+@dataclass
+class Measurement:
+    """What a case's memory window saw: its steps, peak memory, details, FLOPs, compile time."""
+
+    steps: MeasuredSteps
+    memory: MemoryReading
+    details: dict[str, Any]
+    flops: Flops | None
+    compile_s: float | None
+    losses: list[float] | None
+    timing_method: str  # the device's: cuda-events or perf-counter
+    unstable_cv: float | None  # the suite's limit on the timed steps' spread
+
+    def result(
+        self,
+        case: Case,
+        tokens_per_sample: int,
+        numerics: dict[str, Any] | None,
+        started_at: str,
+        wall_s: float,
+    ) -> CaseResult:
+        """The case's ok result: timing statistics, throughput, memory, energy per step."""
+        steps = self.steps
+        timed = Timing.from_samples(
+            steps.step_s,
+            steps.warmup_steps,
+            self.timing_method,
+            compile_s=self.compile_s,
+            warmup_steady=steps.warmup_steady,
+            unstable_cv=self.unstable_cv,
+        )
+        telemetry = steps.telemetry
+        if telemetry is not None and telemetry.energy_j is not None:
+            telemetry.energy_per_step_j = telemetry.energy_j / len(steps.step_s)
+            telemetry.energy_per_sample_j = telemetry.energy_per_step_j / case.batch_size
+        return CaseResult(
+            case,
+            "ok",
+            timing=timed,
+            throughput=Throughput.from_median(case.batch_size, tokens_per_sample, timed.median_s),
+            memory=Memory(self.memory.peak_bytes, self.memory.reserved_bytes, self.memory.method),
+            losses=tuple(self.losses) if self.losses is not None else None,
+            numerics=numerics,
+            details=self.details,
+            started_at=started_at,
+            wall_s=wall_s,
+            telemetry=telemetry,
+            flops=self.flops,
+        )
+
+
+def failure(case: Case, exc: BaseException) -> CaseResult:
+    """A case that raised: out of memory in any of its forms, else an error, with the message."""
+    status = "oom" if is_out_of_memory(exc) else "error"
+    return CaseResult(case, status, _message(exc))
+
+
+def _message(exc: BaseException) -> str:
+    return first_line(f"{type(exc).__name__}: {exc}".strip())
 
 
 def _scaler_details(scale_after_warmup: float, final_scale: float) -> dict[str, Any]:

@@ -13,7 +13,9 @@ FAIL or SKIP (a check that needs what this device does not have, with the reason
 * matmul TFLOP/s per dtype against the peak table, and device copy bandwidth;
 * the overhead of mpbench's timed loop against a hand-written one, and of the telemetry sampler.
 
-Nothing here prints: bench.cli.selfcheck shows the results and runs a suite after them.
+Then two checks on the suite's run that follows them (suite_checks: every case ran, fp32 against
+itself is exactly 0) and the tally of PASS, FAIL and SKIP. Nothing here prints:
+bench.cli.selfcheck shows the results and runs the suite.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import torch
 
 from bench.engine.device import Device
 from bench.engine.env import capture_env
+from bench.engine.flags import tf32_state
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.numerics.config import NumericsConfig
-from bench.engine.precision import tf32_state
 from bench.engine.rates import (
     MATMUL_DTYPES,
     MatmulRate,
@@ -43,8 +45,10 @@ from bench.engine.rates import (
 from bench.engine.runner import CaseRunner, PreparedCase, measure_steps
 from bench.engine.suite import Suite, load_suite
 from bench.engine.telemetry import open_telemetry
+from bench.errors import EXIT_OK
 from bench.results.peaks import peak_tflops
-from bench.results.schema import Case
+from bench.results.rundir import Run
+from bench.results.schema import BASELINE_PRECISION, FAILURES, Case
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 TIMER_TOLERANCE = 0.05  # step timer vs host clock, relative
@@ -575,3 +579,84 @@ def run_device_checks(
         if on_result is not None:
             on_result(result)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite's run, read back, and the tally
+# ---------------------------------------------------------------------------------------------
+
+
+def suite_checks(run: Run, exit_code: int) -> tuple[CheckResult, CheckResult]:
+    """Two checks on the suite's run (loaded back, with the sweep's exit code): every case ran
+    (or was skipped for a reason), and fp32 against itself is exactly 0 in every numerics pass."""
+    failed = [r for r in run.results if r.status in FAILURES]
+    counts: dict[str, int] = {}
+    for result in run.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    listed = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if failed or exit_code != EXIT_OK:
+        first = failed[0] if failed else None
+        why = f"; first: {first.case.id}: {first.reason}" if first else f"; exit code {exit_code}"
+        cases = CheckResult("suite", FAIL, f"{listed}{why}", {"counts": counts})
+    else:
+        cases = CheckResult("suite", PASS, f"{listed} ({run.path})", {"counts": counts})
+    return cases, fp32_determinism(run)
+
+
+def fp32_determinism(run: Run) -> CheckResult:
+    """fp32 run twice in each numerics pass gave identical losses and gradients (SKIP without a
+    pass that repeated fp32)."""
+    floors = [
+        (r.case.id, (r.numerics or {}).get("noise_floor") or {})
+        for r in run.results
+        if r.ok and r.case.precision == BASELINE_PRECISION and r.numerics and not r.numerics_error
+    ]
+    identical = [f.get("fp32_runs_identical") for _, f in floors]
+    if not floors or all(i is None for i in identical):
+        return CheckResult("fp32 vs fp32", SKIP, "no fp32 numerics pass with a repeat")
+    if all(identical):
+        return CheckResult(
+            "fp32 vs fp32",
+            PASS,
+            f"fp32 run twice gave identical losses and gradients in {len(floors)} pass(es)",
+            {"passes": len(floors)},
+        )
+    bad = [cid for (cid, _), same in zip(floors, identical, strict=True) if same is False]
+    divergences = [f.get("fp32_repeat_max_rel_div") for _, f in floors]
+    return CheckResult(
+        "fp32 vs fp32",
+        FAIL,
+        f"fp32 run twice differs ({', '.join(bad)}): the numerics pass is not deterministic "
+        "here, so every divergence it reports carries that noise",
+        {"max_rel_div": divergences},
+    )
+
+
+@dataclass(frozen=True)
+class Tally:
+    """How many checks passed, failed and were skipped; the self-check passes when none
+    failed."""
+
+    passed: int
+    failed: int
+    skipped: int
+
+    @property
+    def verdict(self) -> str:
+        """PASS, or FAIL when any check failed."""
+        return FAIL if self.failed else PASS
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """{"PASS": n, "FAIL": n, "SKIP": n}, in that order."""
+        return {PASS: self.passed, FAIL: self.failed, SKIP: self.skipped}
+
+    def line(self) -> str:
+        """'12 PASS, 0 FAIL, 3 SKIP'."""
+        return ", ".join(f"{n} {status}" for status, n in self.counts.items())
+
+
+def tally(results: list[CheckResult]) -> Tally:
+    """The counts of a self-check's results."""
+    statuses = [r.status for r in results]
+    return Tally(statuses.count(PASS), statuses.count(FAIL), statuses.count(SKIP))

@@ -28,15 +28,10 @@ MLM_PROBABILITY = 0.15  # BERT pre-training masks 15% of positions
 LEARNING_RATE = 1e-4
 
 
-def unsupported_reason(workload: str, spec: ModelSpec, compiled: bool = False) -> str | None:
-    """Why `workload` cannot run on this model family (or under torch.compile), or None."""
+def unsupported_reason(workload: str, spec: ModelSpec) -> str | None:
+    """Why `workload` cannot run on this model family, or None."""
     if workload == "generate" and spec.family != "gpt2":
         return f"generate needs a causal LM; {spec.name} is a masked LM ({spec.family})"
-    if workload == "generate" and compiled:
-        return (
-            "generate is not compiled: its decode loop changes shapes every token, so "
-            "torch.compile would recompile rather than run one graph"
-        )
     return None
 
 

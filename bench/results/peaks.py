@@ -21,28 +21,11 @@ import math
 import re
 from dataclasses import dataclass
 
-from bench.results.schema import PRECISIONS
-
-# Compute dtypes with a peak: CUDA-core fp32, then the tensor-core formats.
+# Compute dtypes with a peak: CUDA-core fp32, then the tensor-core formats. Each precision mode
+# names the one its matmuls run in (bench.engine.modes: `compute_dtype`); the fp8 modes count
+# against the fp8 peak although attention, the tied LM head and layers whose shapes do not
+# divide by 16 stay in bf16 (MFU against the fastest unit the mode uses: the honest upper bound).
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
-
-# Precision mode -> the dtype whose peak applies to its matmuls. amp modes compute in the
-# autocast dtype; fp8 modes against the fp8 peak although attention, the tied LM head and
-# layers whose shapes do not divide by 16 stay in bf16 (MFU against the fastest unit the mode
-# uses: the honest upper bound).
-COMPUTE_DTYPE: dict[str, str] = {
-    "fp32": "fp32",
-    "tf32": "tf32",
-    "amp_fp16": "fp16",
-    "fp16": "fp16",
-    "amp_bf16": "bf16",
-    "bf16": "bf16",
-    "fp8": "fp8",
-    "fp8_rowwise": "fp8",
-    "mxfp8": "fp8",
-}
-assert set(COMPUTE_DTYPE) == set(PRECISIONS), "every precision mode needs a compute dtype"
-assert set(COMPUTE_DTYPE.values()) <= set(DTYPES)
 
 OVERRIDE_SOURCE = "--peak-tflops"
 CPU_REASON = "no peak table for CPUs; give --peak-tflops"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, ModeSummary, RunAnalysis
 
 MISSING = "–"  # a value that is absent or undefined
@@ -173,44 +175,45 @@ def fmt_fraction(value: float | None) -> str:
     return f"{value * 100:.1f} %" if _finite(value) else MISSING
 
 
-# The optional columns of a summary table: (header, what a mode shows); a column appears only
-# where some mode of the group has the figure (MFU needs a peak, energy needs a GPU).
-# The optional columns of every table that has them: (header, key, formatter). The key is both
-# the ModeSummary attribute and the case-frame column.
-ExtraColumn = tuple[str, str, Callable[[float | None], str]]
+@dataclass(frozen=True)
+class ExtraColumn:
+    """An optional column of every table that has them: its header, the figure it shows (the
+    same attribute of a ModeSummary and of a CaseRow), how that reads, and whether a run's case
+    table shows it. A summary table shows it where some mode of the group has the figure (MFU
+    needs a peak, energy needs a GPU)."""
+
+    header: str
+    value: Callable[[ModeSummary | CaseRow], float | None]
+    formatter: Callable[[float | None], str]
+    in_run: Callable[[RunAnalysis], bool]
+
+
 EXTRA_COLUMNS: tuple[ExtraColumn, ...] = (
-    ("TFLOP/s", "achieved_tflops", fmt_tflops),
-    ("MFU", "mfu", fmt_mfu),
-    ("J/sample", "energy_per_sample_j", fmt_energy),
-    ("comm/step", "comm_s_per_step", fmt_seconds),
-    ("scaling", "scaling_efficiency", fmt_fraction),
+    ExtraColumn("TFLOP/s", lambda f: f.achieved_tflops, fmt_tflops, lambda a: True),
+    ExtraColumn("MFU", lambda f: f.mfu, fmt_mfu, lambda a: a.has_mfu),
+    ExtraColumn("J/sample", lambda f: f.energy_per_sample_j, fmt_energy, lambda a: a.has_energy),
+    ExtraColumn("comm/step", lambda f: f.comm_s_per_step, fmt_seconds, lambda a: a.has_parallel),
+    ExtraColumn("scaling", lambda f: f.scaling_efficiency, fmt_fraction, lambda a: a.has_scaling),
 )
 
 
 def extra_columns(group: GroupSummary) -> list[ExtraColumn]:
     """The optional columns this group's summary table shows."""
-    return [c for c in EXTRA_COLUMNS if any(getattr(m, c[1]) is not None for m in group.modes)]
+    return [c for c in EXTRA_COLUMNS if any(c.value(m) is not None for m in group.modes)]
 
 
 def run_extra_columns(analysis: RunAnalysis) -> list[ExtraColumn]:
     """The optional columns a run's case table shows: TFLOP/s always, MFU, J/sample and
     scaling efficiency where some case has one, collective time per step in a data-parallel
     run."""
-    shown = {
-        "achieved_tflops": True,
-        "mfu": analysis.has_mfu,
-        "energy_per_sample_j": analysis.has_energy,
-        "comm_s_per_step": analysis.has_parallel,
-        "scaling_efficiency": analysis.has_scaling,
-    }
-    return [c for c in EXTRA_COLUMNS if shown[c[1]]]
+    return [c for c in EXTRA_COLUMNS if c.in_run(analysis)]
 
 
 def extra_cells(mode: ModeSummary, columns: list[ExtraColumn]) -> list[str]:
     """A mode's cells for the optional columns (empty where it did not run ok)."""
     if not mode.ok:
         return ["" for _ in columns]
-    return [formatter(getattr(mode, key)) for _, key, formatter in columns]
+    return [c.formatter(c.value(mode)) for c in columns]
 
 
 def point_label(group: GroupSummary) -> str:

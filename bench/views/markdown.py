@@ -35,7 +35,7 @@ def md_table(
 def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
     """summary.md: per model x workload, each precision at the headline point."""
     lines = [f"## mpbench summary: {md_text(title)}" if title else "## mpbench summary", ""]
-    if analysis.cases.empty:
+    if not analysis.rows:
         lines.append("No results.")
     for group in analysis.groups:
         lines += [
@@ -54,7 +54,7 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
             "saving vs fp32",
             "verdict",
             fmt.METRIC_LABELS.get(group.divergence_metric or "", "divergence"),
-            *(header for header, _, _ in extras),
+            *(column.header for column in extras),
         )
         rows = []
         for mode in group.modes:
@@ -86,11 +86,11 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
         lines.append("")
         for caveat in fmt.caveat_lines(group) + fmt.quality_lines(group):
             lines += [f"Note ({md_text(caveat)})", ""]
-    others = analysis.records(sweep=False)
+    others = analysis.benchmark_rows
     if others:
         lines += ["### Other benchmarks (no sweep point: no fp32 to compare against)", ""]
         rows = [
-            [r["id"], r["status"], fmt.fmt_seconds(r["median_s"]), fmt.fmt_bytes(r["peak_bytes"])]
+            [r.id, r.status, fmt.fmt_seconds(r.median_s), fmt.fmt_bytes(r.peak_bytes)]
             for r in others
         ]
         lines += md_table(("benchmark", "status", "median step", "peak memory"), rows, "llrr")

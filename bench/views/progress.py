@@ -29,8 +29,12 @@ LOG_EVERY_S = 15.0  # a log line for a new phase at most this often
 
 
 def stderr_console(quiet: bool = False) -> Console:
-    """The console progress and tables go to: stderr, 160 columns when it is not a terminal."""
-    return Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 160)
+    """The console progress and tables go to: stderr; when it is not a terminal (a log), tables
+    160 columns wide and lines never wrapped (a path in a hint stays one piece to copy)."""
+    terminal = sys.stderr.isatty()
+    return Console(
+        stderr=True, quiet=quiet, width=None if terminal else 160, soft_wrap=not terminal
+    )
 
 
 def phase_text(name: str, step: int | None, total: int | None) -> str:

@@ -16,16 +16,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 import pandas as pd
 from markupsafe import Markup
 
 from bench.analysis import series
+from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, RunAnalysis, analyze
 from bench.results.rundir import Run, load_run, output_error, write_text_atomic
-from bench.results.schema import FAILURES, CaseResult, precision_rank
+from bench.results.schema import FAILURES, CaseResult
 from bench.views import format as fmt
 from bench.views import plots
 from bench.views.markdown import summary_markdown
@@ -86,12 +87,23 @@ def _device_memory_bytes(env: dict[str, Any], analysis: RunAnalysis) -> float | 
     return float(memory) if ran_on_gpu and isinstance(memory, (int, float)) else None
 
 
+def _rate(row: CaseRow) -> float | None:
+    return row.rate
+
+
+def _peak_bytes(row: CaseRow) -> float | None:
+    return row.peak_bytes
+
+
 def per_batch_section(
-    analysis: RunAnalysis, env: dict[str, Any], column: str, problems: list[str]
+    analysis: RunAnalysis,
+    env: dict[str, Any],
+    figure: Literal["throughput", "memory"],
+    problems: list[str],
 ) -> Section:
-    """Throughput ("rate") or peak memory ("peak_bytes") vs batch size, one line per precision,
-    per model x workload at the headline sequence length."""
-    if column == "rate":
+    """Throughput or peak memory vs batch size, one line per precision, per model x workload at
+    the headline sequence length."""
+    if figure == "throughput":
         section = Section(
             "throughput",
             "Throughput vs batch size",
@@ -107,12 +119,13 @@ def per_batch_section(
             empty="No case recorded peak memory.",
         )
     device_bytes = _device_memory_bytes(env, analysis)
+    value = _rate if figure == "throughput" else _peak_bytes
     for group in analysis.groups:
-        data = series.series_vs_batch(analysis, group, column)
+        data = series.series_vs_batch(analysis, group, value)
         if not data:
             continue
         title = f"{_title(group)}, seq {group.seq_len}"
-        if column == "rate":
+        if figure == "throughput":
             draw = partial(plots.throughput_vs_batch, data, title=title, unit=group.rate_unit)
         else:
             draw = partial(plots.memory_vs_batch, data, title=title, device_bytes=device_bytes)
@@ -230,7 +243,7 @@ def step_time_section(analysis: RunAnalysis, problems: list[str]) -> Section:
 
 def energy_section(analysis: RunAnalysis, problems: list[str]) -> Section:
     """GPU energy per sample per mode at the headline point (NVML)."""
-    reasons = analysis.cases["telemetry_reason"].dropna().unique()
+    reasons = analysis.telemetry_reasons
     why = f" ({reasons[0]})" if len(reasons) == 1 else ""
     section = Section(
         "energy",
@@ -322,27 +335,47 @@ def summary_rows(group: GroupSummary) -> list[SummaryRow]:
     return rows
 
 
-# Raw table: (header, case-frame column, formatter, numeric?)
-RAW_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
-    ("case", "id", str, False),
-    ("model", "model", str, False),
-    ("workload", "workload", str, False),
-    ("precision", "mode", str, False),
-    ("batch", "batch_size", lambda v: str(int(v)), True),
-    ("seq", "seq_len", lambda v: str(int(v)), True),
-    ("status", "status", str, False),
-    ("median step", "median_s", fmt.fmt_seconds, True),
-    ("samples/s", "samples_per_s", fmt.fmt_number, True),
-    ("tokens/s", "tokens_per_s", fmt.fmt_number, True),
-    ("speedup", "speedup", fmt.fmt_speedup, True),
-    ("peak memory", "peak_bytes", fmt.fmt_bytes, True),
-    ("saving", "memory_saving", fmt.fmt_saving, True),
-    ("verdict", "verdict_key", str, False),
-    ("divergence", "divergence", fmt.fmt_divergence, True),
-    *((header, key, formatter, True) for header, key, formatter in fmt.EXTRA_COLUMNS),
-    ("warm-up", "warmup_steps", lambda v: str(int(v)), True),
-    ("CV", "cv", fmt.fmt_fraction, True),
-    ("reason", "reason", str, False),
+@dataclass(frozen=True)
+class RawColumn:
+    """A column of the raw table: its header, the value it shows of a case, how that reads,
+    whether it is a number (sorted by value, right-aligned) and whether it is shown only where
+    some case has a value in it."""
+
+    header: str
+    value: Callable[[CaseRow], Any]
+    formatter: Callable[[Any], str]
+    numeric: bool
+    optional: bool = False
+
+
+def _whole(value: int) -> str:
+    return str(int(value))
+
+
+def _verdict_key(row: CaseRow) -> str | None:
+    return fmt.case_verdict_key(row.verdict, row.numerics_error)
+
+
+RAW_COLUMNS: list[RawColumn] = [
+    RawColumn("case", lambda r: r.id, str, False),
+    RawColumn("model", lambda r: r.model, str, False),
+    RawColumn("workload", lambda r: r.workload, str, False),
+    RawColumn("precision", lambda r: r.mode, str, False),
+    RawColumn("batch", lambda r: r.batch_size, _whole, True),
+    RawColumn("seq", lambda r: r.seq_len, _whole, True),
+    RawColumn("status", lambda r: r.status, str, False),
+    RawColumn("median step", lambda r: r.median_s, fmt.fmt_seconds, True),
+    RawColumn("samples/s", lambda r: r.samples_per_s, fmt.fmt_number, True),
+    RawColumn("tokens/s", lambda r: r.tokens_per_s, fmt.fmt_number, True),
+    RawColumn("speedup", lambda r: r.speedup, fmt.fmt_speedup, True),
+    RawColumn("peak memory", lambda r: r.peak_bytes, fmt.fmt_bytes, True),
+    RawColumn("saving", lambda r: r.memory_saving, fmt.fmt_saving, True),
+    RawColumn("verdict", _verdict_key, str, False),
+    RawColumn("divergence", lambda r: r.divergence, fmt.fmt_divergence, True),
+    *(RawColumn(c.header, c.value, c.formatter, True, optional=True) for c in fmt.EXTRA_COLUMNS),
+    RawColumn("warm-up", lambda r: r.warmup_steps, _whole, True),
+    RawColumn("CV", lambda r: r.cv, fmt.fmt_fraction, True),
+    RawColumn("reason", lambda r: r.reason, str, False),
 ]
 
 
@@ -354,30 +387,22 @@ class RawCell:
     sort: str | None
 
 
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
 def raw_table(analysis: RunAnalysis) -> tuple[list[tuple[str, bool]], list[list[RawCell]]]:
     """Headers (name, numeric?) and formatted cells for every case; an optional column
     (fmt.EXTRA_COLUMNS) only where some case has a value in it."""
-    records = analysis.records()
-    optional = {key for _, key, _ in fmt.EXTRA_COLUMNS}
+    rows = analysis.rows
     columns = [
-        c
-        for c in RAW_COLUMNS
-        if c[1] not in optional or any(_present(r.get(c[1])) for r in records)
+        c for c in RAW_COLUMNS if not c.optional or any(c.value(r) is not None for r in rows)
     ]
-    headers = [(name, numeric) for name, _, _, numeric in columns]
+    headers = [(c.header, c.numeric) for c in columns]
     body = []
-    for record in records:
-        record["verdict_key"] = fmt.case_verdict_key(record["verdict"], record["numerics_error"])
+    for row in rows:
         cells = []
-        for _, column, formatter, numeric in columns:
-            value = record[column]
-            text = fmt.MISSING if value is None else formatter(value)
+        for column in columns:
+            value = column.value(row)
+            text = fmt.MISSING if value is None else column.formatter(value)
             sort = None
-            if numeric and value is not None and math.isfinite(value):
+            if column.numeric and value is not None and math.isfinite(value):
                 sort = repr(float(value))
             cells.append(RawCell(text, sort))
         body.append(cells)
@@ -460,11 +485,9 @@ def run_warnings(run: Run, analysis: RunAnalysis) -> list[str]:
         out.append(f"{sum(failed.values())} case(s) failed ({detail}).")
     if counts.get("oom"):
         out.append(f"{counts['oom']} case(s) ran out of memory.")
-    skipped = analysis.cases[analysis.cases["status"] == "skipped"]["precision"].value_counts()
-    if len(skipped):
-        modes = ", ".join(
-            f"{p} ({n})" for p, n in sorted(skipped.items(), key=lambda kv: precision_rank(kv[0]))
-        )
+    skipped = analysis.skipped_precisions
+    if skipped:
+        modes = ", ".join(f"{p} ({n})" for p, n in skipped.items())
         out.append(f"Skipped modes: {modes}.")
     unstable = analysis.unstable_cases
     if unstable:
@@ -479,7 +502,7 @@ def run_warnings(run: Run, analysis: RunAnalysis) -> list[str]:
         listed = ", ".join(f"{cid} ({why})" for cid, why in throttled[:8])
         more = f" and {len(throttled) - 8} more" if len(throttled) > 8 else ""
         out.append(f"{len(throttled)} case(s) ran on a throttled GPU: {listed}{more}.")
-    if analysis.cases.empty:
+    if not analysis.rows:
         out.append("This run has no results yet.")
     elif "ok" not in counts:
         out.append("No case completed successfully.")
@@ -496,8 +519,8 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
     env = run.env
     problems: list[str] = []
     sections = [
-        per_batch_section(analysis, env, "rate", problems),
-        per_batch_section(analysis, env, "peak_bytes", problems),
+        per_batch_section(analysis, env, "throughput", problems),
+        per_batch_section(analysis, env, "memory", problems),
         speedup_section(analysis, problems),
         loss_section(analysis, problems),
         tradeoff_section(analysis, problems),
@@ -516,7 +539,7 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
         "env_items": environment_items(env),
         "warnings": run_warnings(run, analysis) + problems,
         "counts": analysis.status_counts,
-        "n_cases": len(analysis.cases),
+        "n_cases": len(analysis.rows),
         "summaries": [
             {
                 "group": g,
@@ -526,7 +549,7 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
                 "recommendation": fmt.recommendation_text(g),
                 "metric": fmt.METRIC_LABELS.get(g.divergence_metric or "", "divergence"),
                 "rows": summary_rows(g),
-                "extra_headers": [header for header, _, _ in fmt.extra_columns(g)],
+                "extra_headers": [column.header for column in fmt.extra_columns(g)],
                 "caveats": fmt.caveat_lines(g) + fmt.quality_lines(g),
             }
             for g in analysis.groups
@@ -535,12 +558,12 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
         "problems": analysis.problems,
         "others": [
             {
-                "id": r["id"],
-                "status": r["status"],
-                "median": fmt.fmt_seconds(r["median_s"]),
-                "peak": fmt.fmt_bytes(r["peak_bytes"]),
+                "id": r.id,
+                "status": r.status,
+                "median": fmt.fmt_seconds(r.median_s),
+                "peak": fmt.fmt_bytes(r.peak_bytes),
             }
-            for r in analysis.records(sweep=False)
+            for r in analysis.benchmark_rows
         ],
         "raw_headers": headers,
         "raw_rows": raw_rows,

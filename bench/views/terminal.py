@@ -4,13 +4,15 @@ batch sizes. Every figure comes from bench.analysis, formatted by bench.views.fo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from bench.analysis.assessment import Assessment
+from bench.analysis.maxbatch import MaxBatchRow
+from bench.analysis.rows import CaseRow
 from bench.analysis.summary import RunAnalysis
 from bench.results.schema import CaseResult
 from bench.views import format as fmt
@@ -47,40 +49,40 @@ def results_table(analysis: RunAnalysis) -> Table:
         "throughput",
         "peak memory",
         "vs fp32",
-        *(header for header, _, _ in extras),
+        *(column.header for column in extras),
         "notes",
         title="mpbench results",
         caption="vs fp32: median step of fp32 / this case's, at the same batch size and length; "
         "TFLOP/s: counted FLOPs per step / median step",
     )
-    for row in analysis.records():
-        if row["status"] != "ok":
-            table.add_row(row["id"], row["status"], *[""] * (5 + len(extras)))
+    for row in analysis.rows:
+        if row.status != "ok":
+            table.add_row(row.id, row.status, *[""] * (5 + len(extras)))
             continue
-        rate = f"{fmt.fmt_number(row['rate'])} {row['rate_unit']}" if row["rate"] else ""
+        rate = f"{fmt.fmt_number(row.rate)} {row.rate_unit}" if row.rate else ""
         table.add_row(
-            row["id"],
-            row["status"],
-            fmt.fmt_seconds(row["median_s"]),
+            row.id,
+            row.status,
+            fmt.fmt_seconds(row.median_s),
             rate,
-            fmt.fmt_bytes(row["peak_bytes"]),
-            fmt.fmt_speedup(row["speedup"]),  # missing where fp32 did not run at the shape
-            *(formatter(row[key]) for _, key, formatter in extras),
+            fmt.fmt_bytes(row.peak_bytes),
+            fmt.fmt_speedup(row.speedup),  # missing where fp32 did not run at the shape
+            *(column.formatter(column.value(row)) for column in extras),
             Text(case_notes(row), style="yellow"),
         )
     return table
 
 
-def case_notes(row: dict[str, Any]) -> str:
+def case_notes(row: CaseRow) -> str:
     """What makes a case's figure shaky: unstable steps, a warm-up that never settled, a GPU
     that throttled."""
     notes = []
-    if row["unstable"]:
-        notes.append(f"unstable (CV {fmt.fmt_fraction(row['cv'])})")
-    if row["warmup_steady"] is False:
-        notes.append(f"warm-up unsettled after {row['warmup_steps']}")
-    if row["throttled"]:
-        notes.append(f"throttled ({row['throttle_reasons']})")
+    if row.unstable:
+        notes.append(f"unstable (CV {fmt.fmt_fraction(row.cv)})")
+    if row.warmup_steady is False:
+        notes.append(f"warm-up unsettled after {row.warmup_steps}")
+    if row.throttled:
+        notes.append(f"throttled ({row.throttle_reasons})")
     return ", ".join(notes)
 
 
@@ -155,7 +157,7 @@ def print_comparison(assessment: Assessment, gate: bool, stream: TextIO) -> None
     console.print(Text(headline(assessment, gate), style=style))
 
 
-def max_batch_table(rows: Sequence[dict[str, Any]]) -> Table:
+def max_batch_table(rows: Sequence[MaxBatchRow]) -> Table:
     """The largest batch per model/workload/precision/seq, with its ratio to fp32's."""
     table = Table(
         "model",
@@ -167,10 +169,8 @@ def max_batch_table(rows: Sequence[dict[str, Any]]) -> Table:
         title="Largest batch that fits",
     )
     for row in rows:
-        size = row["max_batch_size"]
-        shown = "-" if size is None else f"{size}{'+' if row['limit_reached'] else ''}"
-        ratio = f"{row['vs_fp32']:.2f}×" if row["vs_fp32"] else ""
-        table.add_row(
-            row["model"], row["workload"], row["precision"], str(row["seq_len"]), shown, ratio
-        )
+        size = row.max_batch_size
+        shown = "-" if size is None else f"{size}{'+' if row.limit_reached else ''}"
+        ratio = f"{row.vs_fp32:.2f}×" if row.vs_fp32 else ""
+        table.add_row(row.model, row.workload, row.precision, str(row.seq_len), shown, ratio)
     return table

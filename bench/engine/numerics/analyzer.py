@@ -22,7 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from bench.engine.data import Batches, make_batches, stable_seed
 from bench.engine.device import Device
 from bench.engine.models import ModelSpec, count_parameters
-from bench.engine.modes import PRECISION_MODES
+from bench.engine.modes import BASELINE_MODE, PRECISION_MODES
+from bench.engine.modes.base import PrecisionMode
 from bench.engine.numerics import metrics
 from bench.engine.numerics.activations import activation_summary
 from bench.engine.numerics.config import NumericsConfig
@@ -35,21 +36,12 @@ from bench.engine.numerics.passes import (
 )
 from bench.engine.numerics.verdicts import inference_verdict, training_verdict
 from bench.engine.parallel import current_rank, mean_over_ranks, wrap_model
-from bench.engine.precision import PrecisionMode
 from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.runner import first_line
 from bench.engine.suite import Suite
 from bench.results.schema import Case
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # deterministic cuBLAS (METHODS rule 11)
-# Cases that carry an activation_summary, and in which format.
-SUMMARY_FORMAT = {
-    "fp16": "fp16",
-    "amp_fp16": "fp16",
-    "fp8": "e4m3",
-    "fp8_rowwise": "e4m3",
-    "mxfp8": "e4m3",
-}
 INFER_BATCHES = 1  # forward passes compared per inference check
 
 
@@ -128,14 +120,14 @@ class NumericsAnalyzer:
         )
         if case.workload == "generate":
             out["outputs"] = "prompt (prefill) logits"
-        if self.config.activations and case.precision in ("fp32", *SUMMARY_FORMAT):
+        # fp32 carries the activation ranges; a mode with a narrow format, a summary in it.
+        mode = PRECISION_MODES[case.precision]
+        if self.config.activations and (mode is BASELINE_MODE or mode.activation_format):
             entries = self._memo(("activations",), lambda: self._activations(spec))
-            if case.precision == "fp32":
+            if mode is BASELINE_MODE:
                 out["activations"] = entries
             else:
-                out["activation_summary"] = activation_summary(
-                    entries, SUMMARY_FORMAT[case.precision]
-                )
+                out["activation_summary"] = activation_summary(entries, mode.activation_format)
         return out
 
     # -- caching and pass context ------------------------------------------------------------
@@ -268,8 +260,8 @@ class NumericsAnalyzer:
     def _training_reference(self, spec: ModelSpec, case: Case | None = None) -> dict[str, Any]:
         """fp32 run (the baseline), a second fp32 run and an fp64 run (the noise floor). For a
         data-parallel case, laid out as it is with gradients reduced in fp32, and no fp64 run."""
-        fp32 = PRECISION_MODES["fp32"]
-        layout = None if case is None else replace(case, precision="fp32", reduce_dtype="fp32")
+        fp32 = BASELINE_MODE
+        layout = None if case is None else replace(case, precision=fp32.name, reduce_dtype="fp32")
         reference = self.training_trace(spec, fp32, "fp32 reference", layout)
         repeat = (
             self.training_trace(spec, fp32, "fp32 repeat", layout)
@@ -327,7 +319,7 @@ class NumericsAnalyzer:
         base: TrainingTrace = reference["trace"]
         mode = PRECISION_MODES[precision]
         reduced = case is not None and case.reduce_dtype not in (None, "fp32")
-        if precision == "fp32" and not reduced:
+        if mode is BASELINE_MODE and not reduced:
             # fp32 against itself is the repeat run (METHODS rule 11); without one, itself.
             trace = reference["repeat"] or base
         else:
@@ -354,7 +346,7 @@ class NumericsAnalyzer:
     ) -> dict[str, Any]:
         """What reducing gradients in the case's dtype alone does: its training against the
         same precision with gradients reduced in fp32, from the same weights and data."""
-        if case.precision == "fp32":
+        if PRECISION_MODES[case.precision] is BASELINE_MODE:
             same = base
         else:
             fp32_reduce = replace(case, reduce_dtype="fp32")
@@ -411,7 +403,7 @@ class NumericsAnalyzer:
             return run_inference(self.pristine_model(spec), mode, self.device, batches, spec.family)
 
     def _inference_reference(self, spec: ModelSpec) -> dict[str, Any]:
-        fp32 = PRECISION_MODES["fp32"]
+        fp32 = BASELINE_MODE
         logits = self._forward(spec, fp32, "fp32 reference")
         repeat = self._forward(spec, fp32, "fp32 repeat") if self.config.noise_floor else None
         fp64, fp64_error = self._optional_fp64(
@@ -442,7 +434,7 @@ class NumericsAnalyzer:
 
     def _inference_numerics(self, spec: ModelSpec, precision: str) -> dict[str, Any]:
         reference = self._memo(("reference", "infer"), lambda: self._inference_reference(spec))
-        if precision == "fp32":
+        if PRECISION_MODES[precision] is BASELINE_MODE:
             logits = reference["repeat"] if reference["repeat"] is not None else reference["logits"]
         else:
             logits = self._forward(spec, PRECISION_MODES[precision], precision)
@@ -460,7 +452,7 @@ class NumericsAnalyzer:
     def _activations(self, spec: ModelSpec) -> list[dict[str, Any]]:
         batch = self._batches(spec, "infer").batches[0]
         self._phase("numerics: activation ranges", None, None)
-        with self._pass(PRECISION_MODES["fp32"]):
+        with self._pass(BASELINE_MODE):
             return fp32_activation_ranges(
                 self.pristine_model(spec), self.device, batch, spec.family
             )

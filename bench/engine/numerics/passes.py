@@ -18,14 +18,20 @@ import torch
 
 from bench.engine import workloads
 from bench.engine.device import Device
-from bench.engine.modes import PRECISION_MODES
+from bench.engine.modes import BASELINE_MODE
+from bench.engine.modes.base import PrecisionMode, PreparedModel
 from bench.engine.numerics.activations import activation_ranges
 from bench.engine.parallel import all_ranks_agree, full_tensor, local_tensor
-from bench.engine.precision import PrecisionMode, PreparedModel
 
 # The reference fp32 is judged against where it is affordable (METHODS rule 12: PyTorch's same()).
+# Not a mode a suite can name (it is not in bench.engine.modes' registry).
 FP64_REFERENCE = PrecisionMode(
-    "fp64", "fp64 weights and math: the reference for fp32's own error", param_dtype=torch.float64
+    "fp64",
+    "fp64 weights and math: the reference for fp32's own error",
+    order=-1,
+    compute_dtype="fp64",
+    color="#000000",
+    param_dtype=torch.float64,
 )
 # GradScaler backs off by halving; the gradient check does the same, at most this many times.
 _MAX_BACKOFFS = 64
@@ -250,6 +256,6 @@ def fp32_activation_ranges(
     pristine: torch.nn.Module, device: Device, batch: dict[str, torch.Tensor], family: str
 ) -> list[dict[str, Any]]:
     """The activation range analysis on an fp32 copy (eval mode, fp32 math)."""
-    model = working_copy(pristine, PRECISION_MODES["fp32"], device, "infer").model
+    model = working_copy(pristine, BASELINE_MODE, device, "infer").model
     model.eval()
     return activation_ranges(model, _to_device(batch, device), forward_kwargs(family))

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from bench.engine.device import Device
-from bench.engine.precision import PrecisionMode, PreparedModel, copy_in_dtype
+from bench.engine.modes.base import PrecisionMode, PreparedModel, copy_in_dtype
 
 INSTALL = "pip install 'torchao>=0.18' (a dependency of mpbench: reinstalling mpbench brings it)"
 CPU_CAVEAT = (
@@ -83,6 +83,14 @@ def cpu_float8_matmul_reason() -> str | None:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"torch {torch.__version__} has no float8 matmul on the CPU ({first[:120]})"
     return None
+
+
+def fp8_matmul(device: Device, n: int) -> Callable[[], Any]:
+    """An n x n x n e4m3 x e4m3 -> bf16 torch._scaled_mm on the device."""
+    a = torch.randn(n, n, device=device.torch_device).to(torch.float8_e4m3fn)
+    b = torch.randn(n, n, device=device.torch_device).to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device=device.torch_device)
+    return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +263,34 @@ class Float8Training(PrecisionMode):
         details.update(accept.details(), conv1d_to_linear=len(transposed))
         return PreparedModel(model, details, transposed)
 
+    def matmul(self, device: Device, n: int) -> Callable[[], Any]:
+        """An e4m3 x e4m3 -> bf16 torch._scaled_mm (what torchao's float8 layers run)."""
+        return fp8_matmul(device, n)
+
+    def converted(self, model: torch.nn.Module) -> list[str]:
+        """The names of the layers `prepare` turned into fp8 ones: torchao's Float8Linear for
+        training, an nn.Linear holding a torchao float8 weight after `quantize_`."""
+        from torchao.float8.float8_linear import Float8Linear
+
+        found = []
+        for name, module in model.named_modules():
+            if isinstance(module, Float8Linear):
+                found.append(name)
+            elif isinstance(module, torch.nn.Linear) and type(module.weight) not in (
+                torch.nn.Parameter,
+                torch.Tensor,
+            ):
+                found.append(name)  # quantize_ swaps the weight for a float8 tensor subclass
+        return found
+
+    def took_effect(self, device: Device, model: torch.nn.Module, details: dict[str, Any]) -> str:
+        """'' when as many layers run in fp8 as the details say (and at least one), and the
+        autocast around them is bf16."""
+        converted = self.converted(model)
+        if not converted or details.get("fp8_linear_layers") != len(converted):
+            return f"{len(converted)} fp8 Linear layers, details say {details.get('fp8_linear_layers')}"
+        return self._autocast_and_tf32_took_effect(device)
+
     def caveat(self, device: Device, compiled: bool) -> str | None:
         """On a CPU: no fp8 hardware. On a GPU, eagerly: torchao's fp8 wants torch.compile."""
         if not device.is_cuda:
@@ -307,6 +343,12 @@ class MXFP8Training(Float8Training):
         }
         return PreparedModel(model, details, transposed)
 
+    def converted(self, model: torch.nn.Module) -> list[str]:
+        """The names of the layers `prepare` turned into torchao's MXFP8Linear."""
+        from torchao.prototype.moe_training.mxfp8_linear import MXFP8Linear
+
+        return [name for name, m in model.named_modules() if isinstance(m, MXFP8Linear)]
+
     def autocast(
         self, device: Device, workload: str = "train"
     ) -> contextlib.AbstractContextManager[object]:
@@ -340,24 +382,45 @@ def convert_to_mxfp8(
             setattr(parent, name, mx)
 
 
-FP8_MODES = (
+# Eager torchao float8 on a GPU (its casts unfused) runs this much slower than the host floor
+# says (H200, gpt2-124m batch 8 x 512: train 166-205 ms vs bf16's 46 ms; infer 38-84 ms vs
+# 30 ms). On a CPU the measured fp8 rate already includes the casts.
+EAGER_GPU_SLOWDOWN = {"train": 4.0, "infer": 2.0, "generate": 2.0}
+
+MODES = (
     Float8Training(
         "fp8",
         "float8 training via torchao: tensorwise dynamic scaling (e4m3, e5m2 gradients), fp32 "
         "master weights, bf16 autocast; GPU inference via torchao's float8 quantize_",
+        order=60,
+        compute_dtype="fp8",
+        color="#9467bd",
         autocast_dtype=torch.bfloat16,
+        activation_format="e4m3",
+        eager_gpu_slowdown=EAGER_GPU_SLOWDOWN,
         recipe="tensorwise",
     ),
     Float8Training(
         "fp8_rowwise",
         "float8 training via torchao: rowwise dynamic scaling (e4m3, power-of-two scales), fp32 "
         "master weights, bf16 autocast",
+        order=70,
+        compute_dtype="fp8",
+        color="#9467bd",
+        dashed=True,
         autocast_dtype=torch.bfloat16,
+        activation_format="e4m3",
+        eager_gpu_slowdown=EAGER_GPU_SLOWDOWN,
         recipe="rowwise",
     ),
     MXFP8Training(
         "mxfp8",
         "MX block-scaled fp8 via torchao's MXFP8Linear (compute capability >= 10.0)",
+        order=80,
+        compute_dtype="fp8",
+        color="#d62790",
         autocast_dtype=torch.bfloat16,
+        activation_format="e4m3",
+        eager_gpu_slowdown=EAGER_GPU_SLOWDOWN,
     ),
 )
