@@ -31,6 +31,7 @@ from bench.analysis.compare import CompareOptions, compare_runs
 from bench.analysis.stats import bootstrap_median_ratio_ci, mann_whitney_p, smallest_p_value
 from bench.results.identity import DeviceIdentity
 from bench.results.inputs import load_input
+from bench.results.manifest import RunManifest
 from bench.results.rundir import Run
 from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 
@@ -87,7 +88,9 @@ def test_slower_steps_are_worse_in_both_timing_metrics(factor: float, samples: l
 
     slow = [s * factor for s in samples]
     comp = compare_runs(
-        Run(Path("b"), {}, [result(samples)]), Run(Path("c"), {}, [result(slow)]), CompareOptions()
+        Run(Path("b"), RunManifest(), [result(samples)]),
+        Run(Path("c"), RunManifest(), [result(slow)]),
+        CompareOptions(),
     )
     m = comp.cases[0].metrics
     assert m["step_time"].worse_pct > 0 and m["step_time"].direction == "worse"

@@ -132,3 +132,102 @@ def test_the_checker_catches_upward_imports_and_cycles() -> None:
     assert "bench.engine.runner -> bench.views.report" in violations(graph)
     graph["bench.results.schema"] = GRAPH["bench.results.schema"] | {"bench.engine.runner"}
     assert any("bench.engine.runner" in c and "bench.results.schema" in c for c in cycles(graph))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rooms that hold their own facts
+# ---------------------------------------------------------------------------------------------
+
+MODES_PACKAGE = "bench.engine.modes"
+# Names a precision mode shares with a dtype (a reduce dtype, a compute dtype): a comparison with
+# one of these is a precision-name comparison only where the other side is a precision.
+_DTYPE_NAMES = {"fp32", "tf32", "bf16", "fp16", "fp8"}
+
+
+def _precision_names() -> set[str]:
+    from bench.engine.modes import PRECISION_MODES
+
+    return set(PRECISION_MODES)
+
+
+def _string_constants(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [
+            e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+        ]
+    return []
+
+
+def precision_name_comparisons(source: str, names: set[str]) -> list[str]:
+    """`x == "fp8"`, `precision in ("fp32", ...)`, `p.startswith("fp8")`: a precision mode named
+    by a string literal in a comparison. A name that is also a dtype ("fp32", "bf16") counts only
+    where the other side mentions a precision."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("startswith", "endswith")
+        ):
+            operands = [node.func.value, *node.args]
+        else:
+            continue
+        for i, operand in enumerate(operands):
+            literals = [c for c in _string_constants(operand) if c in names]
+            if not literals:
+                continue
+            others = " ".join(ast.unparse(o) for j, o in enumerate(operands) if j != i)
+            if any(c not in _DTYPE_NAMES for c in literals) or "precision" in others:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_precision_name_comparisons_outside_the_modes() -> None:
+    """A fact about a precision belongs to its mode (bench.engine.modes): code elsewhere asks the
+    mode, it never tests the name."""
+    names = _precision_names()
+    wrong = []
+    for module, path in MODULES.items():
+        if module == MODES_PACKAGE or module.startswith(MODES_PACKAGE + "."):
+            continue
+        for hit in precision_name_comparisons(path.read_text(encoding="utf-8"), names):
+            wrong.append(f"{module}: {hit}")
+    assert wrong == []
+
+
+def test_the_precision_name_checker_sees_what_it_must() -> None:
+    names = _precision_names()
+    flagged = [
+        'case.precision == "fp32"',
+        'name in ("fp8", "fp8_rowwise", "mxfp8")',
+        'mode == "amp_bf16"',
+        'precision.startswith(("fp8", "mxfp8"))',
+    ]
+    for snippet in flagged:
+        assert precision_name_comparisons(snippet, names), snippet
+    allowed = ['reduce_dtype in (None, "fp32")', 'dtype == "bf16"', 'x == "train"']
+    for snippet in allowed:
+        assert not precision_name_comparisons(snippet, names), snippet
+
+
+def case_attribute_uses(source: str, attribute: str) -> list[str]:
+    """Every `<something>.<attribute>` in the source, as 'line N: ...'."""
+    return [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute) and node.attr == attribute
+    ]
+
+
+def test_the_runner_has_no_data_parallel_or_compile_branch() -> None:
+    """The runner applies the layout (one device or data-parallel) and the execution (eager or
+    compiled) as components (bench.engine.parallel, bench.engine.execution): it never asks a
+    case whether it is data-parallel or compiled."""
+    source = MODULES["bench.engine.runner"].read_text(encoding="utf-8")
+    assert case_attribute_uses(source, "parallel") == []
+    assert [u for u in case_attribute_uses(source, "compiled") if "case." in u] == []
+    assert case_attribute_uses("if case.parallel is not None:\n    pass\n", "parallel")

@@ -21,7 +21,8 @@ from runs import fixture_cases, ok_result, write_run
 
 from bench.errors import EXIT_OUTPUT, OutputError
 from bench.results import rundir
-from bench.results.rundir import RESULTS_FILE, ResultsWriter, read_results, write_text_atomic
+from bench.results.files import write_text_atomic
+from bench.results.rundir import RESULTS_FILE, ResultsWriter, read_results
 
 SUITE = """
 [suite]

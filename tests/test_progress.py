@@ -12,7 +12,7 @@ from rich.console import Console
 from tiny import TINY_SUITE
 
 from bench.engine.device import Device
-from bench.engine.executors import WorkerExecutor, default_runner_factory
+from bench.engine.executors import ExecutionOptions, make_executor
 from bench.engine.progress import Throttled
 from bench.engine.suite import load_suite
 from bench.results.schema import Case, CaseResult
@@ -40,7 +40,7 @@ def test_throttled_passes_new_phases_and_last_steps_at_once(
 def test_a_worker_sends_its_phases_before_its_result(tmp_path: Path) -> None:
     (tmp_path / "tiny.toml").write_text(TINY_SUITE)
     suite = load_suite(tmp_path / "tiny.toml", {"models": ["gpt2-tiny"], "precisions": ["fp32"]})
-    executor = WorkerExecutor(suite, CPU, default_runner_factory)
+    executor = make_executor(ExecutionOptions(isolate="model"), suite, CPU, tmp_path)
     seen: list[tuple] = []
     try:
         result = executor.run(suite.cases("cpu")[0], lambda *p: seen.append(p))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.engine.suite import _toml_value, builtin_suite_path, parse_suite
+from bench.engine.suite import builtin_suite_path, parse_suite, toml_value
 from bench.errors import SuiteError
 
 KNOWN_KEYS = {
@@ -65,7 +65,7 @@ def documents(draw) -> str:
     if draw(st.booleans()):  # half the documents have a valid sweep to get deeper
         lines += [
             "[sweep]",
-            f"models = {_toml_value(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=2)))}",
+            f"models = {toml_value(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=2)))}",
         ]
         tables = [t for t in tables if t != "sweep"]
     for table in tables:
@@ -76,7 +76,7 @@ def documents(draw) -> str:
             plausible = st.lists(st.sampled_from(WORDS), min_size=1, max_size=3) | st.lists(
                 st.integers(-2, 5000), min_size=1, max_size=3
             )
-            lines.append(f"{key} = {_toml_value(draw(plausible | values))}")
+            lines.append(f"{key} = {toml_value(draw(plausible | values))}")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from bench.analysis.summary import analyze
+from bench.results.manifest import RunManifest
 from bench.results.rundir import Run
 from bench.results.schema import (
     Case,
@@ -197,7 +198,7 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
         ):
             mp.setattr(plots, name, lambda *a, **k: "<svg></svg>")
         html_cells, html_recommended = html_summary(
-            render_html(Run(Path("run"), {}, results), analysis)
+            render_html(Run(Path("run"), RunManifest(), results), analysis)
         )
 
     assert [g["recommended"] or "" for g in data["groups"]] == html_recommended

@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mpbench` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --nproc` passes them on
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -40,7 +40,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     merged = merge_runs([load_run(path) for path in args.run_dirs])
     console = stderr_console(args.quiet)
-    order, lines = suite_order(merged.suite_text, merged.env, merged.results)
+    order, lines = suite_order(merged.manifest, merged.results)
     merged.results.sort(key=lambda r: order.get(r.case.id, len(order)))  # stable: file order
     for line in merged.warnings + lines:
         console.print(f"[yellow]warning[/]: {line}", highlight=False)
@@ -54,9 +54,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return show_run(args.out, console, not args.no_report, EXIT_OK)
 
 
-def suite_order(
-    suite_text: str, env: dict[str, Any], results: list[Any]
-) -> tuple[dict[str, int], list[str]]:
+def suite_order(manifest: Any, results: list[Any]) -> tuple[dict[str, int], list[str]]:
     """Each case id's position in the suite's order, and which of its cases no merged run
     holds (by the shard they belong to). A suite that does not resolve on this machine (a data
     file or checkpoint elsewhere) leaves the file order and says so."""
@@ -64,9 +62,10 @@ def suite_order(
     from bench.errors import MpbenchError
 
     try:
-        suite = parse_suite(suite_text, "suite.toml of the merged runs")
-        cases = suite.cases(str(env.get("device", "cpu")))
-        shard_counts = {str(m["shard"]).partition("/")[2] for m in env["merged_from"] if m["shard"]}
+        suite = parse_suite(manifest.suite_text, "suite.toml of the merged runs")
+        cases = suite.cases(manifest.device or "cpu", None, manifest.world_size or 1)
+        merged_from = manifest.environment["merged_from"]
+        shard_counts = {str(m["shard"]).partition("/")[2] for m in merged_from if m["shard"]}
         shards = [parse_shard(f"{i}/{n}") for n in shard_counts for i in range(1, int(n) + 1)]
     except (MpbenchError, ValueError) as exc:
         return {}, [f"cases kept in file order, missing ones not listed: {exc}"]

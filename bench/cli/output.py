@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.results.rundir import output_error
+from bench.results.files import output_error
 
 
 def write_file(path: Path, write: Callable[[Path], None]) -> None:

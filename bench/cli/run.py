@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """`mpbench run`: load and validate the suite, run every case, show and report the run."""
     from bench.engine.device import resolve_device
-    from bench.engine.interrupts import ExecutionOptions
+    from bench.engine.executors import ExecutionOptions
     from bench.engine.parallel import Launch
     from bench.engine.session import RunOptions
     from bench.engine.suite import default_suite_name, load_suite, parse_shard
@@ -263,29 +263,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.peak_tflops is not None:
             suite = suite.with_peak_tflops(args.peak_tflops)
     launch = Launch.from_env()
-    data_parallel = args.nproc is not None or launch.launched
-    if not args.dry_run and (data_parallel or _data_parallel_suite(suite, args.resume)):
-        return _data_parallel(args, suite, launch)  # (a dry run estimates one rank's share)
     execution = ExecutionOptions(
         isolate=args.isolate,
         case_timeout_s=args.case_timeout,
         memory_limit_bytes=int(args.memory_limit * 2**30) if args.memory_limit else None,
     )
     shard = parse_shard(args.shard) if args.shard is not None else None
-    console = stderr_console(args.quiet)
-    if args.dry_run:
+    console = stderr_console(args.quiet or not launch.leader)
+    if args.dry_run:  # (of a data-parallel suite: one rank's share)
         return _dry_run(suite, device, args.isolate, console, shard)
+    data_parallel = args.nproc is not None or launch.launched
+    if data_parallel or _data_parallel_suite(suite, args.resume):
+        _check_data_parallel(args, suite, launch)
+        if args.nproc is None:  # a rank of a torchrun launch, or a one-rank group here
+            return _as_rank(args, suite, launch, shard, console)
+        execution = replace(execution, nproc=args.nproc)  # ranks serve this process's cases
+    options = RunOptions(
+        execution, skip_larger=not args.no_skip_larger, resume=args.resume is not None, shard=shard
+    )
     if args.resume is not None:
-        options = RunOptions(
-            execution, skip_larger=not args.no_skip_larger, resume=True, shard=shard
-        )
         return _sweep(suite, device, args.resume, options, console, not args.no_report)
     out = args.out or _default_out(suite, shard)
     if args.find_max_batch:
         if shard is not None:
             raise MpbenchError("--shard: splits a sweep; not used with --find-max-batch")
         return _find_max_batch(suite, device, out, execution, args.max_batch_cap, console)
-    options = RunOptions(execution, skip_larger=not args.no_skip_larger, shard=shard)
     estimate = None if args.quiet else _estimate(suite, device, args.isolate, shard)
     if estimate is not None:
         console.print(
@@ -306,23 +308,14 @@ def _default_out(suite: Any, shard: Any) -> Path:
 def _data_parallel_suite(suite: Any, resume: Path | None) -> bool:
     """The suite (given, or that of the run being resumed) has a [parallel] strategy."""
     if suite is None and resume is not None:
-        from bench.engine.session import load_resumable_suite
+        from bench.engine.session import resumable_suite
 
-        suite = load_resumable_suite(resume)
+        suite = resumable_suite(resume)
     return suite is not None and suite.parallel.enabled
 
 
-def _data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> int:
-    """A data-parallel run: `--nproc N` starts torchrun and watches it (bench.engine.launch);
-    under torchrun every rank joins the process group, rank 0 runs the sweep and writes the run
-    directory, and the others follow it."""
-    from bench.engine import parallel
-    from bench.engine.device import resolve_device
-    from bench.engine.interrupts import ExecutionOptions
-    from bench.engine.launch import SUPERVISED_ENV, die_with_parent
-    from bench.engine.session import RunOptions, follow_sweep
-    from bench.engine.suite import parse_shard
-
+def _check_data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> None:
+    """What a data-parallel run refuses (exit 2, before anything runs)."""
     if args.find_max_batch or args.memory_limit is not None:
         flag = "--find-max-batch" if args.find_max_batch else "--memory-limit"
         raise MpbenchError(f"{flag}: not used with a data-parallel run (torchrun or --nproc)")
@@ -332,44 +325,38 @@ def _data_parallel(args: argparse.Namespace, suite: Any, launch: Any) -> int:
             "--parallel ddp|fsdp (or a [parallel] strategy in the suite); without one every "
             "rank would run the whole sweep on its own"
         )
-    shard = parse_shard(args.shard) if args.shard is not None else None
-    console = stderr_console(args.quiet or not launch.leader)
-    if args.nproc is not None:
-        from bench.engine.launch import supervise
+    if args.nproc is not None and launch.launched:
+        raise MpbenchError("--nproc: this process was already started by torchrun; drop --nproc")
 
-        if launch.launched:
-            raise MpbenchError(
-                "--nproc: this process was already started by torchrun; drop --nproc"
-            )
-        out = args.resume or args.out or _default_out(suite, shard)
-        code = supervise(
-            args.argv, args.nproc, out, args.case_timeout, args.resume is not None, console
-        )
-        if not (out / RESULTS_FILE).exists():
-            return code
-        return show_run(out, console, not args.no_report, code)
-    if launch.launched and os.environ.get(SUPERVISED_ENV):
-        die_with_parent()  # `--nproc` started this torchrun: never outlive it
+
+def _as_rank(args: argparse.Namespace, suite: Any, launch: Any, shard: Any, console: Any) -> int:
+    """This process is a rank of a process group (torchrun's, or a one-rank group when
+    `--parallel` runs without torchrun): every rank joins it; rank 0 runs the sweep, its cases on
+    every rank, and writes the run directory; the others follow it."""
+    from bench.engine import parallel
+    from bench.engine.device import resolve_device
+    from bench.engine.executors import ExecutionOptions, follow_sweep
+    from bench.engine.session import RunOptions
+
     device = resolve_device(parallel.rank_device(args.device, launch))
     device.activate()
     backend = parallel.init_process_group(device, launch, args.case_timeout)
-    execution = ExecutionOptions(isolate="none", case_timeout_s=args.case_timeout)
-    options = RunOptions(
-        execution,
-        skip_larger=not args.no_skip_larger,
-        resume=args.resume is not None,
-        shard=shard,
-        launch=launch,
-        backend=backend,
+    execution = ExecutionOptions(
+        isolate="none", case_timeout_s=args.case_timeout, launch=launch, backend=backend
     )
     code = EXIT_RANK_LOST
     try:
         if not launch.leader:
-            code = follow_sweep(device, options)
+            code = follow_sweep(device, launch)
             return code
         out = args.resume or args.out or _default_out(suite, shard)
-        shown = not os.environ.get(SUPERVISED_ENV)  # else `--nproc` shows the run at its end
-        code = _sweep(suite, device, out, options, console, not args.no_report, show=shown)
+        options = RunOptions(
+            execution,
+            skip_larger=not args.no_skip_larger,
+            resume=args.resume is not None,
+            shard=shard,
+        )
+        code = _sweep(suite, device, out, options, console, not args.no_report)
         return code
     finally:
         # After a lost rank the group's teardown could wait on collectives that never end: the
@@ -428,10 +415,8 @@ def _sweep(
     console: Any,
     render: bool,
     estimate: Any = None,
-    show: bool = True,
 ) -> int:
-    """Run the sweep with a progress display, then (unless not `show`) the tables and the
-    report."""
+    """Run the sweep with a progress display, then the tables and the report."""
     from bench.engine.session import run_suite
 
     started = time.perf_counter()
@@ -450,11 +435,17 @@ def _sweep(
         )
     if outcome.startup_s:
         mean = sum(outcome.startup_s) / len(outcome.startup_s)
+        if options.execution.nproc is not None:
+            what, hint = "torchrun launch(es)", ""
+        else:
+            what, hint = (
+                "worker process(es)",
+                " (--isolate none skips this cost, and the crash protection)",
+            )
         console.print(
-            f"{len(outcome.startup_s)} worker process(es) started, {mean:.1f} s each on average "
-            "(--isolate none skips this cost, and the crash protection)"
+            f"{len(outcome.startup_s)} {what} started, {mean:.1f} s each on average{hint}"
         )
-    return show_run(out, console, render, outcome.exit_code) if show else outcome.exit_code
+    return show_run(out, console, render, outcome.exit_code)
 
 
 def show_run(out: Path, console: Any, render: bool, exit_code: int) -> int:
@@ -490,7 +481,8 @@ def _find_max_batch(
     searches that ended and "finished": false)."""
     from bench.analysis.maxbatch import max_batch_report
     from bench.engine.maxbatch import search_max_batch
-    from bench.results.rundir import MAX_BATCH_FILE, write_json
+    from bench.results.files import write_json
+    from bench.results.rundir import MAX_BATCH_FILE
 
     console.print(f"mpbench: largest batch size per config (cap {cap}) on {device.name} -> {out}")
 

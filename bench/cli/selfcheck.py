@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.text import Text
 
 from bench.errors import EXIT_OK, EXIT_REGRESSION
-from bench.results.rundir import load_run, write_json
+from bench.results.files import write_json
+from bench.results.rundir import load_run
 from bench.views.format import fmt_duration
 from bench.views.progress import stderr_console
 
@@ -50,8 +51,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     """`mpbench selfcheck`: the device checks, then a suite and its report."""
     from bench.cli.run import _estimate, _sweep
     from bench.engine.device import resolve_device
-    from bench.engine.executors import quiet_transformers
-    from bench.engine.interrupts import ExecutionOptions
+    from bench.engine.executors import ExecutionOptions, quiet_transformers
     from bench.engine.selfcheck import (
         measured_rates,
         run_device_checks,

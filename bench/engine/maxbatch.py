@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine.device import Device
-from bench.engine.interrupts import ExecutionOptions, InterruptibleSweep
+from bench.engine.executors import ExecutionOptions, make_executor
 from bench.engine.session import start_run_dir
 from bench.engine.suite import Suite, Timing
+from bench.engine.supervisor import InterruptibleSweep
 from bench.results.schema import Case, CaseResult
 
 # Probe statuses that mean "this batch does not fit" (anything else but ok ends the search).
@@ -109,14 +110,15 @@ def search_max_batch(
     start_run_dir(suite, device, out, execution.isolate)
     probes = probe_suite(suite)
     found: list[MaxBatch] = []
-    with InterruptibleSweep(probes, device, execution) as sweep:
+    executor = make_executor(execution, probes, device, out)
+    with InterruptibleSweep(executor) as sweep:
         seen = set()
         for case in probes.cases(device.name):
             key = (case.model, case.workload, case.precision, case.seq_len)
             if key in seen:
                 continue
             seen.add(key)
-            found.append(find_max_batch(sweep.executor.run, case, cap))
+            found.append(find_max_batch(executor.run, case, cap))
             if on_found is not None:
                 on_found(found[-1])
     return MaxBatchOutcome(sweep.exit_code, found)

@@ -1,7 +1,7 @@
 """Data-parallel training on torch.distributed: one component, like a precision mode.
 
 A run launched by `torchrun --nproc-per-node N -m bench run ... --parallel ddp|fsdp` (or by
-`mpbench run --nproc N`, which starts torchrun: bench.engine.launch) runs every training case on
+`mpbench run --nproc N`, which starts torchrun: bench.engine.rankworker) runs every training case on
 all N ranks at once; inference cases run on rank 0 alone while the others wait. PyTorch does
 all of it: torchrun starts and watches the processes, NCCL (GPUs) or gloo (CPU) carries the
 gradients, DistributedDataParallel or FSDP2's `fully_shard` wraps the model. mpbench adds:
@@ -9,15 +9,18 @@ gradients, DistributedDataParallel or FSDP2's `fully_shard` wraps the model. mpb
 - `Launch`: which rank this process is (torchrun's RANK/WORLD_SIZE/LOCAL_RANK environment);
 - `init_process_group` / `destroy_process_group` around the sweep, with the case timeout as the
   collectives' timeout, so a rank that hangs ends its peers' waits;
-- `wrap_model`: DDP with a gradient communication hook per reduce dtype, or fully_shard on every
-  layer with `MixedPrecisionPolicy(reduce_dtype=...)`;
+- `DataParallel`, the layout of a data-parallel case (beside `SingleDevice`): its wrap (DDP with a
+  gradient communication hook per reduce dtype, or fully_shard on every layer with
+  `MixedPrecisionPolicy(reduce_dtype=...)`), the ranks agreeing on what changes how many
+  collectives they make, the time in collectives after the timed steps;
 - `collective_time_s`: the time one step spends in collectives, from the profiler;
 - `combine_ranks`: every rank's CaseResult -> the one line rank 0 writes (slowest rank per step,
   global throughput, per-rank memory).
 
-Every rank measures itself through the same CaseRunner as a single-device case; the ranks'
-results are gathered once per case (`gather_results`), which is also the point where all ranks
-agree the case is over.
+Every rank measures itself through the same CaseRunner as a single-device case (the runner
+applies the layout like any other wrap step); the ranks' results are gathered once per case
+(`gather_results`, by bench.engine.executors.RankGroupExecutor), which is also the point where
+all ranks agree the case is over.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from typing import Any
 
 from bench.engine.device import Device
 from bench.engine.modes import compute_dtypes, mode_for_dtype
-from bench.engine.modes.base import square_matmul  # noqa: F401 (selfcheck imports it here)
 from bench.engine.runner import measure_steps
 
 MATMUL_DTYPES = compute_dtypes()  # fp32, tf32, bf16, fp16, fp8: the peak table's keys

@@ -32,16 +32,10 @@ import torch
 
 from bench.engine.device import Device
 from bench.engine.env import capture_env
-from bench.engine.flags import tf32_state
 from bench.engine.modes import PRECISION_MODES
+from bench.engine.modes.base import square_matmul
 from bench.engine.numerics.config import NumericsConfig
-from bench.engine.rates import (
-    MATMUL_DTYPES,
-    MatmulRate,
-    measure_matmul,
-    square_matmul,
-    time_per_call_s,
-)
+from bench.engine.rates import MATMUL_DTYPES, MatmulRate, measure_matmul, time_per_call_s
 from bench.engine.runner import CaseRunner, PreparedCase, measure_steps
 from bench.engine.suite import Suite, load_suite
 from bench.engine.telemetry import open_telemetry
@@ -231,36 +225,6 @@ def sync_debug_error(device: Device) -> Iterator[None]:
         torch.cuda.set_sync_debug_mode(0)
 
 
-def _mode_took_effect(name: str, device: Device, model: torch.nn.Module, details: dict) -> str:
-    """'' when the mode is what it says, else what is wrong."""
-    mode = PRECISION_MODES[name]
-    if name in ("fp8", "fp8_rowwise", "mxfp8"):
-        converted = [m for m in model.modules() if type(m).__name__ in ("Float8Linear", "MXLinear")]
-        if not converted or details.get("fp8_linear_layers") != len(converted):
-            return f"{len(converted)} fp8 Linear layers, details say {details.get('fp8_linear_layers')}"
-    else:
-        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        if dtypes != {mode.param_dtype}:
-            return f"parameters are {sorted(map(str, dtypes))}, not {mode.param_dtype}"
-    if mode.autocast_dtype is not None:
-        x = torch.ones(8, 8, device=device.torch_device)
-        with mode.autocast(device):
-            got = (x @ x).dtype
-        if got != mode.autocast_dtype:
-            return f"a matmul under its autocast gives {got}, not {mode.autocast_dtype}"
-    if mode.tf32:
-        a = torch.randn(1024, 1024, device=device.torch_device)
-        with PRECISION_MODES["fp32"].global_state(device):
-            exact = a @ a
-        with mode.global_state(device):
-            if not tf32_state()["matmul"]:
-                return "TF32 is not on inside the mode"
-            tf32 = a @ a
-        if torch.equal(exact, tf32):
-            return "a 1024x1024 matmul gives the same result with and without TF32"
-    return ""
-
-
 def check_mode(device: Device, name: str, steps: int = 3) -> CheckResult:
     """A real training step of the mode (the runner's prepare and step on gpt2-tiny): on CUDA
     under sync-debug "error" (no hidden host sync), and proof that the mode took effect."""
@@ -273,7 +237,7 @@ def check_mode(device: Device, name: str, steps: int = 3) -> CheckResult:
 
     suite = parse_suite(MODE_CHECK_SUITE.format(precision=name))
     with prepared_case(suite, device) as (_, prepared):
-        wrong = _mode_took_effect(name, device, prepared.model, prepared.details)
+        wrong = mode.took_effect(device, prepared.model, prepared.details)
         if wrong:
             return CheckResult(check, FAIL, f"the mode did not take effect: {wrong}")
         for _ in range(steps):  # warm-up: lazy init, autotuning, the first GradScaler steps

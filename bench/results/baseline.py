@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ResultsError
+from bench.results.files import write_text_atomic
 from bench.results.identity import DeviceIdentity
-from bench.results.rundir import RESULTS_FILE, Run, write_text_atomic
+from bench.results.manifest import RunManifest
+from bench.results.rundir import RESULTS_FILE, Run
 from bench.results.schema import CaseResult
 
 BASELINE_FORMAT = 1
@@ -93,7 +95,8 @@ def run_from_baseline(data: dict[str, Any], path: Path) -> Run:
         raise ResultsError(f"{path}: not a valid baseline file (no results list or env object)")
     typed = [CaseResult.from_dict(r, f"{path}: results[{i}]") for i, r in enumerate(results)]
     suite_text = data.get("suite_text") if isinstance(data.get("suite_text"), str) else None
-    return Run(path.parent, env, typed, [], suite_text, source="baseline")
+    manifest = RunManifest.from_env(env, suite_text, f"{path}: env")
+    return Run(path.parent, manifest, typed, [], source="baseline")
 
 
 def is_baseline_dir(path: str | os.PathLike[str]) -> bool:

@@ -20,8 +20,9 @@ from bench.results.baseline import (
     pick_baseline,
     run_from_baseline,
 )
+from bench.results.files import read_json_file
 from bench.results.pytest_benchmark import is_pytest_benchmark_document, run_from_pytest_benchmark
-from bench.results.rundir import Run, load_run, read_json_file
+from bench.results.rundir import Run, load_run
 
 INPUT_HELP = (
     "a run directory, its results.jsonl, a baseline file (baselines/<device>.json) or a "

@@ -16,13 +16,13 @@ read the precision modes' facts without importing the engine.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.errors import ResultsError
+from bench.results.files import read_json_file, write_json, write_text_atomic
 from bench.results.identity import DeviceIdentity
 
 if sys.version_info >= (3, 11):
@@ -140,7 +140,7 @@ class RunManifest:
         ResultsError naming it."""
         run_dir = Path(run_dir)
         env_path, suite_path = run_dir / ENV_FILE, run_dir / SUITE_FILE
-        env = _read_json_object(env_path) if env_path.is_file() else {}
+        env = read_json_file(env_path, "env.json") if env_path.is_file() else {}
         suite_text = None
         if suite_path.is_file():
             try:
@@ -177,8 +177,6 @@ class RunManifest:
 
     def write(self, run_dir: Path) -> None:
         """Write env.json and suite.toml into `run_dir` (each whole or not at all)."""
-        from bench.results.rundir import write_json, write_text_atomic
-
         write_json(Path(run_dir) / ENV_FILE, self.env)
         if self.suite_text is not None:
             write_text_atomic(Path(run_dir) / SUITE_FILE, self.suite_text)
@@ -252,15 +250,3 @@ class PrecisionStyles:
         """Drawn dashed (a pure-dtype twin of an amp mode)."""
         style = self._by_name.get(precision)
         return bool(style and style.dashed)
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot read env.json ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: not a JSON object")
-    return data

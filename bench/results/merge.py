@@ -10,18 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.errors import ResultsError
-from bench.results.rundir import (
-    ENV_FILE,
-    SUITE_FILE,
-    ResultsWriter,
-    Run,
-    create_run_dir,
-    write_json,
-    write_text_atomic,
-)
+from bench.results.manifest import ENV_FILE, SUITE_FILE, RunManifest
+from bench.results.rundir import ResultsWriter, Run, create_run_dir
 from bench.results.schema import CaseResult
 
 
@@ -29,8 +21,7 @@ from bench.results.schema import CaseResult
 class MergedRun:
     """What the merged run directory will hold."""
 
-    env: dict[str, Any]
-    suite_text: str
+    manifest: RunManifest  # the first run's, unsharded, listing the runs merged
     results: list[CaseResult]
     shards: list[str | None]  # each source run's shard ("1/2"), None for an unsharded run
     warnings: list[str] = field(default_factory=list)  # the source runs' own, and differences
@@ -54,21 +45,21 @@ def merge_runs(runs: list[Run]) -> MergedRun:
     if len(runs) < 2:
         raise ResultsError("merge: give at least two run directories (the shards of one sweep)")
     for run in runs:
-        if not run.env or not run.suite_text:
+        if not run.manifest.complete:
             raise ResultsError(
                 f"{run.path}: not an mpbench run directory (needs {ENV_FILE} and {SUITE_FILE})"
             )
     first = runs[0]
-    counts = {str(r.env.get("shard")).partition("/")[2] for r in runs if r.env.get("shard")}
+    counts = {str(r.manifest.shard).partition("/")[2] for r in runs if r.manifest.shard}
     if len(counts) > 1:
         raise ResultsError(
             "merge: the runs split the sweep in different numbers of shards ("
-            + ", ".join(f"{r.path}: {r.env.get('shard')}" for r in runs)
+            + ", ".join(f"{r.path}: {r.manifest.shard}" for r in runs)
             + "); merge the shards of one split (all I/N with the same N)"
         )
     warnings = [w if str(r.path) in w else f"{r.path}: {w}" for r in runs for w in r.warnings]
     for run in runs[1:]:
-        if run.env.get("suite_sha256") != first.env.get("suite_sha256"):
+        if run.manifest.suite_sha256 != first.manifest.suite_sha256:
             raise ResultsError(
                 f"merge: {run.path} ran another suite than {first.path} (suite_sha256 differs): "
                 "shards must come from the same suite file and flags"
@@ -94,33 +85,32 @@ def merge_runs(runs: list[Run]) -> MergedRun:
                 first_seen = owner[case_id]
                 raise ResultsError(
                     f"merge: case {case_id} is in both {first_seen.path} and {run.path} "
-                    f"(shards {first_seen.env.get('shard')} and {run.env.get('shard')}): "
+                    f"(shards {first_seen.manifest.shard} and {run.manifest.shard}): "
                     "the runs overlap; merge each shard once"
                 )
             owner[case_id] = run
             results.append(result)
-    env = dict(first.env)
-    env["shard"] = None
-    env["started_at"] = min(str(r.env.get("started_at") or "") for r in runs) or None
-    env["merged_from"] = [
+    environment = dict(first.manifest.environment)
+    environment["started_at"] = min(str(r.env.get("started_at") or "") for r in runs) or None
+    environment["merged_from"] = [
         {
             "path": str(r.path),
-            "shard": r.env.get("shard"),
+            "shard": r.manifest.shard,
             "started_at": r.env.get("started_at"),
             "hostname": r.env.get("hostname"),
             "argv": r.env.get("argv"),
         }
         for r in runs
     ]
-    shards = [r.env.get("shard") for r in runs]
-    return MergedRun(env, first.suite_text, results, shards, warnings)
+    manifest = first.manifest.replace(shard=None, environment=environment)
+    shards = [r.manifest.shard for r in runs]
+    return MergedRun(manifest, results, shards, warnings)
 
 
 def write_merged(merged: MergedRun, out: Path) -> None:
     """Write the merged run directory: env.json, suite.toml and results.jsonl."""
     create_run_dir(out)
-    write_json(out / ENV_FILE, merged.env)
-    write_text_atomic(out / SUITE_FILE, merged.suite_text)
+    merged.manifest.write(out)
     writer = ResultsWriter(out)
     for result in merged.results:
         writer.append(result)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ResultsError
+from bench.results.manifest import RunManifest
 from bench.results.rundir import Run
 from bench.results.schema import SCHEMA_VERSION, CaseResult, Throughput, finite_or_none
 
@@ -140,4 +141,5 @@ def run_from_pytest_benchmark(data: dict[str, Any], path: Path) -> Run:
         results.append(result_from_benchmark(bench, where))
     env = env_from_machine_info(data.get("machine_info"), data.get("datetime"))
     # Like a bare results.jsonl, the file's directory stands for the run directory.
-    return Run(path.parent, env, results, [], None, source="pytest-benchmark")
+    manifest = RunManifest.from_env(env, None, f"{path}: machine_info")
+    return Run(path.parent, manifest, results, [], source="pytest-benchmark")

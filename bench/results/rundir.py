@@ -1,8 +1,8 @@
 """A run directory on disk: create it, append results as cases finish, read it back.
 
 A run directory holds:
-  env.json        the environment, captured once per run (bench.engine.env)
-  suite.toml      the resolved suite as run (its [check] and [numerics] tables included)
+  env.json        the environment, captured once per run, }  the run's manifest:
+  suite.toml      the resolved suite as run               }  bench.results.manifest
   results.jsonl   one CaseResult per line (bench.results.schema), appended and fsynced per case
   max_batch.json  only for `--find-max-batch`: the largest batch per configuration
 
@@ -15,65 +15,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import MpbenchError, OutputError, ResultsError
+from bench.errors import MpbenchError, ResultsError
+from bench.results.files import output_error, write_json
 from bench.results.identity import DeviceIdentity
+from bench.results.manifest import ENV_FILE, SUITE_FILE, RunManifest
 from bench.results.schema import Case, CaseResult
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 RESULTS_FILE = "results.jsonl"
-ENV_FILE = "env.json"
-SUITE_FILE = "suite.toml"
-INFLIGHT_FILE = (
-    "inflight"  # the case a data-parallel run's ranks are running (bench.engine.session)
-)
+# RUN_DIR/inflight-rankN.json: rank N's report of a case its share failed (bench.engine.executors)
+RANK_REPORT_PREFIX = "inflight-rank"
 MAX_BATCH_FILE = "max_batch.json"
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-
-
-def _free_space(directory: Path) -> str:
-    """'12.0 KiB free' on the file system holding `directory`, or '' where it cannot be read."""
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError:
-        return ""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if free >= size:
-            return f"{free / size:.1f} {unit} free"
-    return f"{free} bytes free"
-
-
-def output_error(path: Path, exc: OSError) -> OutputError:
-    """One line naming the file, the OS's reason and the free space left in its directory."""
-    free = _free_space(path.parent)
-    return OutputError(
-        f"cannot write {path}: {exc.strerror or exc}"
-        + (f" ({free} in {path.parent})" if free else "")
-    )
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file renamed into place, removed if the write fails."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise output_error(path, exc) from None
 
 
 def create_run_dir(out: Path) -> None:
@@ -92,15 +52,10 @@ def create_run_dir(out: Path) -> None:
         ) from None
 
 
-def write_json(path: Path, data: Any) -> None:
-    """A JSON file (env.json, max_batch.json), written whole or not at all."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
 def rank_report_path(run_dir: Path, rank: int) -> Path:
     """RUN_DIR/inflight-rankN.json: what rank N's share of the in-flight case ended in, written by
     a rank whose share failed before it leaves (its peers cannot hear it any more)."""
-    return Path(run_dir) / f"{INFLIGHT_FILE}-rank{rank}.json"
+    return Path(run_dir) / f"{RANK_REPORT_PREFIX}{rank}.json"
 
 
 def write_rank_report(run_dir: Path, rank: int, result: CaseResult) -> None:
@@ -111,7 +66,7 @@ def write_rank_report(run_dir: Path, rank: int, result: CaseResult) -> None:
 def read_rank_reports(run_dir: Path, case_id: str) -> dict[int, CaseResult]:
     """The failed ranks' reports of this case, by rank (unreadable or other cases' ignored)."""
     reports = {}
-    for path in Path(run_dir).glob(f"{INFLIGHT_FILE}-rank*.json"):
+    for path in Path(run_dir).glob(f"{RANK_REPORT_PREFIX}*.json"):
         try:
             result = CaseResult.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
             rank = int(path.stem.rsplit("rank", 1)[1])
@@ -122,20 +77,22 @@ def read_rank_reports(run_dir: Path, case_id: str) -> dict[int, CaseResult]:
     return reports
 
 
-def reported_failure(run_dir: Path, case: Case) -> CaseResult | None:
+def reported_failure(run_dir: Path, case: Case, consume: bool = False) -> CaseResult | None:
     """The case's result as the lowest failed rank reported it (its status, its reason naming
     the rank), or None where no rank left a report. That rank's failure is the cause; its peers'
-    errors, their collectives failing, are the consequence."""
+    errors, their collectives failing, are the consequence. `consume` removes the reports."""
     reports = read_rank_reports(run_dir, case.id)
+    if consume:
+        clear_rank_reports(run_dir)
     if not reports:
         return None
     rank = min(reports)
     return reports[rank].replace(case=case, reason=f"rank {rank}: {reports[rank].reason}")
 
 
-def clear_inflight(run_dir: Path) -> None:
-    """Remove RUN_DIR/inflight and the ranks' reports."""
-    for path in [Path(run_dir) / INFLIGHT_FILE, *Path(run_dir).glob(f"{INFLIGHT_FILE}-rank*.json")]:
+def clear_rank_reports(run_dir: Path) -> None:
+    """Remove the ranks' reports (RUN_DIR/inflight-rankN.json)."""
+    for path in Path(run_dir).glob(f"{RANK_REPORT_PREFIX}*.json"):
         path.unlink(missing_ok=True)
 
 
@@ -191,14 +148,24 @@ class ResultsWriter:
 
 @dataclass
 class Run:
-    """A run read back: its environment, its results (typed, in file order) and load warnings."""
+    """A run read back: its manifest (env.json, suite.toml), its results (typed, in file order)
+    and load warnings."""
 
     path: Path
-    env: dict[str, Any]
+    manifest: RunManifest
     results: list[CaseResult]
     warnings: list[str] = field(default_factory=list)
-    suite_text: str | None = None
     source: str = "run directory"  # or "baseline", "pytest-benchmark"
+
+    @property
+    def env(self) -> dict[str, Any]:
+        """The env.json object."""
+        return self.manifest.env
+
+    @property
+    def suite_text(self) -> str | None:
+        """The resolved suite.toml, where the run has one."""
+        return self.manifest.suite_text
 
     def by_id(self) -> dict[str, CaseResult]:
         """Results keyed by case id; a later line for the same id wins (as after --resume)."""
@@ -211,20 +178,11 @@ class Run:
     @property
     def identity(self) -> DeviceIdentity:
         """The device and software the run recorded."""
-        return DeviceIdentity.from_env(self.env)
+        return self.manifest.identity
 
     def suite_table(self, name: str) -> dict[str, Any] | None:
         """A table ([check], [numerics]) of the suite this run recorded, if any."""
-        if not self.suite_text:
-            return None
-        try:
-            doc = tomllib.loads(self.suite_text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ResultsError(f"{self.path / SUITE_FILE}: TOML syntax error: {exc}") from None
-        table = doc.get(name)
-        if table is not None and not isinstance(table, dict):
-            raise ResultsError(f"{self.path / SUITE_FILE}: {name}: must be a table ([{name}])")
-        return table
+        return self.manifest.suite_table(name, str(self.path / SUITE_FILE))
 
     @property
     def numerics_enabled(self) -> bool:
@@ -260,24 +218,6 @@ def read_results(path: Path) -> tuple[list[CaseResult], list[str]]:
     return results, problems
 
 
-def read_env(path: Path) -> dict[str, Any]:
-    """env.json as a dict; unreadable, invalid or non-object JSON is a ResultsError naming it."""
-    data = read_json_file(path, "env.json")
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: not a JSON object")
-    return data
-
-
-def read_json_file(path: Path, what: str = "file") -> Any:
-    """Parse a JSON file; unreadable or invalid JSON is a ResultsError naming the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
-
-
 def load_run(path: str | os.PathLike[str]) -> Run:
     """A run directory, or a bare results.jsonl (env.json and suite.toml then read beside it).
 
@@ -300,12 +240,4 @@ def load_run(path: str | os.PathLike[str]) -> Run:
             [],
             [f"{RESULTS_FILE} is missing: the run stopped before any case finished"],
         )
-    env = read_env(run_dir / ENV_FILE) if (run_dir / ENV_FILE).is_file() else {}
-    suite_path = run_dir / SUITE_FILE
-    suite_text = None
-    if suite_path.is_file():
-        try:
-            suite_text = suite_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ResultsError(f"{suite_path}: cannot read the run's suite ({exc})") from None
-    return Run(run_dir, env, results, problems, suite_text)
+    return Run(run_dir, RunManifest.read(run_dir), results, problems)

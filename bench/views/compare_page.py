@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 
 from bench.analysis.assessment import Assessment
 from bench.analysis.compare import METRICS, CaseComparison
+from bench.results.manifest import RunManifest
 from bench.results.schema import precision_rank
 from bench.views.comparison import (
     NUMERIC_COLUMNS,
@@ -28,7 +29,7 @@ from bench.views.comparison import (
     table_rows,
 )
 from bench.views.format import MISSING
-from bench.views.svg import STYLE, color_of, to_svg
+from bench.views.svg import STYLE, color_of, precision_styles, to_svg
 
 PLOTTED_METRICS = ("throughput", "peak_memory", "divergence")
 
@@ -296,6 +297,9 @@ def render_page(assessment: Assessment, gate: bool) -> str:
         )
     ]
     ordered = assessment.ordered_cases()
+    styles = RunManifest.from_env(comp.current_env).styles()
+    with precision_styles(styles.merged(RunManifest.from_env(comp.base_env).styles())):
+        sections = plot_sections(assessment)
     context = {
         "title": title,
         "banner_class": banner,
@@ -304,7 +308,7 @@ def render_page(assessment: Assessment, gate: bool) -> str:
         "alerts": device_lines(assessment, gate)[2:],
         "thresholds": assessment.config.describe(),
         "finding_groups": [(h, f) for h, f in groups if f],
-        "sections": plot_sections(assessment),
+        "sections": sections,
         "headers": TABLE_HEADERS,
         "numeric": NUMERIC_COLUMNS,
         "rows": [

@@ -25,11 +25,13 @@ from markupsafe import Markup
 from bench.analysis import series
 from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, RunAnalysis, analyze
-from bench.results.rundir import Run, load_run, output_error, write_text_atomic
+from bench.results.files import output_error, write_text_atomic
+from bench.results.rundir import Run, load_run
 from bench.results.schema import FAILURES, CaseResult
 from bench.views import format as fmt
 from bench.views import plots
 from bench.views.markdown import summary_markdown
+from bench.views.svg import precision_styles
 
 log = logging.getLogger(__name__)
 
@@ -587,7 +589,8 @@ def render_html(
 ) -> str:
     """The report as one HTML string."""
     analysis = analysis if analysis is not None else analyze(run.results)
-    context = build_context(run, analysis, csv_name)
+    with precision_styles(run.manifest.styles()):
+        context = build_context(run, analysis, csv_name)
     return _environment().get_template(TEMPLATE).render(**context)
 
 

@@ -8,15 +8,19 @@ per figure with `rc_context`, so importing this changes no global matplotlib set
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import matplotlib
 from matplotlib.figure import Figure
+
+from bench.results.manifest import PrecisionStyles
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: selectable, searchable, small
@@ -34,21 +38,12 @@ STYLE = {
     "legend.frameon": False,
     "lines.markersize": 4,
 }
-# Fixed colours so a precision looks the same in every figure; amp_* and its pure-dtype twin share
-# a hue, the pure one dashed.
-PRECISION_COLORS = {
-    "fp32": "#222222",
-    "tf32": "#8c8c8c",
-    "amp_fp16": "#1f77b4",
-    "fp16": "#1f77b4",
-    "amp_bf16": "#2ca02c",
-    "bf16": "#2ca02c",
-    "fp8": "#9467bd",
-    "fp8_rowwise": "#9467bd",
-    "mxfp8": "#d62790",
-}
+# A precision's colour and line style are its mode's (bench.engine.modes: the same in every
+# figure; an amp mode and its pure-dtype twin share a hue, the pure one dashed), recorded in the
+# run's manifest; a page renders under `precision_styles(...)` of its runs. A precision no run
+# described gets a stable colour from this spare palette.
 EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-DASHED = ("fp16", "bf16", "fp8_rowwise")
+_STYLES: ContextVar[PrecisionStyles | None] = ContextVar("precision_styles", default=None)
 VERDICT_COLORS = {
     "ok": "#4c9a2a",
     "baseline": "#555555",
@@ -82,22 +77,36 @@ def literal(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
+@contextlib.contextmanager
+def precision_styles(styles: PrecisionStyles) -> Iterator[None]:
+    """Figures drawn inside use these precisions' colours and line styles."""
+    token = _STYLES.set(styles)
+    try:
+        yield
+    finally:
+        _STYLES.reset(token)
+
+
 def color_of(mode: str) -> str:
-    """The colour of a mode's precision ("bf16 +compile" is bf16's); unknown precisions get a
-    stable one from the spare palette."""
-    precision = mode.partition(" +")[0]
-    if precision in PRECISION_COLORS:
-        return PRECISION_COLORS[precision]
+    """The colour of a mode's precision ("bf16 +compile" and "bf16 ddp2" are bf16's); a
+    precision no run described gets a stable one from the spare palette."""
+    precision = mode.split(" ")[0]
+    style = _current_styles().get(precision)
+    if style is not None:
+        return style.color
     digest = int(hashlib.sha1(precision.encode()).hexdigest(), 16)
     return EXTRA_COLORS[digest % len(EXTRA_COLORS)]
 
 
 def linestyle_of(mode: str) -> str:
     """Dotted under torch.compile, dashed for a pure low-precision dtype, solid otherwise."""
-    precision, _, compiled = mode.partition(" +")
-    if compiled:
+    if mode.endswith(" +compile"):
         return ":"
-    return "--" if precision in DASHED else "-"
+    return "--" if _current_styles().dashed(mode.split(" ")[0]) else "-"
+
+
+def _current_styles() -> PrecisionStyles:
+    return _STYLES.get() or PrecisionStyles()
 
 
 _TAG = re.compile(r"<[^>]+>")

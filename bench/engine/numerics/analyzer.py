@@ -35,7 +35,7 @@ from bench.engine.numerics.passes import (
     run_training,
 )
 from bench.engine.numerics.verdicts import inference_verdict, training_verdict
-from bench.engine.parallel import current_rank, mean_over_ranks, wrap_model
+from bench.engine.parallel import SingleDevice, current_rank, layout_for
 from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.runner import first_line
 from bench.engine.suite import Suite
@@ -105,7 +105,7 @@ class NumericsAnalyzer:
             self._cache.clear()  # one model's references at a time: they can be large
             self._model = case.model
         kind = "train" if case.workload == "train" else "infer"
-        if case.parallel is not None:  # a data-parallel training case: its own passes
+        if layout_for(case).data_parallel:  # a data-parallel training case: its own passes
             return dict(
                 self._memo(
                     ("numerics", kind, case.numerics_key),
@@ -233,15 +233,10 @@ class NumericsAnalyzer:
         in the deterministic pass context (uncached: a trace holds a copy of the gradients).
         For a data-parallel `case`, on every rank at once, laid out and reduced as the case is:
         each rank its own batches, the loss the mean over the ranks (the global batch's)."""
-        if case is None:
-            batches = self._batches(spec, "train").batches
-            wrap = None
-        else:
-            batches = self._batches(spec, "train", current_rank()).batches
-
-            def wrap(model: torch.nn.Module) -> torch.nn.Module:
-                return wrap_model(model, case, self.device)[0]
-
+        layout = SingleDevice() if case is None else layout_for(case)
+        # Each rank of a data-parallel pass trains on its own part of the global batch.
+        rank = current_rank() if layout.data_parallel else None
+        batches = self._batches(spec, "train", rank).batches
         name = f"numerics: {label}"
         self._phase(name, 0, len(batches))
         with self._pass(mode):
@@ -251,10 +246,9 @@ class NumericsAnalyzer:
                 self.device,
                 batches,
                 on_step=lambda step, total: self._phase(name, step, total),
-                wrap=wrap,
+                layout=layout,
             )
-        if case is not None:
-            trace.loss = mean_over_ranks(trace.loss)
+        trace.loss = layout.mean_losses(trace.loss)
         return trace
 
     def _training_reference(self, spec: ModelSpec, case: Case | None = None) -> dict[str, Any]:

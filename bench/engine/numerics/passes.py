@@ -21,7 +21,7 @@ from bench.engine.device import Device
 from bench.engine.modes import BASELINE_MODE
 from bench.engine.modes.base import PrecisionMode, PreparedModel
 from bench.engine.numerics.activations import activation_ranges
-from bench.engine.parallel import all_ranks_agree, full_tensor, local_tensor
+from bench.engine.parallel import Layout, SingleDevice, full_tensor, local_tensor
 
 # The reference fp32 is judged against where it is affordable (METHODS rule 12: PyTorch's same()).
 # Not a mode a suite can name (it is not in bench.engine.modes' registry).
@@ -140,14 +140,14 @@ def run_training(
     batches: list[dict[str, torch.Tensor]],
     gradients: bool = True,
     on_step: Callable[[int, int], None] | None = None,
-    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    layout: Layout | None = None,
 ) -> TrainingTrace:
     """Train a copy for len(batches) steps, one batch per step; stop at the first NaN/inf.
 
-    `wrap` makes the copy data-parallel (bench.engine.parallel.wrap_model): the steps then call
-    what it returns, the gradients compared are the reduced ones, and every decision to stop
-    is taken by all ranks together (a rank stopping alone would leave its peers' collectives
-    unmatched).
+    A data-parallel `layout` (bench.engine.parallel) wraps the copy as the timed case is
+    wrapped: the steps then call what it returns, the gradients compared are the reduced ones,
+    and every decision to stop is taken by all ranks together (a rank stopping alone would leave
+    its peers' collectives unmatched).
 
     NaN/inf in the loss, in the gradients (modes without a GradScaler: with one, a non-finite
     gradient is a skipped step, which is the scaler's job) or in the weights after the optimizer
@@ -156,8 +156,9 @@ def run_training(
     prepared = working_copy(pristine, mode, device, "train")
     model = prepared.model
     model.train()
-    module = wrap(model) if wrap is not None else model  # before the optimizer: FSDP2 shards
-    agree = all_ranks_agree if wrap is not None else None
+    layout = layout or SingleDevice()
+    module, _ = layout.wrap(model, device)  # before the optimizer: FSDP2 shards in place
+    agree = layout.agree
     optimizer = mode.make_optimizer(model, device)
     scaler = mode.make_grad_scaler(device)
     trace = TrainingTrace(names=parameter_names(model))
