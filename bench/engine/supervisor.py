@@ -133,7 +133,6 @@ class SpawnedChild:
     """A worker process started by multiprocessing's spawn (no fork: CUDA cannot be forked),
     talking over a pipe. `target(conn, *args)` runs in it."""
 
-
     def __init__(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
@@ -172,7 +171,6 @@ class TorchrunChild:
     in a private directory and then answers cases like a spawned worker (bench.engine.rankworker).
     torchrun runs in a session of its own, so Ctrl-C reaches this process only, which then
     stops torchrun and every rank under it."""
-
 
     def __init__(
         self,
