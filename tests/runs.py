@@ -6,10 +6,14 @@ units (CUDA memory method on GPU environments, VmHWM on CPU ones).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import random
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +159,36 @@ def mpbench(*argv: str) -> int:
     from bench.cli.main import main
 
     return main(list(argv))
+
+
+@dataclass
+class Ran:
+    """What an mpbench command did: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*argv: str, cwd: Path | None = None) -> Ran:
+    """An mpbench command in this process, its output captured as a user would see it: the exit
+    code the console script would exit with (argparse's own exits included), stdout and stderr.
+    In-process: no interpreter to start and no torch to import again (seconds per command)."""
+    from bench.cli.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(argv))
+            except SystemExit as exc:  # argparse: --help, bad flags
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(previous)
+    return Ran(code, stdout.getvalue(), stderr.getvalue())
 
 
 def mpbench_command() -> list[str]:

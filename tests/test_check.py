@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,12 @@ import pytest
 from runs import (
     A100,
     H100,
+    Ran,
+    cli,
     edit_results,
     fixture_cases,
     make_env,
     mpbench,
-    mpbench_command,
     scale_timing,
     write_run,
 )
@@ -309,11 +309,9 @@ def test_baseline_save_and_pick_by_device(
 # ---------------------------------------------------------------------------------------------
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess, to see exactly what a CI log would show."""
-    return subprocess.run(
-        [*mpbench_command(), *argv], capture_output=True, text=True, timeout=120, check=False
-    )
+def run_cli(*argv: str) -> Ran:
+    """The CLI with its output captured: exactly what a CI log would show."""
+    return cli(*argv)
 
 
 def test_corrupt_and_missing_inputs_exit_2_with_one_line(base_run: Path, tmp_path: Path) -> None:

@@ -8,13 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def mpbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m bench` as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+from runs import cli as mpbench  # in this process: a user's view, without an interpreter start
 
 
 def test_run_writes_env_suite_and_results(tiny_suite_path: Path, tmp_path: Path) -> None:
@@ -31,6 +25,8 @@ def test_run_writes_env_suite_and_results(tiny_suite_path: Path, tmp_path: Path)
         "--batch-sizes",
         "2",
         "--no-report",
+        "--isolate",
+        "none",  # worker processes are tests/test_reliability.py's
     )
     assert proc.returncode == 0, proc.stderr
     env = json.loads((out / "env.json").read_text())
@@ -123,7 +119,11 @@ def test_env_prints_json() -> None:
 
 
 def test_help_lists_the_commands() -> None:
-    proc = mpbench("--help")
+    """`python -m bench`, the real entry point, in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0
     for command in ("run", "list", "env"):
         assert command in proc.stdout
 
@@ -178,6 +178,8 @@ def test_run_with_a_local_checkpoint(tmp_path: Path) -> None:
         "--out",
         str(out),
         "--no-report",
+        "--isolate",
+        "none",
     )
     assert proc.returncode == 0, proc.stderr
     (line,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

@@ -61,7 +61,7 @@ def test_the_sweep_total_adds_steps_numerics_first_cases_and_workers() -> None:
     suite = parse_suite(SUITE)
     cases = suite.cases("cuda:0")
     got = estimate.estimate_sweep(suite, cases, "cuda", RATES, isolate="model")
-    steps = (4 + 10) / 2 + 20
+    steps = (4 + 10) / 2 + 20 + 1  # expected warm-up, timed steps, the FLOP count's step
     total = 0.0
     for case in cases:
         step = estimate.step_estimate_s(suite, case, RATES, "cuda")

@@ -391,7 +391,20 @@ def test_mpbench_run_writes_numerics(tmp_path: Path) -> None:
     )
     out = tmp_path / "run"
     assert (
-        main(["run", str(suite_path), "--device", "cpu", "--out", str(out), "-q", "--no-report"])
+        main(
+            [
+                "run",
+                str(suite_path),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "-q",
+                "--no-report",
+                "--isolate",
+                "none",
+            ]
+        )
         == 0
     )
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

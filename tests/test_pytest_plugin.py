@@ -30,6 +30,7 @@ seq_lens = [16]
 [timing]
 warmup = 1
 iterations = 8
+max_warmup = 3
 
 [numerics]
 train_steps = 4

@@ -4,8 +4,11 @@ synchronizes, fp32 that is not repeatable), and the command's output and exit co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,66 @@ from bench.results.rundir import load_run
 CPU = Device(torch.device("cpu"))
 
 
-def test_the_device_checks_pass_here_and_write_selfcheck_json(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def scripted_work() -> Iterator[None]:
+    """A clock that only work moves: every matmul the timer check runs takes exactly 5 ms of it.
+    A busy machine cannot move it; a timer that measures the wrong interval still fails."""
+    now = [0.0]
+
+    def step_of(device: Device, n: int, dtype: torch.dtype) -> Callable[[], None]:
+        def step() -> None:
+            now[0] += 0.005
+
+        return step
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "perf_counter", lambda: now[0])
+        patch.setattr(selfcheck, "square_matmul", step_of)
+        yield
+
+
+def test_the_timer_check_passes_a_timer_that_tells_the_truth() -> None:
+    with scripted_work():
+        result = selfcheck.check_timer(CPU)
+    assert result.status == "PASS" and result.figures["ratio"] == 1.0
+
+
+def overhead_of(ratios: list[float]) -> Callable[..., selfcheck.OverheadResult]:
+    """loop_overhead's result with these per-round ratios (the check's rule, not the timing)."""
+
+    def measured(device: Device, suite: Any, rounds: int = 12, steps: int = 8) -> Any:
+        return selfcheck.OverheadResult("gpt2-tiny/train/fp32/bs8/seq64", 4, 8, 0.01, 0.01, ratios)
+
+    return measured
+
+
+@pytest.mark.parametrize(
+    ("ratios", "status"), [([1.0, 1.02, 0.99, 1.01], "PASS"), ([1.3, 1.25, 1.35, 1.2], "FAIL")]
+)
+def test_the_loop_overhead_check_holds_its_limit(monkeypatch, ratios, status) -> None:
+    monkeypatch.setattr(selfcheck, "loop_overhead", overhead_of(ratios))
+    assert selfcheck.check_overhead(CPU).status == status
+
+
+def test_the_loop_overhead_measures_both_loops_on_one_model() -> None:
+    """The real measurement, with no limit asserted: timing here is the machine's, not ours."""
+    result = selfcheck.loop_overhead(CPU, selfcheck.overhead_suite(batch_size=2), rounds=2, steps=2)
+    assert len(result.round_ratios) == 2 and all(r > 0 for r in result.round_ratios)
+    assert result.mpbench_median_s > 0 and result.hand_median_s > 0
+
+
+def test_the_device_checks_pass_here_and_write_selfcheck_json(tmp_path: Path, monkeypatch) -> None:
+    """Every device check end to end through the CLI; the two that compare timings against a
+    limit run on the scripted clock (their rules are tested above), so a busy machine cannot
+    fail this."""
+    real_timer = selfcheck.check_timer
+
+    def timer_on_scripted_work(device: Device) -> selfcheck.CheckResult:
+        with scripted_work():
+            return real_timer(device)
+
+    monkeypatch.setattr(selfcheck, "check_timer", timer_on_scripted_work)
+    monkeypatch.setattr(selfcheck, "loop_overhead", overhead_of([1.0, 1.01, 0.99, 1.0]))
     out = tmp_path / "sc"
     assert mpbench("selfcheck", "--no-suite", "--device", "cpu", "--out", str(out)) == 0
     report = json.loads((out / "selfcheck.json").read_text())

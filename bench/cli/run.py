@@ -377,7 +377,7 @@ def _estimate(
     cases = [c for c in suite.cases(device.name, shard) if skip_reason(suite, device, c) is None]
     if rates is None:
         rates = measure_rates(device, needed_dtypes(cases))
-    return estimate_sweep(suite, cases, device.type, rates, isolate)
+    return estimate_sweep(suite, cases, device.type, rates, isolate, device)
 
 
 def _dry_run(suite: Any, device: Any, isolate: str, console: Any, shard: Any = None) -> int:

@@ -6,12 +6,15 @@ The model, per case (constants below, measured on the machines named there):
 
     step_s  = max(flops / (rate[dtype] * MATMUL_EFFICIENCY),  n_layer * HOST_S_PER_LAYER)
               * the mode's eager_gpu_slowdown on a GPU without torch.compile (fp8: torchao's casts)
-    case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations) * step_s
-              + numerics steps * step_s * NUMERICS_SLOWDOWN
+    case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations + 1 FLOP-count step) * step_s
               + compile_s when compiled
               + a worker's start-up, once per model (--isolate model) or per case
+    once per model, workload and precision: its numerics pass, numerics steps * step_s at the
+    numerics shape * NUMERICS_SLOWDOWN
     first case of each model and workload: + FIRST_CASE_S and the fp32 reference's numerics steps
     (twice: the noise floor runs fp32 again)
+    a case on a reference kernel (bench.engine.budget): its step predicted from the kernel's
+    rate, and only the steps the slow-kernel budget lets it time (none when it is not timed)
 
 flops is `analytic_flops` (matmul-class FLOPs, within 1% of torch's counter on the presets);
 rate[dtype] the matmul rate measured on this device (bench.engine.rates, a few ms per dtype);
@@ -27,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 
+from bench.engine.budget import TimingPlan, plan_timing, predicted_step_s, slow_case_count
 from bench.engine.device import Device
 from bench.engine.flops import analytic_flops
 from bench.engine.modes import BASELINE_MODE, PRECISION_MODES
@@ -157,29 +161,47 @@ def estimate_sweep(
     device_type: str,
     rates: dict[str, MatmulRate],
     isolate: str = "model",
+    device: Device | None = None,
 ) -> SweepEstimate:
     """The estimated wall time of running `cases` (module docstring: the model) with workers
-    started as --isolate says."""
+    started as --isolate says. With the `device`, cases whose precision runs on a reference
+    kernel there cost what the slow-kernel budget lets them time (bench.engine.budget)."""
     numerics = NumericsConfig.from_table(suite.tables.get("numerics", {}), suite.source)
-    timing = suite.timing
-    steps = (timing.warmup + timing.warmup_cap) / 2 + timing.iterations
+    slow_cases = slow_case_count(suite, device) if device is not None else 0
     per_model: dict[str, float] = {}
     notes = []
     seen_groups: set[tuple[str, str]] = set()
+    seen_passes: set[tuple[str, str, str]] = set()  # a pass serves eager and compiled alike
     unknown = set()
     for case in cases:
-        step_s = step_estimate_s(suite, case, rates, device_type)
+        step_s = _step_s(suite, case, rates, device_type, device)
         if step_s is None:
             unknown.add(PRECISION_MODES[case.precision].compute_dtype)
             continue
-        case_s = CASE_OVERHEAD_S[device_type] + steps * step_s
-        if numerics.enabled and case.workload != "generate" and not case.compiled:
-            pass_steps = numerics.train_steps if case.workload == "train" else INFER_NUMERICS_STEPS
-            case_s += pass_steps * step_s * NUMERICS_SLOWDOWN
-            group = (case.model, case.workload)
+        case_s = CASE_OVERHEAD_S[device_type]
+        plan = (
+            plan_timing(suite, device, case, slow_cases)
+            if device is not None
+            else TimingPlan(suite.timing)
+        )
+        if plan.skip_reason is None:
+            timing = plan.timing
+            steps = (timing.warmup + timing.warmup_cap) / 2 + timing.iterations
+            steps += 1 if suite.flops.enabled else 0  # the FLOP count runs one step
+            case_s += steps * step_s
+        kind = "train" if case.workload == "train" else "infer"
+        if numerics.enabled:
+            pass_steps = numerics.train_steps if kind == "train" else INFER_NUMERICS_STEPS
+            at_pass = replace(case, workload=kind, **_numerics_shape(suite, numerics))
+            if (case.model, kind, case.numerics_key) not in seen_passes:  # once per model,
+                seen_passes.add((case.model, kind, case.numerics_key))  # workload and precision
+                pass_step_s = _step_s(suite, at_pass, rates, device_type, device) or step_s
+                case_s += pass_steps * pass_step_s * NUMERICS_SLOWDOWN
+            group = (case.model, kind)
             if group not in seen_groups:
                 seen_groups.add(group)
-                reference = _fp32_step_s(suite, case, rates, device_type) or step_s
+                fp32_pass = replace(at_pass, precision=BASELINE_MODE.name)
+                reference = _step_s(suite, fp32_pass, rates, device_type, device) or step_s
                 repeats = 2 if numerics.noise_floor else 1
                 case_s += FIRST_CASE_S[device_type]
                 case_s += repeats * pass_steps * reference * NUMERICS_SLOWDOWN
@@ -193,7 +215,24 @@ def estimate_sweep(
     return SweepEstimate(len(cases), sum(per_model.values()), per_model, rates, notes)
 
 
-def _fp32_step_s(
-    suite: Suite, case: Case, rates: dict[str, MatmulRate], device_type: str
+def _numerics_shape(suite: Suite, numerics: NumericsConfig) -> dict[str, int]:
+    """The batch size and sequence length the numerics passes run at (bench.engine.numerics)."""
+    return {
+        "batch_size": numerics.batch_size or min(suite.sweep.batch_sizes),
+        "seq_len": numerics.seq_len or min(suite.sweep.seq_lens),
+    }
+
+
+def _step_s(
+    suite: Suite,
+    case: Case,
+    rates: dict[str, MatmulRate],
+    device_type: str,
+    device: Device | None,
 ) -> float | None:
-    return step_estimate_s(suite, replace(case, precision=BASELINE_MODE.name), rates, device_type)
+    """One step's seconds: on a reference kernel, the budget's own prediction (it knows the
+    kernel's rate); else FLOPs over the measured matmul rate, held at the host floor."""
+    kernel = PRECISION_MODES[case.precision].slow_kernel(device) if device is not None else None
+    if kernel is not None:
+        return predicted_step_s(suite, case, kernel)
+    return step_estimate_s(suite, case, rates, device_type)

@@ -150,6 +150,14 @@ def matmul_weights(spec: ModelSpec) -> int:
     return sum(_matmul_weights(spec))
 
 
+def layer_matmul_share(spec: ModelSpec) -> float:
+    """The transformer layers' share of the matmul weights (the rest is the output head): the
+    share of a step's matmul FLOPs that a precision converting only the layers' Linear modules
+    (fp8) runs in its own kernels, attention aside."""
+    body, head = _matmul_weights(spec)
+    return body / (body + head)
+
+
 def _layers_width(spec: ModelSpec) -> tuple[int, int]:
     config = spec.config()
     if spec.family == "gpt2":

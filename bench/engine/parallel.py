@@ -118,8 +118,10 @@ def init_process_group(device: Device, launch: Launch, timeout_s: float) -> str:
 
 
 def destroy_process_group() -> None:
-    """Leave the process group (a no-op when none is up)."""
+    """Leave the process group (a no-op when none is up), all ranks together: a rank tearing its
+    side down while a peer still uses the group can abort that peer (gloo: SIGABRT at exit)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

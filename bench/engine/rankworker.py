@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     device.activate()
     backend = init_process_group(device, launch, args.case_timeout)
     if not launch.leader:
-        return follow_sweep(device, launch)
+        code = follow_sweep(device, launch)
+        destroy_process_group()
+        return code
     manifest = RunManifest.read(args.run_dir)
     suite = parse_suite(manifest.suite_text or "", str(args.run_dir / SUITE_FILE))
     local = InProcessExecutor(suite, device, runner_factory())

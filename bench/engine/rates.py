@@ -20,6 +20,7 @@ from bench.engine.runner import measure_steps
 
 MATMUL_DTYPES = compute_dtypes()  # fp32, tf32, bf16, fp16, fp8: the peak table's keys
 CALL_TARGET_S = 0.02  # a call this long is timed well by either timer
+SLOW_CALL_FACTOR = 10
 LARGEST_N = {"cuda": 8192, "cpu": 1024}
 
 
@@ -48,18 +49,25 @@ def calibrated_size(
     """The matrix size for a rate: doubled from 256 until one call takes `target_s` or
     `largest` is reached (a CPU's fp16 matmul is 100x slower than its fp32 one: a fixed size
     would take minutes there, or be too small to time elsewhere)."""
+    return _calibrate(make, device, largest, target_s)[0]
+
+
+def _calibrate(
+    make: Callable[[int], Callable[[], Any]], device: Device, largest: int, target_s: float
+) -> tuple[int, float]:
+    """calibrated_size, and the seconds of the last call it timed at that size."""
     n = 256
-    while n < largest:
+    while True:
         step = make(n)
         step()
         device.synchronize()
         t0 = time.perf_counter()
         step()
         device.synchronize()
-        if time.perf_counter() - t0 >= target_s:
-            break
+        call_s = time.perf_counter() - t0
+        if call_s >= target_s or n >= largest:
+            return n, call_s
         n *= 2
-    return n
 
 
 def measure_matmul(
@@ -78,6 +86,10 @@ def measure_matmul(
 
     # Under the mode's own flags: TF32 on for tf32 only, exact fp32 for the rest.
     with mode.global_state(device):
-        n = calibrated_size(make, device, LARGEST_N["cuda" if device.is_cuda else "cpu"], target_s)
-        seconds = time_per_call_s(make(n), device, iterations)
+        largest = LARGEST_N["cuda" if device.is_cuda else "cpu"]
+        n, seconds = _calibrate(make, device, largest, target_s)
+        # A call 10x longer than wanted at the smallest size (a reference kernel: torch's CPU
+        # float8 matmul on some CPUs takes 0.6 s at 256^3) is timed well enough already.
+        if seconds < SLOW_CALL_FACTOR * target_s:
+            seconds = time_per_call_s(make(n), device, iterations)
     return MatmulRate(dtype, n, 2 * n**3 / seconds / 1e12)

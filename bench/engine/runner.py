@@ -17,6 +17,7 @@ through it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import statistics
 import time
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from bench.engine import workloads
+from bench.engine.budget import TimingPlan, plan_timing, slow_case_count
 from bench.engine.device import Device, MemoryReading
 from bench.engine.execution import Eager, Execution, execution_for
 from bench.engine.flops import count_flops
@@ -204,6 +206,7 @@ class CaseRunner:
         # memory window.
         self.numerics = numerics
         self._pristine: tuple[str, torch.nn.Module] | None = None
+        self._slow_cases: int | None = None  # cases on a reference kernel here (budget.py)
         # This process runs the cases: make the device current here (CUDA events record on the
         # current device's stream), never in a parent that only hands cases to workers.
         device.activate()
@@ -215,8 +218,14 @@ class CaseRunner:
         case of that model, so all precisions start from identical weights (METHODS rule 9)."""
         if self._pristine is None or self._pristine[0] != spec.name:
             self._pristine = None  # drop the previous model before building the next
+            gc.unfreeze()  # ... and let the collector see it again
             self.device.free_memory()
             self._pristine = (spec.name, spec.build(self.suite.info.seed))
+            # What lives now (torch, transformers, this model) lives until the next model: out
+            # of every later collection's way. Each case's memory window collects garbage twice,
+            # and a full collection over all of it costs ~0.2 s (a third of a tiny case).
+            gc.collect()
+            gc.freeze()
         return self._pristine[1]
 
     def input_seed(self, case: Case, batch_index: int = 0) -> int:
@@ -241,9 +250,15 @@ class CaseRunner:
         reason = self.skip_reason(case)
         if reason is not None:
             return CaseResult(case, "skipped", reason, started_at=started_at, wall_s=0.0)
+        plan = self.timing_plan(case)
+        if plan.skip_reason is not None:  # a reference kernel here: numerics, no timing
+            numerics = self.numerics(case, phase) if self.numerics is not None else None
+            details = {"timing_budget": plan.budget}
+            wall_s = time.perf_counter() - t0
+            return CaseResult(case, "skipped", plan.skip_reason, numerics=numerics, details=details, started_at=started_at, wall_s=wall_s)  # fmt: skip
         measured = failed = None
         try:
-            measured = self.measure(case, phase)
+            measured = self.measure(case, phase, plan)
         except Exception as exc:  # one case's failure must not end the sweep
             failed = failure(case, exc)
         # Freed here, after the except block has dropped the traceback that pins the tensors.
@@ -255,8 +270,18 @@ class CaseRunner:
             case, self.tokens_per_sample(case), numerics, started_at, time.perf_counter() - t0
         )
 
-    def measure(self, case: Case, phase: PhaseCallback = no_phase) -> Measurement:
+    def timing_plan(self, case: Case) -> TimingPlan:
+        """What to time of the case: the suite's timing, unless its precision runs on a
+        reference kernel here (bench.engine.budget)."""
+        if self._slow_cases is None:
+            self._slow_cases = slow_case_count(self.suite, self.device)
+        return plan_timing(self.suite, self.device, case, self._slow_cases)
+
+    def measure(
+        self, case: Case, phase: PhaseCallback = no_phase, plan: TimingPlan | None = None
+    ) -> Measurement:
         """Everything timed about a case, in its memory window (raises on a failure)."""
+        plan = plan or TimingPlan(self.suite.timing)
         mode = PRECISION_MODES[case.precision]
         phase("building", None, None)
         # Built (once per model) outside the window: it is not this case's memory.
@@ -265,8 +290,8 @@ class CaseRunner:
             with self.prepare(case) as prepared:
                 flops = self.count_flops(case, prepared, phase)
                 compile_s = prepared.execution.first_call(prepared.step, self.device, phase, memory)
-                steps = self.time_steps(prepared, phase)
-                details = self.details(prepared, steps, phase)
+                steps = self.time_steps(prepared, phase, plan.timing)
+                details = self.details(prepared, steps, phase, plan)
                 losses = _losses(steps.outputs) if case.workload == "train" else None
                 # The case's model, optimizer state, inputs and outputs die here, before the
                 # window closes and long before the numerics pass: nothing of this case may sit
@@ -361,10 +386,15 @@ class CaseRunner:
             None,
         )
 
-    def time_steps(self, prepared: PreparedCase, phase: PhaseCallback = no_phase) -> MeasuredSteps:
+    def time_steps(
+        self,
+        prepared: PreparedCase,
+        phase: PhaseCallback = no_phase,
+        timing: TimingConfig | None = None,
+    ) -> MeasuredSteps:
         """Warm up until steady, then time each step (and read the GPU's telemetry over them);
         a GradScaler's scale after the warm-up is kept, to count the timed steps it skipped."""
-        timing = self.suite.timing
+        timing = timing or self.suite.timing
         scales: list[float] = []
         after_warmup = None
         if prepared.scaler is not None:
@@ -384,13 +414,22 @@ class CaseRunner:
         return measured
 
     def details(
-        self, prepared: PreparedCase, steps: MeasuredSteps, phase: PhaseCallback = no_phase
+        self,
+        prepared: PreparedCase,
+        steps: MeasuredSteps,
+        phase: PhaseCallback = no_phase,
+        plan: TimingPlan | None = None,
     ) -> dict[str, Any]:
         """What the case records beside its figures: the mode's settings, what preparing did,
-        the caveat, the GradScaler's state, and what the layout measures after the timed steps."""
+        the caveat (and what the slow-kernel budget cut), the GradScaler's state, and what the
+        layout measures after the timed steps."""
         mode = prepared.mode
         details = {**mode.describe(), **prepared.details, "parameters": prepared.parameters}
-        caveat = mode.caveat(self.device, prepared.execution.compiled)
+        caveats = [mode.caveat(self.device, prepared.execution.compiled)]
+        if plan is not None and plan.budget is not None:
+            details["timing_budget"] = plan.budget
+            caveats.append(plan.caveat)
+        caveat = "; ".join(c for c in caveats if c)
         if caveat:
             details["caveat"] = caveat
         if prepared.scaler is not None:

@@ -72,6 +72,15 @@ def square_matmul(device: Device, n: int, dtype: torch.dtype) -> Callable[[], An
 
 
 @dataclass(frozen=True)
+class SlowKernel:
+    """This device runs a mode's matmuls with a reference kernel, not a fast one: how fast it
+    went, and the sentence that says so (bench.engine.budget decides what to time then)."""
+
+    flops_per_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class PrecisionMode:
     """How one precision runs: parameter dtype, autocast dtype, TF32, loss scaling; and its facts."""
 
@@ -138,6 +147,11 @@ class PrecisionMode:
 
     def caveat(self, device: Device, compiled: bool) -> str | None:
         """What a reader must know about this mode's figures on this device, or None."""
+        return None
+
+    def slow_kernel(self, device: Device) -> SlowKernel | None:
+        """Whether this device runs the mode's matmuls on a reference kernel (None: a real one,
+        as for every built-in mode but fp8 on some CPUs)."""
         return None
 
     def inference_context(self) -> contextlib.AbstractContextManager[object]:

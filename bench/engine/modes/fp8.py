@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 
 from bench.engine.device import Device
-from bench.engine.modes.base import PrecisionMode, PreparedModel, copy_in_dtype
+from bench.engine.modes.base import PrecisionMode, PreparedModel, SlowKernel, copy_in_dtype
 
 INSTALL = "pip install 'torchao>=0.18' (a dependency of mpbench: reinstalling mpbench brings it)"
 CPU_CAVEAT = (
@@ -70,6 +71,36 @@ def torchao_reason(name: str) -> str | None:
     except ImportError as exc:
         return f"{name} needs torchao's float8 ({exc}); {INSTALL}"
     return None
+
+
+# A CPU whose float8 matmul runs below this fraction of its fp32 matmul's rate runs a reference
+# kernel (torch 2.13 on an Intel Xeon with AMX: a 256x128x128 _scaled_mm in ~150 ms, 1/1000 of
+# fp32; on an AMD EPYC with avx512_bf16 ~0.3 ms, a third of fp32).
+REFERENCE_KERNEL_FRACTION = 1 / 50
+PROBE_SHAPE = (128, 128, 128)  # M, K, N: small, so a reference kernel costs ~40 ms to find
+
+
+@functools.cache
+def cpu_kernel_rates() -> tuple[float, float]:
+    """(fp8, fp32) FLOP/s of a small matmul on this CPU: the median of three calls each, after
+    one untimed call (cached: once per process)."""
+    m, k, n = PROBE_SHAPE
+    a8 = torch.randn(m, k).to(torch.float8_e4m3fn)
+    b8 = torch.randn(n, k).to(torch.float8_e4m3fn).t()
+    a32, b32 = torch.randn(m, k), torch.randn(k, n)
+    one = torch.ones(())
+
+    def rate(call: Callable[[], Any]) -> float:
+        call()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return 2 * m * n * k / max(sorted(times)[1], 1e-9)
+
+    fp8 = rate(lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+    return fp8, rate(lambda: a32 @ b32)
 
 
 @functools.cache
@@ -223,6 +254,20 @@ class Float8Training(PrecisionMode):
     def cpu_reason(self, device: Device) -> str | None:
         """Why this mode cannot run on a CPU: only when this torch has no float8 matmul there."""
         return cpu_float8_matmul_reason()
+
+    def slow_kernel(self, device: Device) -> SlowKernel | None:
+        """On a CPU whose float8 matmul is a reference kernel (REFERENCE_KERNEL_FRACTION of
+        fp32's rate or less): its rate and why. GPUs gate fp8 on real tensor cores."""
+        if device.is_cuda or self.cpu_reason(device) is not None:
+            return None
+        fp8, fp32 = cpu_kernel_rates()
+        if fp8 > fp32 * REFERENCE_KERNEL_FRACTION:
+            return None
+        return SlowKernel(
+            fp8,
+            f"torch's CPU float8 matmul here is a reference kernel ({fp8 / 1e9:.3g} GFLOP/s, "
+            f"1/{fp32 / fp8:.0f} of fp32's)",
+        )
 
     def _gpu_inference(self, device: Device, workload: str) -> bool:
         return device.is_cuda and workload != "train"

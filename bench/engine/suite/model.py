@@ -54,6 +54,11 @@ class Timing:
     coldest). It stops at `max_warmup` steps (never fewer than `warmup`) steady or not, and the
     result records how many it ran and whether it settled. A case whose timed steps spread more
     than `unstable_cv` (stdev / mean, pyperf's 10%) is flagged unstable.
+
+    `slow_kernel_budget_s` bounds the seconds a sweep spends timing cases whose precision runs
+    on a reference kernel here (torch's CPU float8 matmul on some CPUs: 500x slower than fp32),
+    shared evenly by those cases: each times what its share allows, or nothing (skipped with
+    the reason, its numerics pass kept). bench.engine.budget has the rule.
     """
 
     warmup: int = 2
@@ -62,6 +67,7 @@ class Timing:
     steady_window: int = 5
     steady_tolerance: float = 0.05
     unstable_cv: float = 0.10
+    slow_kernel_budget_s: float = 120.0
 
     @property
     def warmup_cap(self) -> int:

@@ -121,6 +121,9 @@ class TimingTable(_Table):
     steady_window: AtLeastTwo = _key("an integer >= 2")
     steady_tolerance: Fraction = _key("a number between 0 and 1")
     unstable_cv: Fraction = _key("a number between 0 and 1")
+    slow_kernel_budget_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = _key(
+        "a non-negative number of seconds"
+    )
 
 
 class FlopsTable(_Table):

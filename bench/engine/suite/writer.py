@@ -13,6 +13,10 @@ from typing import Any
 
 from bench.engine.models import ModelSpec
 
+# Keys added after suites were first written: at their default they are left out, so a suite
+# that could be written before keeps its text and its hash.
+NEWER_TIMING_KEYS = ("slow_kernel_budget_s",)
+
 
 def resolved_toml(suite: Any) -> str:
     """The TOML text of `suite` (a bench.engine.suite.model.Suite), models written as given."""
@@ -22,7 +26,7 @@ def resolved_toml(suite: Any) -> str:
     sweep = replace(suite.sweep, models=tuple(_model_ref(s) for s in suite.models))
     lines += _toml_items(sweep)
     lines += ["", "[timing]"]
-    lines += _toml_items(suite.timing)
+    lines += _toml_items(suite.timing, omit_at_default=NEWER_TIMING_KEYS)
     lines += ["", "[flops]", f"enabled = {toml_value(suite.flops.enabled)}"]
     if suite.flops.peak_tflops:
         lines.append(f"peak_tflops = {toml_value(suite.flops.peak_tflops)}")
@@ -49,9 +53,14 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def _toml_items(obj: Any) -> list[str]:
-    """`key = value` for every field of a table's dataclass, in declaration order."""
-    return [f"{f.name} = {toml_value(getattr(obj, f.name))}" for f in fields(obj)]
+def _toml_items(obj: Any, omit_at_default: tuple[str, ...] = ()) -> list[str]:
+    """`key = value` for every field of a table's dataclass, in declaration order; a key named
+    in `omit_at_default` only where it differs from its default."""
+    return [
+        f"{f.name} = {toml_value(getattr(obj, f.name))}"
+        for f in fields(obj)
+        if f.name not in omit_at_default or getattr(obj, f.name) != f.default
+    ]
 
 
 def _model_ref(spec: ModelSpec) -> str:
