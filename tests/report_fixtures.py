@@ -18,7 +18,7 @@ from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "smoke-run"
 OK_PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16")
-# The engine's reason on an A100 (bench.engine.fp8's gate; tests/test_fp8.py checks the wording).
+# The engine's reason on an A100 (bench.engine.modes.fp8's gate; tests/test_fp8.py checks the wording).
 SKIPPED = {
     "fp8": "fp8 needs compute capability >= 8.9 (Ada, Hopper) for fp8 tensor cores; "
     "NVIDIA A100-SXM4-40GB has 8.0",

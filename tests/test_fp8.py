@@ -1,4 +1,4 @@
-"""fp8 through torchao (bench.engine.fp8): GPT-2's Conv1D swap, the module filter, the gates,
+"""fp8 through torchao (bench.engine.modes.fp8): GPT-2's Conv1D swap, the module filter, the gates,
 the GPU inference path (faked), MX conversion, fp8 activation ranges, and the one `prepare`
 that timing and numerics share."""
 

@@ -38,7 +38,7 @@ def test_cpu_support_and_reasons() -> None:
     reasons = {name: mode.unsupported_reason(CPU) for name, mode in PRECISION_MODES.items()}
     assert reasons["tf32"] == "tf32 needs a CUDA GPU with compute capability >= 8.0; found cpu"
     assert "compute capability >= 10.0" in reasons["mxfp8"] and "emulate" in reasons["mxfp8"]
-    # fp8 runs on this CPU through torch's CPU _scaled_mm (bench.engine.fp8), with a caveat.
+    # fp8 runs on this CPU through torch's CPU _scaled_mm (bench.engine.modes.fp8), with a caveat.
     assert {n for n, r in reasons.items() if r is None} == set(PRECISION_MODES) - {"tf32", "mxfp8"}
     caveats = {n: m.caveat(CPU, compiled=False) for n, m in PRECISION_MODES.items()}
     assert {n for n, c in caveats.items() if c} == {"fp8", "fp8_rowwise", "mxfp8"}
@@ -172,10 +172,31 @@ def test_global_state_restores_after_an_exception() -> None:
     assert _globals() == before
 
 
-def test_the_results_schema_knows_every_mode_and_workload() -> None:
-    """The schema's names (which every view sorts by) are the engine's, in the same order."""
+def test_the_fallback_display_order_agrees_with_the_modes() -> None:
+    """Runs that recorded no display order (older ones, pytest-benchmark files) sort by the
+    schema's list: it names modes only, in their order. A new mode need not be added to it:
+    its runs record its order."""
     from bench.engine.workloads import WORKLOADS
     from bench.results import schema
 
-    assert tuple(PRECISION_MODES) == schema.PRECISIONS
+    assert [p for p in PRECISION_MODES if p in schema.PRECISIONS] == list(schema.PRECISIONS)
     assert tuple(WORKLOADS) == schema.WORKLOADS
+
+
+def test_a_run_shows_its_modes_in_their_recorded_order_and_colours() -> None:
+    """What a run recorded decides the order and colour of its modes (a mode unknown to this
+    version of mpbench included), not a table in the views."""
+    from bench.results.manifest import PrecisionStyle, PrecisionStyles
+    from bench.results.schema import precision_rank
+    from bench.views.svg import color_of, linestyle_of
+
+    recorded = PrecisionStyles(
+        [PrecisionStyle(m.name, m.order, m.color, m.dashed) for m in PRECISION_MODES.values()]
+        + [PrecisionStyle("fp6", 55, "#123456", True, "fp8")]  # between fp16 and fp8
+    )
+    names = ["fp8", "fp6", "fp32", "bf16"]
+    with recorded.shown():
+        assert sorted(names, key=precision_rank) == ["fp32", "bf16", "fp6", "fp8"]
+        assert color_of("fp6 +compile") == "#123456" and linestyle_of("fp6") == "--"
+        assert color_of("fp32") == PRECISION_MODES["fp32"].color
+    assert sorted(names, key=precision_rank) == ["fp32", "bf16", "fp8", "fp6"]  # fp6 unknown: last

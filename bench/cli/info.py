@@ -50,8 +50,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"--out: {args.run_dir} is a {run.source} file, not a run directory; name the HTML "
             "file to write (results.csv and summary.md go beside it)"
         )
-    analysis = analyze(run.results)
-    path = render_report(run, args.out, analysis)
+    with run.manifest.styles().shown():  # the run's own order and colours for its modes
+        analysis = analyze(run.results)
+        path = render_report(run, args.out, analysis)
     if args.json is not None:
         write_output(args.json, report_json(analysis))
     print(f"report: {path}", file=sys.stderr if args.json == "-" else sys.stdout)

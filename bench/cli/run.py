@@ -456,6 +456,11 @@ def show_run(out: Path, console: Any, render: bool, exit_code: int) -> int:
     if not run.results:
         console.print("no case finished: no tables and no report")
         return exit_code
+    with run.manifest.styles().shown():  # the run's own order and colours for its modes
+        return _show(run, out, console, render, exit_code)
+
+
+def _show(run: Any, out: Path, console: Any, render: bool, exit_code: int) -> int:
     analysis = analyze(run.results)
     console.print(terminal.results_table(analysis))
     if analysis.groups:

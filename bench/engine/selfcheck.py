@@ -240,16 +240,17 @@ def check_mode(device: Device, name: str, steps: int = 3) -> CheckResult:
         wrong = mode.took_effect(device, prepared.model, prepared.details)
         if wrong:
             return CheckResult(check, FAIL, f"the mode did not take effect: {wrong}")
-        for _ in range(steps):  # warm-up: lazy init, autotuning, the first GradScaler steps
+        if not device.is_cuda:  # one real step proves the mode trains; the rest is CUDA's
             prepared.step()
-        device.synchronize()
-        if not device.is_cuda:
             return CheckResult(
                 check,
                 PASS,
                 "took effect (dtypes, layers); host-sync check needs CUDA (skipped on a CPU)",
                 {"sync_checked": False},
             )
+        for _ in range(steps):  # warm-up: lazy init, autotuning, the first GradScaler steps
+            prepared.step()
+        device.synchronize()
         try:
             with sync_debug_error(device):
                 for _ in range(steps):

@@ -16,7 +16,10 @@ read the precision modes' facts without importing the engine.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 from bench.errors import ResultsError
 from bench.results.files import read_json_file, write_json, write_text_atomic
 from bench.results.identity import DeviceIdentity
+from bench.results.schema import display_order
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,9 +40,6 @@ SUITE_FILE = "suite.toml"
 # env.json keys the manifest types; every other key is environment, kept as written.
 _SHAPE_KEYS = ("suite", "suite_sha256", "device", "shard", "world_size", "backend", "isolate")
 _PRECISIONS_KEY = "precisions"
-# A colour for a mode a run did not describe (runs written before modes recorded their facts,
-# pytest-benchmark files), in display order.
-FALLBACK_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 @dataclass(frozen=True)
@@ -216,12 +217,24 @@ class RunManifest:
 
 
 class PrecisionStyles:
-    """Display facts by precision name, as recorded by runs; a precision no run described
-    (older runs, pytest-benchmark files) sorts after the described ones by name and takes a
-    colour of its own from FALLBACK_COLORS."""
+    """Display facts by precision name, as recorded by runs. `shown()` makes them the ones in
+    use while a run is analysed and drawn: precisions sort by their recorded order
+    (bench.results.schema.precision_rank) and plots take their colours (bench.views.svg). A
+    precision no run described (older runs, pytest-benchmark files) keeps the documented order
+    and a spare colour."""
 
     def __init__(self, styles: tuple[PrecisionStyle, ...] | list[PrecisionStyle] = ()) -> None:
         self._by_name = {s.name: s for s in styles}
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[PrecisionStyles]:
+        """These styles in use inside (their order for sorting, their colours for plots)."""
+        token = _SHOWN.set(self)
+        try:
+            with display_order({name: s.order for name, s in self._by_name.items()}):
+                yield self
+        finally:
+            _SHOWN.reset(token)
 
     def merged(self, other: PrecisionStyles) -> PrecisionStyles:
         """These styles, with the other run's for the precisions these lack."""
@@ -231,22 +244,15 @@ class PrecisionStyles:
         """The recorded style of a precision, if any."""
         return self._by_name.get(precision)
 
-    def rank(self, precision: str) -> tuple[int, int, str]:
-        """Sort key: recorded order first, then unknown names alphabetically."""
-        style = self._by_name.get(precision)
-        return (0, style.order, precision) if style else (1, 0, precision)
-
-    def color(self, precision: str, others: list[str] | None = None) -> str:
-        """The precision's colour: recorded, else a fallback colour by its place among `others`
-        (the undescribed precisions of the same figure)."""
-        style = self._by_name.get(precision)
-        if style is not None:
-            return style.color
-        unknown = sorted(p for p in (others or [precision]) if p not in self._by_name)
-        index = unknown.index(precision) if precision in unknown else 0
-        return FALLBACK_COLORS[index % len(FALLBACK_COLORS)]
-
     def dashed(self, precision: str) -> bool:
         """Drawn dashed (a pure-dtype twin of an amp mode)."""
         style = self._by_name.get(precision)
         return bool(style and style.dashed)
+
+
+_SHOWN: ContextVar[PrecisionStyles | None] = ContextVar("precision_styles_shown", default=None)
+
+
+def shown_styles() -> PrecisionStyles:
+    """The styles in use (`PrecisionStyles.shown`); none recorded outside one."""
+    return _SHOWN.get() or PrecisionStyles()

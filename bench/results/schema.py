@@ -30,9 +30,11 @@ Schema history (bump SCHEMA_VERSION on any change a reader must know about):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -44,7 +46,8 @@ SCHEMA_VERSION = 5
 STATUSES = ("ok", "skipped", "oom", "error", "crashed", "timeout")
 # The statuses that mean something broke (oom and skipped are outcomes, not faults).
 FAILURES = ("error", "crashed", "timeout")
-# Precision modes in the order every view shows them (bench.engine.precision defines them).
+# Precision modes in the order views show them where a run did not record its modes' order
+# (bench.engine.modes defines each mode, with its order; a run records it in env.json).
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16", "bf16", "fp16", "fp8", "fp8_rowwise", "mxfp8")
 BASELINE_PRECISION = "fp32"  # what every speedup, saving and divergence is measured against
 WORKLOADS = ("train", "infer", "generate")
@@ -60,11 +63,30 @@ REDUCE_DTYPES = ("fp32", "bf16", "fp16")
 TIMING_METHODS = ("cuda-events", "perf-counter", "pytest-benchmark")
 
 
-def precision_rank(precision: str) -> tuple[int, str]:
-    """Sort key: the documented precision order, unknown names after it alphabetically."""
+# The display order of the run being shown, where it recorded its modes' (bench.results.manifest
+# sets it with `display_styles`): precision name -> order.
+_DISPLAY_ORDER: ContextVar[dict[str, int] | None] = ContextVar("display_order", default=None)
+
+
+def precision_rank(precision: str) -> tuple[int, int, str]:
+    """Sort key: the order the shown run recorded for its modes, else the documented precision
+    order; unknown names after both, alphabetically."""
+    recorded = _DISPLAY_ORDER.get() or {}
+    if precision in recorded:
+        return (0, recorded[precision], precision)
     if precision in PRECISIONS:
-        return (PRECISIONS.index(precision), precision)
-    return (len(PRECISIONS), precision)
+        return (1, PRECISIONS.index(precision), precision)
+    return (2, 0, precision)
+
+
+@contextlib.contextmanager
+def display_order(order: dict[str, int]) -> Iterator[None]:
+    """Inside, precisions sort by `order` (a run's recorded display order) where it names them."""
+    token = _DISPLAY_ORDER.set(order)
+    try:
+        yield
+    finally:
+        _DISPLAY_ORDER.reset(token)
 
 
 def workload_rank(workload: str) -> tuple[int, str]:

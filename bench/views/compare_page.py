@@ -29,7 +29,7 @@ from bench.views.comparison import (
     table_rows,
 )
 from bench.views.format import MISSING
-from bench.views.svg import STYLE, color_of, precision_styles, to_svg
+from bench.views.svg import STYLE, color_of, to_svg
 
 PLOTTED_METRICS = ("throughput", "peak_memory", "divergence")
 
@@ -298,7 +298,7 @@ def render_page(assessment: Assessment, gate: bool) -> str:
     ]
     ordered = assessment.ordered_cases()
     styles = RunManifest.from_env(comp.current_env).styles()
-    with precision_styles(styles.merged(RunManifest.from_env(comp.base_env).styles())):
+    with styles.merged(RunManifest.from_env(comp.base_env).styles()).shown():
         sections = plot_sections(assessment)
     context = {
         "title": title,

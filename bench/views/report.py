@@ -31,7 +31,6 @@ from bench.results.schema import FAILURES, CaseResult
 from bench.views import format as fmt
 from bench.views import plots
 from bench.views.markdown import summary_markdown
-from bench.views.svg import precision_styles
 
 log = logging.getLogger(__name__)
 
@@ -588,8 +587,8 @@ def render_html(
     run: Run, analysis: RunAnalysis | None = None, csv_name: str | None = CSV_FILE
 ) -> str:
     """The report as one HTML string."""
-    analysis = analysis if analysis is not None else analyze(run.results)
-    with precision_styles(run.manifest.styles()):
+    with run.manifest.styles().shown():  # the run's own order and colours for its modes
+        analysis = analysis if analysis is not None else analyze(run.results)
         context = build_context(run, analysis, csv_name)
     return _environment().get_template(TEMPLATE).render(**context)
 

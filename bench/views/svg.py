@@ -8,19 +8,17 @@ per figure with `rc_context`, so importing this changes no global matplotlib set
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import re
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import matplotlib
 from matplotlib.figure import Figure
 
-from bench.results.manifest import PrecisionStyles
+from bench.results.manifest import shown_styles
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: selectable, searchable, small
@@ -40,10 +38,9 @@ STYLE = {
 }
 # A precision's colour and line style are its mode's (bench.engine.modes: the same in every
 # figure; an amp mode and its pure-dtype twin share a hue, the pure one dashed), recorded in the
-# run's manifest; a page renders under `precision_styles(...)` of its runs. A precision no run
-# described gets a stable colour from this spare palette.
+# run's manifest; a run is shown under its styles (`PrecisionStyles.shown`, set by the CLI). A
+# precision no run described gets a stable colour from this spare palette.
 EXTRA_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-_STYLES: ContextVar[PrecisionStyles | None] = ContextVar("precision_styles", default=None)
 VERDICT_COLORS = {
     "ok": "#4c9a2a",
     "baseline": "#555555",
@@ -77,21 +74,11 @@ def literal(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-@contextlib.contextmanager
-def precision_styles(styles: PrecisionStyles) -> Iterator[None]:
-    """Figures drawn inside use these precisions' colours and line styles."""
-    token = _STYLES.set(styles)
-    try:
-        yield
-    finally:
-        _STYLES.reset(token)
-
-
 def color_of(mode: str) -> str:
     """The colour of a mode's precision ("bf16 +compile" and "bf16 ddp2" are bf16's); a
     precision no run described gets a stable one from the spare palette."""
     precision = mode.split(" ")[0]
-    style = _current_styles().get(precision)
+    style = shown_styles().get(precision)
     if style is not None:
         return style.color
     digest = int(hashlib.sha1(precision.encode()).hexdigest(), 16)
@@ -102,11 +89,7 @@ def linestyle_of(mode: str) -> str:
     """Dotted under torch.compile, dashed for a pure low-precision dtype, solid otherwise."""
     if mode.endswith(" +compile"):
         return ":"
-    return "--" if _current_styles().dashed(mode.split(" ")[0]) else "-"
-
-
-def _current_styles() -> PrecisionStyles:
-    return _STYLES.get() or PrecisionStyles()
+    return "--" if shown_styles().dashed(mode.split(" ")[0]) else "-"
 
 
 _TAG = re.compile(r"<[^>]+>")
