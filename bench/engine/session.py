@@ -76,7 +76,7 @@ def new_manifest(
             "shard": str(shard) if shard else None,
             "world_size": world_size,
             "backend": backend if world_size is not None else None,
-            "precisions": [mode.display() for mode in PRECISION_MODES.values()],
+            "precisions": [mode.display().to_dict() for mode in PRECISION_MODES.values()],
         },
         suite.to_toml(),
     )

@@ -31,6 +31,7 @@ import torch
 from bench.engine import workloads
 from bench.engine.device import Device
 from bench.engine.flags import GlobalFlags, exact_fp32, set_tf32, tf32_state
+from bench.results.manifest import PrecisionStyle
 
 _TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 _TORCH_DTYPES["fp16"] = torch.float16
@@ -197,15 +198,9 @@ class PrecisionMode:
             "grad_scaler": self.grad_scaler,
         }
 
-    def display(self) -> dict[str, Any]:
-        """The facts a run records for its views (bench.results.manifest.PrecisionStyle)."""
-        return {
-            "name": self.name,
-            "order": self.order,
-            "color": self.color,
-            "dashed": self.dashed,
-            "compute_dtype": self.compute_dtype,
-        }
+    def display(self) -> PrecisionStyle:
+        """The facts a run records for its views (its manifest's `precisions`)."""
+        return PrecisionStyle(self.name, self.order, self.color, self.dashed, self.compute_dtype)
 
     def matmul(self, device: Device, n: int) -> Callable[[], Any]:
         """An n x n x n matmul as this mode's compute dtype runs it (bench.engine.rates times it,
