@@ -346,23 +346,25 @@ def _as_rank(args: argparse.Namespace, suite: Any, launch: Any, shard: Any, cons
     )
     code = EXIT_RANK_LOST
     try:
-        if not launch.leader:
+        if launch.leader:
+            out = args.resume or args.out or _default_out(suite, shard)
+            options = RunOptions(
+                execution,
+                skip_larger=not args.no_skip_larger,
+                resume=args.resume is not None,
+                shard=shard,
+            )
+            code = _sweep(suite, device, out, options, console, not args.no_report)
+        else:
             code = follow_sweep(device, launch)
-            return code
-        out = args.resume or args.out or _default_out(suite, shard)
-        options = RunOptions(
-            execution,
-            skip_larger=not args.no_skip_larger,
-            resume=args.resume is not None,
-            shard=shard,
-        )
-        code = _sweep(suite, device, out, options, console, not args.no_report)
-        return code
     finally:
         # After a lost rank the group's teardown could wait on collectives that never end: the
         # process exit cleans up instead.
         if code != EXIT_RANK_LOST:
             parallel.destroy_process_group()
+    if launch.launched:
+        parallel.exit_rank(code)
+    return code
 
 
 def _estimate(

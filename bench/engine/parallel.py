@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -123,6 +124,16 @@ def destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> None:
+    """End a torchrun rank now, its work done and its output flushed, without the interpreter's
+    teardown: C++ destructors of the distributed and profiler libraries then race their own
+    background threads and can abort a rank that finished cleanly ("terminate called without an
+    active exception", SIGABRT), which torchrun reports as a failed launch."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def current_rank() -> int:

@@ -28,6 +28,7 @@ from bench.engine.executors import (
 from bench.engine.parallel import (
     Launch,
     destroy_process_group,
+    exit_rank,
     init_process_group,
     rank_device,
 )
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not launch.leader:
         code = follow_sweep(device, launch)
         destroy_process_group()
-        return code
+        exit_rank(code)
     manifest = RunManifest.read(args.run_dir)
     suite = parse_suite(manifest.suite_text or "", str(args.run_dir / SUITE_FILE))
     local = InProcessExecutor(suite, device, runner_factory())
@@ -69,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     if group.broken is not None:
         # The group lost a rank: tearing it down could wait on collectives that never end. The
         # case is reported; leave, and torchrun stops the others.
-        os._exit(EXIT_RANK_LOST)
+        exit_rank(EXIT_RANK_LOST)
     group.close()
     destroy_process_group()
+    exit_rank(0)
     return 0
 
 
