@@ -233,6 +233,7 @@ def test_timing_and_numerics_share_the_modes_prepare(monkeypatch: pytest.MonkeyP
     assert result.numerics["verdict"] in ("ok", "warn")
 
 
+@pytest.mark.slow
 def test_compiled_cases(tmp_path: Path) -> None:
     """--compile: distinct ids, the compiling first call timed apart, generate not compiled."""
     suite = parse_suite(

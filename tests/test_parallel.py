@@ -186,6 +186,7 @@ def test_scaling_efficiency_against_the_one_rank_case() -> None:
 # -- in one process: a one-rank group -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ddp1_and_fsdp1_run_without_torchrun(tmp_path: Path) -> None:
     """`--parallel` without torchrun: a one-rank gloo group in this process (scaling baseline)."""
     for strategy in ("ddp", "fsdp"):
@@ -225,6 +226,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_run_from_the_issue(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     proc = torchrun(
@@ -257,6 +259,7 @@ def test_torchrun_ddp_run_from_the_issue(tmp_path: Path) -> None:
     assert run.results[1].numerics["verdict"] in ("ok", "warn")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "low"), [("fsdp", "amp_bf16"), ("ddp", "bf16")])
 def test_torchrun_reduce_dtypes_with_verdicts(tmp_path: Path, strategy: str, low: str) -> None:
     """fsdp: MixedPrecisionPolicy(reduce_dtype); ddp: the communication hooks, bf16 weights
@@ -316,6 +319,7 @@ def fault_env(fault: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_a_killed_rank_crashes_its_case_and_the_run_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     victim, env = VICTIM, fault_env("kill")
@@ -338,6 +342,7 @@ def test_a_killed_rank_crashes_its_case_and_the_run_goes_on(tmp_path: Path) -> N
     assert processes_naming(out) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_torchrun_and_leaves_no_process(tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     env = {**os.environ, **fault_env("hang")}
@@ -385,6 +390,7 @@ def test_load_suite_with_parallel_flags_keeps_numerics() -> None:
     assert suite.tables.get("numerics") is not None
 
 
+@pytest.mark.slow
 def test_a_hung_rank_times_out_its_case_and_the_run_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "hung"
     victim, env = VICTIM, fault_env("hang")
@@ -450,6 +456,7 @@ def test_collective_time_counts_nccl_kernels_not_their_launches(monkeypatch) -> 
     assert seconds == pytest.approx(600e-6 / 2) and "NCCL kernel" in method
 
 
+@pytest.mark.slow
 def test_out_of_memory_on_one_rank_is_recorded_as_oom(tmp_path: Path) -> None:
     """Rank 1 fails alone (as one GPU running out of memory would): it leaves its result and
     exits; rank 0's collectives fail; the case is `oom` with rank 1's reason, and larger batches

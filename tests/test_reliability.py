@@ -78,6 +78,7 @@ def statuses(out: Path) -> dict[str, str]:
     return {r.case.id: r.status for r in load_run(out).results}
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(
     suite_path: Path, tmp_path: Path
 ) -> None:
@@ -99,6 +100,7 @@ def test_sigkilled_worker_is_crashed_and_the_sweep_goes_on(
     assert crashed.reason == "worker killed by SIGKILL during the case"
 
 
+@pytest.mark.slow
 def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: Path) -> None:
     victim = "gpt2-tiny/infer/fp32/bs1/seq16"
     out = tmp_path / "run"
@@ -119,6 +121,7 @@ def test_hung_case_times_out_and_the_sweep_goes_on(suite_path: Path, tmp_path: P
     assert set(got.values()) == {"ok"} and len(got) == 3
 
 
+@pytest.mark.slow
 def test_memory_cap_gives_oom_then_larger_batches_are_predicted(tmp_path: Path, suite_path) -> None:
     out = tmp_path / "run"
     proc = run(
@@ -160,6 +163,7 @@ def test_oom_prediction_can_be_turned_off() -> None:
     assert OomLimits(enabled=False).predict(large) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "code", "isolate"),
     [(signal.SIGINT, 130, "model"), (signal.SIGTERM, 143, "model"), (signal.SIGTERM, 143, "none")],
@@ -322,6 +326,7 @@ def test_an_interrupted_max_batch_search_writes_the_finished_ones(
     assert "interrupted" in console.export_text()
 
 
+@pytest.mark.slow
 def test_find_max_batch_end_to_end_with_a_memory_cap(suite_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run(
@@ -360,6 +365,7 @@ def test_cuda_errors_that_poison_the_context_replace_the_worker() -> None:
     assert not poisons_context(CaseResult(case, "oom", "CUDA out of memory"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isolate", ["none", "case"])
 def test_other_isolation_modes_run_the_same_cases(
     suite_path: Path, tmp_path: Path, isolate: str

@@ -75,6 +75,7 @@ def test_the_loop_overhead_measures_both_loops_on_one_model() -> None:
     assert result.mpbench_median_s > 0 and result.hand_median_s > 0
 
 
+@pytest.mark.slow
 def test_the_device_checks_pass_here_and_write_selfcheck_json(tmp_path: Path, monkeypatch) -> None:
     """Every device check end to end through the CLI; the two that compare timings against a
     limit run on the scripted clock (their rules are tested above), so a busy machine cannot
