@@ -144,7 +144,7 @@ def test_bad_checkpoint_directories_exit_2_without_traceback(tmp_path: Path) -> 
     cases = {
         str(tmp_path / "missing"): "no such checkpoint directory",
         str(not_model): "not a model directory (no config.json)",
-        str(t5): "model_type 't5' is not supported",
+        str(t5): "model_type 't5' is neither a causal nor a masked",
         str(pickled): "mpbench loads safetensors only (never arbitrary pickle)",
         "someorg/some-model": "mpbench never downloads",
     }

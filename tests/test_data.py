@@ -10,12 +10,13 @@ import torch
 from bench.engine.data import (
     has_tokenizer,
     make_batches,
-    mask_for_mlm,
     random_stream,
     stable_seed,
     token_stream,
 )
+from bench.engine.families import CAUSAL_LM, MASKED_LM
 from bench.engine.models import PRESETS, ModelSpec
+from bench.engine.workloads import mask_for_mlm
 
 GPT = PRESETS["gpt2-tiny"]
 BERT = PRESETS["bert-tiny"]
@@ -39,7 +40,9 @@ def test_batches_are_consecutive_windows_of_the_stream(tmp_path: Path) -> None:
 
 
 def test_bytes_wrap_modulo_vocab_and_short_text_wraps(tmp_path: Path) -> None:
-    small = ModelSpec("small", "gpt2", dict(vocab_size=100, n_layer=1, n_head=1, n_embd=8))
+    small = ModelSpec(
+        "small", "gpt2", CAUSAL_LM, dict(vocab_size=100, n_layer=1, n_head=1, n_embd=8)
+    )
     path = tmp_path / "t.txt"
     path.write_bytes(b"\xff\x00\x64")  # 255, 0, 100
     stream = token_stream(f"text:{path}", small, length=6, seed=0)
@@ -80,7 +83,7 @@ def test_checkpoint_tokenizer_is_used(tmp_path: Path) -> None:
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
     tokenizer.save_pretrained(tmp_path)
     BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1).save_pretrained(tmp_path)
-    spec = ModelSpec("ckpt", "bert", path=tmp_path)
+    spec = ModelSpec("ckpt", "bert", MASKED_LM, path=tmp_path)
     assert has_tokenizer(tmp_path) and not has_tokenizer(None)
     text = tmp_path / "text.txt"
     text.write_text("hello world numerics hello", encoding="utf-8")

@@ -39,7 +39,9 @@ def step_of(precision: str, name: str, workload: str) -> Callable[[], Any]:
         return workloads.train_step_fn(model, batch, optimizer, autocast, None)
     model.eval()
     if workload == "infer":
-        return workloads.infer_step_fn(model, batch, autocast, spec.family, mode.inference_context)
+        return workloads.infer_step_fn(
+            model, batch, autocast, spec.family.forward_kwargs(), mode.inference_context
+        )
     return workloads.generate_step_fn(model, batch, autocast, 8, mode.inference_context)
 
 

@@ -15,9 +15,9 @@ from bench.errors import ModelError
 
 def test_presets_cover_both_families_and_sizes() -> None:
     for name in ["gpt2-tiny", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b"]:
-        assert PRESETS[name].family == "gpt2"
+        assert (PRESETS[name].model_type, PRESETS[name].family.name) == ("gpt2", "causal-lm")
     for name in ["bert-tiny", "bert-mini", "bert-base", "bert-large"]:
-        assert PRESETS[name].family == "bert"
+        assert (PRESETS[name].model_type, PRESETS[name].family.name) == ("bert", "masked-lm")
     assert PRESETS["gpt2-124m"].config().n_embd == 768
     assert PRESETS["bert-large"].config().num_hidden_layers == 24
 
@@ -37,7 +37,8 @@ def test_local_checkpoint_loads_with_family_from_config(tmp_path: Path) -> None:
     ckpt = tmp_path / "my-bert"
     source.save_pretrained(ckpt, safe_serialization=True)
     spec = resolve_model(str(ckpt))
-    assert (spec.name, spec.family, spec.path) == ("my-bert", "bert", ckpt.resolve())
+    assert (spec.name, spec.model_type, spec.path) == ("my-bert", "bert", ckpt.resolve())
+    assert spec.family.name == "masked-lm"
     loaded = spec.build(seed=0)  # the seed does not matter: weights come from the file
     assert torch.equal(
         loaded.bert.encoder.layer[0].attention.self.query.weight,
@@ -55,7 +56,7 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     t5 = tmp_path / "t5"
     t5.mkdir()
     (t5 / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    with pytest.raises(ModelError, match="model_type 't5' is not supported"):
+    with pytest.raises(ModelError, match="model_type 't5' is neither a causal nor a masked"):
         resolve_model(str(t5))
     pickled = tmp_path / "pickled"
     PRESETS["gpt2-tiny"].config().save_pretrained(pickled)

@@ -120,6 +120,7 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                 "divergence_floor": _divergence_floor(
                     result, divergence[0] if divergence else None
                 ),
+                "long_position_drop_db": _long_position_drop(result),
                 "caveat": result.details.get("caveat") if result.ok else None,
                 **_quality_columns(result),
             }
@@ -172,6 +173,14 @@ def scaling_efficiency(frame: pd.DataFrame) -> pd.Series:
         if reference:
             out[index] = row.samples_per_s / (row.world_size * reference)
     return out
+
+
+def _long_position_drop(result: CaseResult) -> float | None:
+    """dB of logits SQNR a rotary model loses at late positions (numerics.long_positions)."""
+    check = (result.numerics or {}).get("long_positions")
+    if not isinstance(check, dict) or not check.get("run"):
+        return None
+    return _float(check.get("late_drop_db"))
 
 
 def _quality_columns(result: CaseResult) -> dict[str, Any]:
@@ -228,6 +237,7 @@ _CASE_DTYPES = {
     "divergence_metric": object,
     "divergence": "float64",
     "divergence_floor": "float64",
+    "long_position_drop_db": "float64",
     "caveat": object,
     "warmup_steps": "float64",
     "warmup_steady": object,
@@ -290,6 +300,8 @@ class ModeSummary:
     reduce_dtype: str | None = None  # data-parallel gradients reduced in
     scaling_efficiency: float | None = None  # vs the same case on one rank (data-parallel)
     comm_s_per_step: float | None = None  # time in collectives per step (data-parallel)
+    # A rotary model's logits: SQNR lost at positions 2048+ against the first 512 (numerics)
+    long_position_drop_db: float | None = None
 
     @property
     def label(self) -> str:
@@ -528,6 +540,7 @@ def _triple_numerics(group: pd.DataFrame) -> dict[str, dict[str, Any]]:
                 "divergence": _float(row.divergence),
                 "divergence_metric": _text(row.divergence_metric),
                 "divergence_floor": _float(row.divergence_floor),
+                "long_position_drop_db": _float(row.long_position_drop_db),
             },
         )
     return out
@@ -559,6 +572,7 @@ def _mode_summary(
         divergence=numerics.get("divergence"),
         divergence_metric=numerics.get("divergence_metric"),
         divergence_floor=numerics.get("divergence_floor"),
+        long_position_drop_db=numerics.get("long_position_drop_db"),
         is_baseline=precision == BASELINE_PRECISION
         and not compiled
         and reduce_dtype in (None, BASELINE_PRECISION),

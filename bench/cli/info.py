@@ -12,6 +12,7 @@ from bench.analysis.summary import analyze
 from bench.cli.output import write_output
 from bench.errors import EXIT_OK, MpbenchError
 from bench.results.inputs import INPUT_HELP, load_input
+from bench.views.format import fmt_count
 from bench.views.report import render_report, report_json
 
 
@@ -88,7 +89,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench.engine.workloads import WORKLOADS
 
     device = resolve_device(args.device)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a pipe gets whole rows
     console.print(f"Device: [bold]{device.name}[/] ({device.product_name()})")
     modes = Table("precision", "on this device", "what it does", title="Precision modes")
     for mode in PRECISION_MODES.values():
@@ -100,15 +101,29 @@ def cmd_list(args: argparse.Namespace) -> int:
             status = "[green]supported[/]" + (f" [dim]({escape(caveat)})[/]" if caveat else "")
         modes.add_row(mode.name, status, mode.summary)
     console.print(modes)
-    models = Table("model", "family", "max positions", "shape", title="Model presets")
+    models = Table(
+        "model", "family", "architecture", "parameters", "max positions", "shape", "copies",
+        title="Model presets (seeded random weights; no download)",
+    )  # fmt: skip
     for spec in PRESETS.values():
-        models.add_row(spec.name, spec.family, str(spec.max_positions), spec.summary)
+        models.add_row(
+            spec.name,
+            spec.family.name,
+            spec.model_type,
+            fmt_count(spec.parameters()),
+            str(spec.max_positions),
+            spec.summary,
+            spec.source or "-",
+        )
     console.print(models)
     table = Table("workload", "what is timed", title="Workloads")
     for name, summary in WORKLOADS.items():
         table.add_row(name, summary)
     console.print(table)
-    console.print("A local checkpoint directory (safetensors, gpt2 or bert) also works as a model.")
+    console.print(
+        "A local checkpoint directory (safetensors) of any causal or masked LM also works as a "
+        "model, as does a hub id already in the local Hugging Face cache."
+    )
     return EXIT_OK
 
 

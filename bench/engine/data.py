@@ -7,9 +7,9 @@ downloaded. Batches are consecutive windows of the token stream: batch t holds w
 t*batch_size ... (t+1)*batch_size - 1, each `seq_len` tokens long; a text shorter than the pass
 needs is read again from its start (`wrapped` says so).
 
-BERT batches are masked like `bench.engine.workloads.make_batch` masks its random ones (15% of positions,
-at least one per row, labels -100 elsewhere), with a seeded generator per batch, so every precision
-sees the same masks (METHODS rule 9).
+Masked-LM batches are masked like `bench.engine.workloads.make_batch` masks its random ones (15%
+of positions, at least one per row, labels -100 elsewhere: bench.engine.families), with a seeded
+generator per batch, so every precision sees the same masks (METHODS rule 9).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bench.engine.families import stable_seed
 from bench.engine.models import ModelSpec
-from bench.engine.workloads import mask_for_mlm, stable_seed  # noqa: F401 (re-exported)
 
 RANDOM = "random"
 TEXT_PREFIX = "text:"
@@ -114,18 +114,13 @@ def make_batches(
     count: int,
     seed: int,
 ) -> Batches:
-    """`count` batches of consecutive windows; GPT labels are the inputs (the model shifts them),
-    BERT gets MLM masks seeded per batch. Inference batches carry no labels."""
+    """`count` batches of consecutive windows; a causal LM's labels are the inputs (the model
+    shifts them), a masked LM gets MLM masks seeded per batch. Inference batches carry no
+    labels."""
     stream = token_stream(data, spec, count * batch_size * seq_len, seed)
     windows, wrapped = stream.windows(count * batch_size, seq_len)
     batches = []
     for index in range(count):
         ids = windows[index * batch_size : (index + 1) * batch_size]
-        if spec.family == "bert":
-            batch = mask_for_mlm(ids, spec, stable_seed(seed, "mlm", index), training)
-        else:
-            batch = {"input_ids": ids}
-            if training:
-                batch["labels"] = ids.clone()
-        batches.append(batch)
+        batches.append(spec.family.batch(ids, spec, stable_seed(seed, "mlm", index), training))
     return Batches(batches, stream.source, stream.tokenizer, wrapped)

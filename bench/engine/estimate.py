@@ -192,7 +192,10 @@ def estimate_sweep(
         kind = "train" if case.workload == "train" else "infer"
         if numerics.enabled:
             pass_steps = numerics.train_steps if kind == "train" else INFER_NUMERICS_STEPS
-            at_pass = replace(case, workload=kind, **_numerics_shape(suite, numerics))
+            batch_size, seq_len = numerics.pass_shape(
+                suite.sweep.batch_sizes, suite.sweep.seq_lens, suite.model(case.model).max_positions
+            )
+            at_pass = replace(case, workload=kind, batch_size=batch_size, seq_len=seq_len)
             if (case.model, kind, case.numerics_key) not in seen_passes:  # once per model,
                 seen_passes.add((case.model, kind, case.numerics_key))  # workload and precision
                 pass_step_s = _step_s(suite, at_pass, rates, device_type, device) or step_s
@@ -213,14 +216,6 @@ def estimate_sweep(
     if unknown:
         notes.append(f"no matmul rate for {', '.join(sorted(unknown))}: those cases not counted")
     return SweepEstimate(len(cases), sum(per_model.values()), per_model, rates, notes)
-
-
-def _numerics_shape(suite: Suite, numerics: NumericsConfig) -> dict[str, int]:
-    """The batch size and sequence length the numerics passes run at (bench.engine.numerics)."""
-    return {
-        "batch_size": numerics.batch_size or min(suite.sweep.batch_sizes),
-        "seq_len": numerics.seq_len or min(suite.sweep.seq_lens),
-    }
 
 
 def _step_s(

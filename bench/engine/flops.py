@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch.utils import flop_counter
 
-from bench.engine.models import ModelSpec
+from bench.engine.models import ModelSpec, layer_blocks
 
 # Multiply-accumulates are counted as two FLOPs, everywhere.
 FLOPS_PER_MAC = 2
@@ -126,22 +126,27 @@ def _register_formulas() -> None:
 
 
 def _matmul_weights(spec: ModelSpec) -> tuple[int, int]:
-    """(body, head): weights of the matmuls in the transformer layers and in the output head."""
-    config = spec.config()
-    if spec.family == "gpt2":
-        d, vocab = int(config.n_embd), int(config.vocab_size)
-        inner = int(config.n_inner or 4 * d)
-        # c_attn (d -> 3d), attn.c_proj (d -> d), mlp.c_fc (d -> inner), mlp.c_proj (inner -> d)
-        per_layer = 3 * d * d + d * d + 2 * d * inner
-        # lm_head (d -> vocab): tied to wte, but a matmul all the same
-        return int(config.n_layer) * per_layer, d * vocab
-    d, vocab = int(config.hidden_size), int(config.vocab_size)
-    inner = int(config.intermediate_size)
-    # query, key, value, attention output (d -> d each), intermediate (d -> inner), output
-    per_layer = 4 * d * d + 2 * d * inner
-    # BertForMaskedLM has no pooler; its MLM head is a dense transform (d -> d) then the decoder
-    # over the vocabulary (d -> vocab).
-    return int(config.num_hidden_layers) * per_layer, d * d + d * vocab
+    """(body, head): weights of the matmuls in the repeated transformer layers and outside them
+    (the output head, a masked LM's head transform), read off the model's structure on the meta
+    device: every nn.Linear (in x out) and transformers' Conv1D (GPT-2). So grouped-query
+    attention (narrow k/v projections), gated MLPs (three matrices), biases-or-not and an untied
+    head are what the config makes them, for any architecture."""
+    return _weights_of(spec.skeleton())
+
+
+def _weights_of(model: torch.nn.Module) -> tuple[int, int]:
+    in_layers = {id(m) for block in layer_blocks(model) for m in block.modules()}
+    body = head = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        is_matmul = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+        if not is_matmul or weight is None:
+            continue
+        if id(module) in in_layers:
+            body += weight.numel()
+        else:
+            head += weight.numel()
+    return body, head
 
 
 def matmul_weights(spec: ModelSpec) -> int:
@@ -159,16 +164,19 @@ def layer_matmul_share(spec: ModelSpec) -> float:
 
 
 def _layers_width(spec: ModelSpec) -> tuple[int, int]:
+    """(layers, query width): the transformer layers, and heads x head size of a query (the
+    hidden size, except where a config sets head_dim apart: Gemma, Mistral); grouped-query
+    attention shares keys and values, not queries, so it does not change QK^T and AV."""
     config = spec.config()
-    if spec.family == "gpt2":
-        return int(config.n_layer), int(config.n_embd)
-    return int(config.num_hidden_layers), int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
+    return int(config.num_hidden_layers), heads * int(head_dim)
 
 
 def attention_flops(spec: ModelSpec, query_tokens: int, context_len: int) -> int:
     """QK^T and AV over all layers for `query_tokens` queries each seeing `context_len` keys:
-    2 matmuls * 2 FLOPs * layers * queries * context * width (the full matrix: sdpa computes it
-    whole, causal or not)."""
+    2 matmuls * 2 FLOPs * layers * queries * context * query width (the full matrix: sdpa
+    computes it whole, causal, sliding-window or not)."""
     layers, width = _layers_width(spec)
     return 2 * FLOPS_PER_MAC * layers * query_tokens * context_len * width
 

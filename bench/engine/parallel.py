@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from bench.engine.device import Device
+from bench.engine.models import layer_blocks
 from bench.errors import MpbenchError
 from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 
@@ -185,13 +186,6 @@ def _ddp_hook(reduce_dtype: str, grad_dtype: torch.dtype) -> tuple[Callable[...,
     if reduce_dtype == "fp16":
         return default_hooks.fp16_compress_hook, "fp16_compress_hook"
     return _reduce_in_fp32, "fp32 upcast (mpbench's hook: gradients are kept in low precision)"
-
-
-def layer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks FSDP shards one by one: the longest ModuleList (GPT-2's `h`, BERT's
-    `layer`)."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
 
 
 class SingleDevice:

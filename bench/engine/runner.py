@@ -372,7 +372,7 @@ class CaseRunner:
         if case.workload == "infer":
             return (
                 lambda m: workloads.infer_step_fn(
-                    m, batch, autocast, spec.family, mode.inference_context
+                    m, batch, autocast, spec.family.forward_kwargs(), mode.inference_context
                 ),
                 None,
                 None,

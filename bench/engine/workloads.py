@@ -2,62 +2,44 @@
 
 - train:    forward with labels, backward, AdamW step, zero_grad
 - infer:    forward without autograd, in the mode's inference context (torch.inference_mode(),
-            torch.no_grad() for fp8's Float8Linear) (GPT: prefill over the whole sequence)
+            torch.no_grad() for fp8's Float8Linear) (causal LM: prefill over the whole sequence)
 - generate: greedy token-by-token decode with the KV cache (causal LMs only)
 """
 
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from bench.engine.families import MASKED_LM, stable_seed
 from bench.engine.models import ModelSpec
 
 WORKLOADS: dict[str, str] = {
     "train": "forward with labels, backward, AdamW step, zero_grad",
     "infer": "forward pass without autograd (torch.inference_mode(); torch.no_grad() for fp8 "
-    "on a CPU) (GPT: prefill of the whole sequence)",
-    "generate": "greedy decode of new tokens with the KV cache, after a prefill (GPT only)",
+    "on a CPU) (causal LM: prefill of the whole sequence)",
+    "generate": "greedy decode of new tokens with the KV cache, after a prefill (causal LMs only)",
 }
 
-MLM_PROBABILITY = 0.15  # BERT pre-training masks 15% of positions
 LEARNING_RATE = 1e-4
 
 
 def unsupported_reason(workload: str, spec: ModelSpec) -> str | None:
     """Why `workload` cannot run on this model family, or None."""
-    if workload == "generate" and spec.family != "gpt2":
-        return f"generate needs a causal LM; {spec.name} is a masked LM ({spec.family})"
+    if workload == "generate" and not spec.family.generates:
+        return f"generate needs a causal LM; {spec.name} is a masked LM ({spec.model_type})"
     return None
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed from its parts, stable across processes (unlike hash())."""
-    return zlib.crc32("/".join(str(p) for p in parts).encode())
 
 
 def mask_for_mlm(
     input_ids: torch.Tensor, spec: ModelSpec, seed: int, with_labels: bool
 ) -> dict[str, torch.Tensor]:
-    """BERT inputs from token windows: 15% of positions masked (at least one per row), as
-    `make_batch` does (and the numerics passes, via bench.engine.data); labels (-100 where unmasked) only for training."""
-    gen = torch.Generator().manual_seed(seed)
-    masked = torch.rand(input_ids.shape, generator=gen) < MLM_PROBABILITY
-    masked[:, 0] |= ~masked.any(dim=1)  # every row predicts at least one token
-    # No attention_mask: every position is real (no padding), and an all-ones mask makes
-    # transformers check `mask.all()` on the host, a sync in every timed step.
-    batch = {
-        "input_ids": torch.where(
-            masked, torch.full_like(input_ids, spec.mask_token_id()), input_ids
-        )
-    }
-    if with_labels:
-        batch["labels"] = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
-    return batch
+    """Masked-LM inputs from token windows (bench.engine.families.MASKED_LM's batch): 15% of
+    positions masked (at least one per row); labels (-100 where unmasked) only for training."""
+    return MASKED_LM.batch(input_ids, spec, seed, with_labels)
 
 
 def make_batch(
@@ -70,17 +52,13 @@ def make_batch(
 ) -> dict[str, torch.Tensor]:
     """Seeded random tokens (same for every precision), built on the CPU then moved once.
 
-    BERT: 15% of positions masked by the seeded generator, labels -100 elsewhere; GPT: labels are
-    the inputs (the model shifts them). Inference inputs carry no labels.
+    Masked LMs: 15% of positions masked by the seeded generator, labels -100 elsewhere; causal
+    LMs: labels are the inputs (the model shifts them). Inference inputs carry no labels
+    (bench.engine.families).
     """
     gen = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen)
-    if spec.family == "bert":
-        batch = mask_for_mlm(input_ids, spec, stable_seed(seed, "mlm"), workload == "train")
-    else:
-        batch = {"input_ids": input_ids}
-        if workload == "train":
-            batch["labels"] = input_ids.clone()
+    batch = spec.family.batch(input_ids, spec, stable_seed(seed, "mlm"), workload == "train")
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -179,12 +157,12 @@ def infer_step_fn(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     autocast: Context,
-    family: str,
+    kwargs: dict[str, Any],
     no_grad: Context = torch.inference_mode,
 ) -> Callable[[], None]:
-    """One forward pass; logits are dropped so a step holds no memory after it ends. `no_grad` is
+    """One forward pass; logits are dropped so a step holds no memory after it ends. `kwargs`
+    are the family's forward arguments (a causal LM's prefill keeps no KV cache); `no_grad` is
     the precision mode's inference context (torch.inference_mode unless the mode says)."""
-    kwargs = {"use_cache": False} if family == "gpt2" else {}
 
     def step() -> None:
         with no_grad(), autocast():
@@ -201,7 +179,9 @@ def generate_step_fn(
     no_grad: Context = torch.inference_mode,
 ) -> Callable[[], None]:
     """Greedy decode of exactly `new_tokens` tokens after the prompt, with the KV cache."""
-    pad_id = model.config.eos_token_id
+    config = model.config
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    pad_id = config.pad_token_id if config.pad_token_id is not None else (eos or 0)
     attention_mask = torch.ones_like(batch["input_ids"])
 
     def step() -> None:

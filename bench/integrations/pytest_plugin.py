@@ -39,7 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--mpbench-suite",
         metavar="SUITE",
-        help="suite file (TOML) or built-in name (smoke, standard, ci, full): one benchmark test per case",
+        help="suite file (TOML) or built-in name (smoke, standard, ci, full, modern): one benchmark test per case",
     )
     group.addoption(
         "--mpbench-device",

@@ -184,7 +184,7 @@ class Case:
     """
 
     model: str
-    family: str | None
+    family: str | None  # the architecture, config.model_type (gpt2, llama, bert, ...)
     workload: str
     precision: str
     batch_size: int | None

@@ -47,6 +47,13 @@ def fmt_number(value: float | None) -> str:
     return _sig3(value)
 
 
+def fmt_count(value: int) -> str:
+    """A parameter count: 124.4M, 1.24B, 0.21M."""
+    if value >= 1e9:
+        return f"{value / 1e9:.2f}B"
+    return f"{value / 1e6:.1f}M"
+
+
 def fmt_bytes(value: float | None) -> str:
     """Binary units: 512 B, 12.0 KiB, 345 MiB, 1.50 GiB."""
     if not _finite(value):
@@ -150,6 +157,15 @@ def quality_lines(group: GroupSummary) -> list[str]:
     throttled = [m.label for m in group.modes if m.throttled]
     if throttled:
         lines.append(f"{', '.join(throttled)}: the GPU throttled (power or thermal) while timed")
+    drops = [
+        f"{m.label} {m.long_position_drop_db:+.1f} dB"
+        for m in group.modes
+        if m.long_position_drop_db is not None and not m.is_baseline
+    ]
+    if drops:
+        lines.append(
+            "rotary positions 2048+ vs the first 512, logits SQNR lost: " + ", ".join(drops)
+        )
     return lines
 
 

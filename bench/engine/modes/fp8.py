@@ -25,8 +25,8 @@ emulation of MX, so it is skipped there.
 
 Module filter (every nn.Linear, after GPT-2's Conv1D layers are turned into nn.Linear with the
 transposed weight): both dimensions divisible by 16 (the float8 matmul's rule; 32 for mxfp8) and
-not the output head tied to the input embedding. `details` records how many Linear layers (and
-parameters) run in fp8 out of how many.
+not the output head (tied or not). `details` records how many Linear layers (and parameters) run
+in fp8 out of how many.
 """
 
 from __future__ import annotations
@@ -160,15 +160,20 @@ def swap_conv1d_for_linear(model: torch.nn.Module) -> frozenset[str]:
 
 class LinearFilter:
     """torchao's module filter: an nn.Linear runs in fp8 when both its dimensions are divisible by
-    `multiple` and it is not the output head tied to the input embedding (the tied matrix is
-    also the embedding table, and the head's vocabulary dimension rarely divides)."""
+    `multiple` and it is not the output head: tied to the input embedding, the head's matrix is
+    also the embedding table; untied (Mistral's 32k, Llama-3-8B's 128k), it is the layer
+    torchtitan's float8 recipe keeps in high precision too, since the logits' error goes
+    straight into the loss."""
 
     def __init__(self, model: torch.nn.Module, multiple: int = 16) -> None:
         self.multiple = multiple
         embeddings = (
             model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         )
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self._tied = {id(embeddings.weight)} if embeddings is not None else set()
+        if isinstance(head, torch.nn.Linear):
+            self._tied.add(id(head.weight))
         self.accepted: list[str] = []
         self.linears = {
             name: module

@@ -89,14 +89,9 @@ class NumericsAnalyzer:
         # window collects and empties the cache first (a gc.collect costs ~0.2 s on a CPU).
 
     def shape(self, spec: ModelSpec) -> tuple[int, int]:
-        """(batch_size, seq_len) of the numerics pass: the config's, else the sweep's smallest."""
-        batch_size = self.config.batch_size or min(self.suite.sweep.batch_sizes)
-        seq_len = self.config.seq_len or min(self.suite.sweep.seq_lens)
-        if seq_len > spec.max_positions:
-            raise ValueError(
-                f"numerics.seq_len {seq_len} exceeds {spec.name}'s {spec.max_positions} positions"
-            )
-        return batch_size, seq_len
+        """(batch_size, seq_len) of the model's numerics passes (NumericsConfig.pass_shape)."""
+        sweep = self.suite.sweep
+        return self.config.pass_shape(sweep.batch_sizes, sweep.seq_lens, spec.max_positions)
 
     def analyze(self, case: Case) -> dict[str, Any]:
         """Numerics of a case (shared by every case of its model, workload and precision)."""
@@ -394,7 +389,9 @@ class NumericsAnalyzer:
         batches = self._batches(spec, "infer").batches
         self._phase(f"numerics: {label}", None, None)
         with self._pass(mode):
-            return run_inference(self.pristine_model(spec), mode, self.device, batches, spec.family)
+            return run_inference(
+                self.pristine_model(spec), mode, self.device, batches, spec.family.forward_kwargs()
+            )
 
     def _inference_reference(self, spec: ModelSpec) -> dict[str, Any]:
         fp32 = BASELINE_MODE
@@ -439,6 +436,8 @@ class NumericsAnalyzer:
             "noise_floor": reference["noise_floor"],
         }
         out["verdict"], out["reasons"] = inference_verdict(out, self.config)
+        if spec.rotary:  # rotary positions lose resolution late in a long sequence
+            out["long_positions"] = metrics.long_positions(reference["logits"], logits)
         return out
 
     # -- activations -------------------------------------------------------------------------
@@ -448,7 +447,7 @@ class NumericsAnalyzer:
         self._phase("numerics: activation ranges", None, None)
         with self._pass(BASELINE_MODE):
             return fp32_activation_ranges(
-                self.pristine_model(spec), self.device, batch, spec.family
+                self.pristine_model(spec), self.device, batch, spec.family.forward_kwargs()
             )
 
 

@@ -40,6 +40,16 @@ class NumericsConfig:
         validate_table(table, source)
         return replace(cls(), **{k: _clean(k, v) for k, v in table.items()})
 
+    def pass_shape(
+        self, batch_sizes: tuple[int, ...], seq_lens: tuple[int, ...], max_positions: int
+    ) -> tuple[int, int]:
+        """(batch size, sequence length) of a model's numerics passes: the table's, else the
+        sweep's smallest; the sequence at most the model's positions (one suite of RoBERTa's
+        512 and Llama's 128k positions can ask for 4096 to see rotary embeddings late)."""
+        batch_size = self.batch_size or min(batch_sizes)
+        seq_len = self.seq_len or min(seq_lens)
+        return batch_size, min(seq_len, max_positions)
+
     def thresholds(self) -> dict[str, float]:
         """The tolerances recorded with every verdict."""
         names = (

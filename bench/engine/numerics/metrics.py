@@ -8,24 +8,34 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
 GRAD_GROUPS = ("embeddings", "attention", "mlp", "norms", "head")
 
-# Parameter name -> group, first match wins. Norms come first: BERT's `embeddings.LayerNorm` and
-# `attention.output.LayerNorm` are norms, not embeddings or attention.
+# Parameter name -> group, first match wins, over the layer names of GPT-2, BERT, RoBERTa,
+# DeBERTa-v2 (`ln_1`, `LayerNorm`, `attention`, `intermediate`, `output`, `rel_embeddings`,
+# `lm_predictions`), Llama/Qwen2/Mistral/Gemma (`embed_tokens`, `self_attn`,
+# `input_layernorm`, `post_attention_layernorm`, `mlp`, `norm`, `lm_head`) and ModernBERT
+# (`tok_embeddings`, `attn`, `attn_norm`, `mlp_norm`, `final_norm`, `head`, `decoder`). Norms
+# come first: BERT's `embeddings.LayerNorm`, `attention.output.LayerNorm` and ModernBERT's
+# `head.norm` are norms, not embeddings, attention or head.
 _GROUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("norms", re.compile(r"(^|\.)(ln_\w+|LayerNorm|layer_norm|norm)(\.|$)", re.IGNORECASE)),
-    ("embeddings", re.compile(r"(^|\.)(wte|wpe|embeddings)(\.|$)")),
-    ("attention", re.compile(r"(^|\.)(attn|attention)(\.|$)")),
-    ("mlp", re.compile(r"(^|\.)(mlp|intermediate|output)(\.|$)")),
-    ("head", re.compile(r"(^|\.)(lm_head|cls|pooler)(\.|$)")),
+    (
+        "norms",
+        re.compile(r"(^|\.)(ln_\w+|\w*layer_?norm|\w*_norm|norm)(\.|$)", re.IGNORECASE),
+    ),
+    ("embeddings", re.compile(r"(^|\.)(wte|wpe|\w*embed\w*)(\.|$)")),
+    ("attention", re.compile(r"(^|\.)(\w*attn|\w*attention)(\.|$)")),
+    ("mlp", re.compile(r"(^|\.)(mlp|intermediate|output|feed_forward)(\.|$)")),
+    ("head", re.compile(r"(^|\.)(lm_head|cls|pooler|head|decoder|lm_predictions)(\.|$)")),
 )
 
 
 def parameter_group(name: str) -> str:
-    """The group of a GPT-2 or BERT parameter name (embeddings, attention, mlp, norms, head)."""
+    """The group of a parameter name (embeddings, attention, mlp, norms, head; `other` where
+    no pattern knows it)."""
     for group, pattern in _GROUP_PATTERNS:
         if pattern.search(name):
             return group
@@ -110,6 +120,43 @@ def compare_outputs(
         mode_err = _rmse(ref64, out) if finite else math.nan
         metrics["rmse_ratio"] = mode_err / floor if floor > 0 else math.inf
     return metrics
+
+
+# Rotary position embeddings lose angle resolution at large positions when cos/sin (or the
+# products with them) are rounded to a 16-bit format: compare the error at positions from
+# LONG_POSITION on with the error over the first EARLY_POSITIONS (the same logits, one pass).
+LONG_POSITION = 2048
+EARLY_POSITIONS = 512
+
+
+def long_positions(reference: torch.Tensor, result: torch.Tensor) -> dict[str, Any]:
+    """A rotary model's logits vs fp32 at late positions (LONG_POSITION and on) against early
+    ones (the first EARLY_POSITIONS), shapes [batch, seq, vocab]: SQNR, relative RMSE and top-1
+    agreement of each range, and how many dB the late range loses (`late_drop_db`). Where the
+    sequence is not longer than LONG_POSITION, `run` is false with the reason."""
+    seq_len = reference.shape[1]
+    if seq_len <= LONG_POSITION:
+        return {
+            "run": False,
+            "reason": (
+                f"needs a numerics sequence longer than {LONG_POSITION} tokens; this pass has "
+                f"{seq_len} ([numerics] seq_len)"
+            ),
+        }
+    keys = ("sqnr_db", "rel_rmse", "top1_agreement")
+    early = compare_outputs(reference[:, :EARLY_POSITIONS], result[:, :EARLY_POSITIONS])
+    late = compare_outputs(reference[:, LONG_POSITION:], result[:, LONG_POSITION:])
+    drop = None
+    if early["sqnr_db"] is not None and late["sqnr_db"] is not None:
+        drop = float(early["sqnr_db"]) - float(late["sqnr_db"])
+    return {
+        "run": True,
+        "early_positions": [0, EARLY_POSITIONS],
+        "late_positions": [LONG_POSITION, seq_len],
+        "early": {k: early[k] for k in keys},
+        "late": {k: late[k] for k in keys},
+        "late_drop_db": drop,
+    }
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -227,36 +227,35 @@ def _nan_source(
     return None
 
 
-def forward_kwargs(family: str) -> dict[str, Any]:
-    """Extra forward arguments: GPT-2 runs without its KV cache, as the infer workload does."""
-    return {"use_cache": False} if family == "gpt2" else {}
-
-
 def run_inference(
     pristine: torch.nn.Module,
     mode: PrecisionMode,
     device: Device,
     batches: list[dict[str, torch.Tensor]],
-    family: str,
+    forward_kwargs: dict[str, Any],
 ) -> torch.Tensor:
     """Logits of every batch (concatenated on the batch dimension), fp32 (fp64 for the fp64
-    reference) on the CPU, from a forward under the mode's autocast and inference context."""
+    reference) on the CPU, from a forward under the mode's autocast and inference context;
+    `forward_kwargs` are the model family's (as the infer workload passes them)."""
     model = working_copy(pristine, mode, device, "infer").model
     model.eval()
     outputs = []
     with mode.inference_context():
         for batch in batches:
             with mode.autocast(device, "infer"):
-                logits = model(**_to_device(batch, device), **forward_kwargs(family)).logits
+                logits = model(**_to_device(batch, device), **forward_kwargs).logits
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
             outputs.append(logits.to("cpu", dtype))
     return torch.cat(outputs)
 
 
 def fp32_activation_ranges(
-    pristine: torch.nn.Module, device: Device, batch: dict[str, torch.Tensor], family: str
+    pristine: torch.nn.Module,
+    device: Device,
+    batch: dict[str, torch.Tensor],
+    forward_kwargs: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """The activation range analysis on an fp32 copy (eval mode, fp32 math)."""
     model = working_copy(pristine, BASELINE_MODE, device, "infer").model
     model.eval()
-    return activation_ranges(model, _to_device(batch, device), forward_kwargs(family))
+    return activation_ranges(model, _to_device(batch, device), forward_kwargs)

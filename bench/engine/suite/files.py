@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-BUILTIN_SUITES = ("smoke", "standard", "ci", "full")
+BUILTIN_SUITES = ("smoke", "standard", "ci", "full", "modern")
 
 # The tables this module validates and the dataclass each becomes, in the order they are checked.
 _TABLES: dict[str, type] = {
@@ -164,7 +164,7 @@ def _check_lengths(models: tuple[ModelSpec, ...], sweep: Sweep, source: str) -> 
                     f"{source}: sweep.seq_lens: {seq_len} is longer than {spec.name}'s "
                     f"{limit} positions; use at most {limit}"
                 )
-            if "generate" in sweep.workloads and spec.family == "gpt2":
+            if "generate" in sweep.workloads and spec.family.generates:
                 total = seq_len + sweep.generate_new_tokens
                 if total > limit:
                     raise SuiteError(

@@ -146,7 +146,7 @@ class Suite:
                                     out.append(
                                         Case(
                                             spec.name,
-                                            spec.family,
+                                            spec.model_type,
                                             workload,
                                             precision,
                                             batch_size,
