@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.analysis.assessment import Assessment, assess, run_check
 from bench.analysis.compare import Comparison, compare_runs
+from bench.analysis.history import DEFAULT_WINDOW_RUNS, MIN_HISTORY_RUNS, check_history
 from bench.analysis.thresholds import (
     CheckConfig,
     parse_threshold_flag,
@@ -26,6 +27,7 @@ from bench.analysis.thresholds import (
 from bench.cli.output import write_file, write_output
 from bench.errors import MpbenchError, ResultsError
 from bench.results.baseline import DEFAULT_DIR, is_baseline_dir, save_baseline
+from bench.results.history import HistoryStore
 from bench.results.inputs import INPUT_HELP, load_input, load_json_input
 from bench.results.rundir import Run
 from bench.views.compare_page import render_page
@@ -49,6 +51,14 @@ thresholds come from --threshold, else the [check] table of CURRENT's suite.toml
 baseline's), else the defaults: throughput=-10 peak_memory=10 divergence=50 (percent;
 step_time is off); on CPU runs throughput=-30 and peak memory is not gated (when it is, a
 resident-set peak must also at least double or halve to count).
+
+with --history, throughput, step time and energy regress when worse than their threshold and
+a step, not between-run noise, in the series of the last --window runs with CURRENT appended:
+CURRENT outside their spread (t prediction interval, p < --alpha), or a step of the last 4 runs
+(Student's t-test, p < 0.0025); on CPU runs the throughput default is then -10 (the spread
+test measures the noise the -30 was for). Status, numerics and peak memory are judged against
+the latest of them as with --baseline. Each failing case names its last good run and what
+changed since.
 """
 
 
@@ -134,17 +144,42 @@ def register(subparsers: Any) -> None:
     check = subparsers.add_parser(
         "check",
         help="CI gate: fail (exit 1) when CURRENT regressed against a baseline",
-        description="Check a run against a baseline recorded on the same device model.",
+        description="Check a run against a baseline recorded on the same device model, or "
+        "against the history of earlier runs of its device model and suite (--history).",
         epilog=CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("current", metavar="CURRENT", help=INPUT_HELP)
-    check.add_argument(
+    against = check.add_mutually_exclusive_group(required=True)
+    against.add_argument(
         "--baseline",
-        required=True,
         metavar="BASE",
         help=INPUT_HELP + "; or a directory of baselines, from which the one for CURRENT's "
         "device is picked",
+    )
+    against.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="judge CURRENT against the last --window runs of its device model and suite in "
+        "the history store (an SQLite file or postgresql://...; without URL: $MPBENCH_DB, else "
+        "reports/history.db): a change counts beyond its threshold and as a step, not "
+        "between-run noise; with fewer than 5 earlier runs, the one-baseline rule against the "
+        "latest",
+    )
+    check.add_argument(
+        "--window",
+        type=_window_arg,
+        default=DEFAULT_WINDOW_RUNS,
+        metavar="N",
+        help=f"with --history: how many earlier runs to judge against (default "
+        f"{DEFAULT_WINDOW_RUNS}; the history gate needs {MIN_HISTORY_RUNS})",
+    )
+    check.add_argument(
+        "--commit",
+        metavar="SHA",
+        help="with --history: CURRENT's git commit, for what changed since the last good run",
     )
     _add_gate_args(check)
     check.add_argument(
@@ -252,8 +287,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_arg(text: str) -> int:
+    """argparse type for --window: a positive number of runs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of runs, got {text!r}")
+    return value
+
+
+def cmd_check_history(args: argparse.Namespace) -> int:
+    """`mpbench check CURRENT --history [URL]`: the gate against the stored runs."""
+    current = load_input(args.current, "CURRENT")
+    config = resolve_config(
+        [suite_check_table(current, args.current)],
+        args.threshold,
+        args.fail_on_improvement,
+        args.alpha,
+        current.identity.kind,
+        gate_numerics=not args.ignore_numerics,
+    )
+    with HistoryStore(args.history or None, create=False) as store:
+        checked = check_history(current, store, config, args.window, args.current, args.commit)
+    if checked.assessment is None:
+        for note in checked.notes:
+            print(f"mpbench check: {note}")
+        return checked.exit_code
+    if args.junit is not None:
+        write_file(args.junit, lambda p: write_junit(checked.assessment, p))
+    _emit(args, checked.assessment, gate=True)
+    return checked.exit_code
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """`mpbench check CURRENT --baseline BASE`: 0 pass, 1 regression, 2 bad input."""
+    if args.history is not None:
+        return cmd_check_history(args)
     comparison, config = _compare(args, args.baseline, "--baseline")
     assessment = run_check(comparison, config, args.allow_device_mismatch)
     if args.junit is not None:

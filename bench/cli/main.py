@@ -1,8 +1,9 @@
 """`mpbench` (also `python -m bench`): the parser and the entry point.
 
 Subcommands: run (bench.cli.run), report, list, env, selfcheck (bench.cli.info), compare, check
-and baseline (bench.cli.compare), merge (bench.cli.merge). The CLI is the top of the import graph: it drives the engine,
-then reads the run back through bench.results and shows it with bench.views.
+and baseline (bench.cli.compare), merge (bench.cli.merge), history (bench.cli.history). The CLI
+is the top of the import graph: it drives the engine, then reads the run back through
+bench.results and shows it with bench.views.
 
 Bad input (suite files, flags, results files) raises MpbenchError: printed as one line, exit 2.
 """
@@ -18,7 +19,7 @@ from bench.errors import EXIT_INTERRUPTED, EXIT_USAGE, MpbenchError
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from bench.cli import compare, info, merge, run
+    from bench.cli import compare, history, info, merge, run
 
     parser = argparse.ArgumentParser(
         prog="mpbench",
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.register_report(sub)
     compare.register(sub)
     merge.register(sub)
+    history.register(sub)
     info.register(sub)
     return parser
 

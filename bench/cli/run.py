@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
     run.add_argument(
         "suite",
         nargs="?",
-        help="suite file (TOML) or built-in name: smoke, standard, ci, full "
+        help="suite file (TOML) or built-in name: smoke, standard, ci, full, modern "
         "(default: smoke on CPU, standard on a GPU)",
     )
     run.add_argument(
@@ -198,6 +198,12 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--no-report", action="store_true", help="do not render index.html at the end")
     run.add_argument(
+        "--history",
+        metavar="URL",
+        help="when the run finishes, add it to this history store (an SQLite file or "
+        "postgresql://...; see `mpbench history`); checked before the sweep starts",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="check every input, print the number of cases and the estimated wall time per "
@@ -281,8 +287,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         execution, skip_larger=not args.no_skip_larger, resume=args.resume is not None, shard=shard
     )
+    _open_history(args)
     if args.resume is not None:
-        return _sweep(suite, device, args.resume, options, console, not args.no_report)
+        code = _sweep(suite, device, args.resume, options, console, not args.no_report)
+        return _add_to_history(args, args.resume, code, console)
     out = args.out or _default_out(suite, shard)
     if args.find_max_batch:
         if shard is not None:
@@ -296,7 +304,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"({estimate.rates_line()}; `--dry-run` shows it per model)",
             highlight=False,
         )
-    return _sweep(suite, device, out, options, console, not args.no_report, estimate)
+    code = _sweep(suite, device, out, options, console, not args.no_report, estimate)
+    return _add_to_history(args, out, code, console)
+
+
+def _open_history(args: argparse.Namespace) -> None:
+    """`--history URL`: open the store before the sweep, so a bad URL costs no run (exit 2)."""
+    if args.history is not None:
+        from bench.cli.history import check_history_url
+
+        check_history_url(args.history)
+
+
+def _add_to_history(args: argparse.Namespace, out: Path, code: int, console: Any) -> int:
+    """`--history URL`: add the finished, shown run to the store (bench.cli.history)."""
+    if args.history is None:
+        return code
+    from bench.cli.history import add_run_to_history
+
+    return add_run_to_history(args.history, out, code, console)
 
 
 def _default_out(suite: Any, shard: Any) -> Path:

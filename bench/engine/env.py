@@ -48,6 +48,7 @@ def capture_env(
             if torch.backends.cudnn.is_available()
             else None,
             "transformers": transformers.__version__,
+            "torchao": _version_of("torchao"),
             "mpbench": __version__,
         },
         # The process defaults; each precision mode sets and restores its own (fp32: both off).
@@ -168,3 +169,13 @@ def git_commit(directory: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
+
+
+def _version_of(package: str) -> str | None:
+    """An installed package's version, None when it is not installed (torchao is optional)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,105 @@
+"""Change points and the spread test (bench.analysis.changepoints) on series with known steps,
+and property tests of the store: adding runs in any order, any number of times, stores each
+once."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from runs import make_env, write_run
+
+from bench.analysis.changepoints import change_points, segments, spread_test
+from bench.analysis.history import history_delta
+from bench.results.history import HistoryStore
+from bench.results.rundir import load_run
+
+
+def noisy(n: int, sigma: float, seed: int) -> np.ndarray:
+    return np.exp(np.random.default_rng(seed).normal(0.0, sigma, n))
+
+
+def test_a_step_is_found_where_it_is_with_its_size() -> None:
+    values = noisy(30, 0.02, 1)
+    values[18:] *= 0.8
+    (point,) = change_points(values)
+    assert point.index == 18 and point.p_value < 1e-6 and not point.provisional
+    assert point.change_pct == pytest.approx(-20, abs=3)
+    assert [len(s) for s in segments(30, [point])] == [18, 12]
+
+
+def test_noise_alone_gives_no_change_point() -> None:
+    found = sum(len(change_points(noisy(40, 0.05, seed))) for seed in range(30))
+    assert found <= 15  # 1,200 runs of A/A noise: under 1 per 100 measured
+
+
+def test_exact_series_step_and_stay_put() -> None:
+    assert change_points([1.0] * 8) == []
+    (point,) = change_points([3e-3] * 4 + [4e-3] * 4)
+    assert point.index == 4 and point.p_value == 0.0
+    (point,) = change_points([20.5, 20.5, 20.5, 20.5, 18.0, 18.0], log=False)
+    assert point.after == pytest.approx(18.0)
+    # Another summation order (one thread instead of two) moves a dB figure in its 5th digit.
+    assert change_points([42.1] * 5 + [42.1004] * 3, log=False) == []
+
+
+def test_the_latest_value_alone_is_a_provisional_change_point() -> None:
+    values = list(noisy(10, 0.02, 3)) + [0.6]
+    point = change_points(values)[-1]
+    assert point.index == 10 and point.provisional and point.after == pytest.approx(0.6)
+
+
+def test_spread_test_is_a_prediction_interval() -> None:
+    window = [1.0, 1.02, 0.98, 1.01, 0.99, 1.0]
+    inside, outside = spread_test(window, 1.03), spread_test(window, 0.85)
+    assert not inside.outside and inside.p_value > 0.05
+    assert outside.outside and outside.z < -5 and outside.n == 6
+    flat = spread_test([2.0] * 5, 2.0)
+    assert not flat.outside and spread_test([2.0] * 5, 2.5).outside
+
+
+def test_history_delta_flags_steps_not_noise() -> None:
+    window = list(noisy(20, 0.05, 4))
+    noise = history_delta("throughput", window, float(np.mean(window)) * 0.92)
+    assert noise.significant is False and "inside the between-run spread" in noise.test
+    sudden = history_delta("throughput", window, float(np.mean(window)) * 0.6)
+    assert sudden.significant and sudden.worse_pct > 35
+    # A 12% step, too small for one run at 5% noise, shows once three runs are behind it.
+    stepped = window + [v * 0.88 for v in noisy(2, 0.05, 5)]
+    later = history_delta("throughput", stepped, float(np.mean(window)) * 0.88)
+    assert later.significant and "a step 3 runs ago" in later.test
+    # Some runs on, the step is the new normal.
+    settled = window + [v * 0.88 for v in noisy(8, 0.05, 6)]
+    assert not history_delta("throughput", settled, float(np.mean(window)) * 0.88).significant
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    paths = []
+    for i in range(3):
+        env = make_env()
+        env["started_at"] = f"2026-12-0{i + 1}T00:00:00+00:00"
+        paths.append(write_run(root / f"r{i}", env=env, seed=i, suite_toml='[suite]\nname="x"\n'))
+    return paths
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(order=st.lists(st.integers(0, 2), min_size=1, max_size=6))
+def test_adding_in_any_order_any_number_of_times_stores_each_run_once(
+    three_runs: list[Path], order: list[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        with HistoryStore(str(Path(tmp) / "h.db")) as store:
+            outcomes = [store.add(load_run(three_runs[i])) for i in order]
+            stored = store.runs()
+            assert sorted(r.started_at for r in stored) == [r.started_at for r in stored]
+            assert len(stored) == len(set(order))
+            assert sum(o.added for o in outcomes) == len(set(order))
+            assert len(store.cases([r.id for r in stored])) == 12 * len(set(order))
