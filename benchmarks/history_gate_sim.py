@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.analysis.changepoints import change_points
+from bench.analysis.changepoints import ALPHA, LATEST_ALPHA, change_points
 from bench.analysis.compare import CompareOptions, timing_deltas
 from bench.analysis.history import MIN_HISTORY_RUNS, history_delta
 from bench.results.schema import Case, CaseResult, Throughput, Timing
@@ -46,6 +46,7 @@ THRESHOLD_PCT = 5.0  # suites/ci.toml's throughput threshold
 NOISES = (0.02, 0.10)
 STEP_SIZES = (0.03, 0.05, 0.10, 0.20)
 OPTIONS = CompareOptions(bootstrap_resamples=0)
+GATE_ALPHA = {"alpha": ALPHA, "latest": LATEST_ALPHA}  # the gate's defaults; flags override
 CASE = Case("gpt2-124m", "gpt2", "train", "bf16", 8, 512, "cuda:0")
 
 
@@ -82,7 +83,9 @@ def history(series: list[CaseResult], run: int) -> Check:
     if len(earlier) < MIN_HISTORY_RUNS:
         return one_baseline(earlier[-1], series[run])
     values = [r.samples_per_s for r in earlier]
-    delta = history_delta("throughput", values, series[run].samples_per_s)
+    delta = history_delta(
+        "throughput", values, series[run].samples_per_s, GATE_ALPHA["alpha"], GATE_ALPHA["latest"]
+    )
     return Check(delta.worse_pct, delta.significant)
 
 
@@ -133,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=200, help="series per configuration")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--alpha", type=float, default=ALPHA, help="the gate's p for a step of 2+ runs"
+    )
+    parser.add_argument(
+        "--latest-alpha", type=float, default=LATEST_ALPHA, help="the gate's p for CURRENT alone"
+    )
     args = parser.parse_args(argv)
+    GATE_ALPHA.update(alpha=args.alpha, latest=args.latest_alpha)
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     print(
