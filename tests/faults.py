@@ -20,6 +20,13 @@ from bench.results.schema import CaseResult
 FAULT_ENV = "MPBENCH_TEST_FAULT"
 
 
+def default_sigint() -> None:
+    """A Popen preexec_fn for a child the test will Ctrl-C: SIGINT back to its default action. A
+    shell starts its background jobs (`nohup .ci/run &`) with SIGINT ignored, the child inherits
+    that, and Python then never raises KeyboardInterrupt: the test would hang, not fail."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def faulty_runner(suite: Any, device: Any) -> Any:
     """The default runner, whose run() kills or hangs its process on one case."""
     runner = default_runner_factory(suite, device)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import default_sigint
 
 from bench.analysis.summary import analyze
 from bench.engine import parallel, supervisor
@@ -349,7 +350,13 @@ def test_ctrl_c_stops_torchrun_and_leaves_no_process(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "bench", "run", suite_file(tmp_path), "--precisions"]
     cmd += ["fp32,amp_bf16", "--parallel", "ddp", "--nproc", "2", "--out", str(out)]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 300
     while not _lines(out):  # the first case is done: rank 1 hangs in the second

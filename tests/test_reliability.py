@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import default_sigint
 from runs import cli
 
 from bench.engine.oom import OomLimits
@@ -65,6 +66,7 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=default_sigint,
     )
 
 
