@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 offenders.append(case_id)
                 mark += "  <-- moved past the limit, not flagged"
-        print(f"{case_id:45} {change:+7.1%}  cv {a.cv:.3f}/{b.cv:.3f}{mark}")
+        spread = f"robust cv {a.robust_cv or 0:.3f}/{b.robust_cv or 0:.3f}"  # what flags
+        print(f"{case_id:45} {change:+7.1%}  {spread}  cv {a.cv:.3f}/{b.cv:.3f}{mark}")
     print(
         f"\n{len(changes)} cases: median |change| {statistics.median(changes):.1%}, "
         f"max {max(changes):.1%}; {sum(c > 0.10 for c in changes)} above 10%, "

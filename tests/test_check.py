@@ -459,9 +459,26 @@ def test_check_names_cases_with_unstable_timing(
     def unstable(r: dict[str, Any]) -> dict[str, Any]:
         if r["case"]["id"] != victim:
             return r
-        return {**r, "timing": {**r["timing"], "cv": 0.14, "unstable": True}}
+        return {**r, "timing": {**r["timing"], "robust_cv": 0.14, "cv": 0.2, "unstable": True}}
 
     edit_results(shaky, unstable)
     assert mpbench("check", str(shaky), "--baseline", str(base_run)) == 0  # a note, not a failure
     out = capsys.readouterr().out
-    assert "unstable timing in CURRENT (CV 14%)" in out and victim in out
+    assert "unstable timing in CURRENT (robust CV 14%, CV 20%)" in out and victim in out
+
+
+def test_check_names_host_bound_cases(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    waiting = copy_run(base_run, tmp_path / "waiting")
+    victim = fixture_cases()[2].id
+
+    def host_bound(r: dict[str, Any]) -> dict[str, Any]:
+        if r["case"]["id"] != victim:
+            return r
+        return {**r, "timing": {**r["timing"], "gpu_busy_fraction": 0.42}}
+
+    edit_results(waiting, host_bound)
+    assert mpbench("check", str(waiting), "--baseline", str(base_run)) == 0  # a note only
+    out = capsys.readouterr().out
+    assert "host-bound in CURRENT (GPU busy 42%)" in out and victim in out

@@ -61,12 +61,14 @@ def test_the_sweep_total_adds_steps_numerics_first_cases_and_workers() -> None:
     suite = parse_suite(SUITE)
     cases = suite.cases("cuda:0")
     got = estimate.estimate_sweep(suite, cases, "cuda", RATES, isolate="model")
-    steps = (4 + 10) / 2 + 20 + 1  # expected warm-up, timed steps, the FLOP count's step
+    steps = (4 + 10) / 2 + 1  # expected warm-up, the FLOP count's step
     total = 0.0
     for case in cases:
         step = estimate.step_estimate_s(suite, case, RATES, "cuda")
         numerics = 10 if case.workload == "train" else estimate.INFER_NUMERICS_STEPS
-        total += estimate.CASE_OVERHEAD_S["cuda"] + steps * step
+        # 20 timed steps in an energy window of at least 5 s, then the GPU-busy profile's 5
+        timed = max(20 * step, 5.0) + 5 * step
+        total += estimate.CASE_OVERHEAD_S["cuda"] + steps * step + timed
         total += numerics * step * estimate.NUMERICS_SLOWDOWN
     for model in ("gpt2-124m", "bert-base"):
         total += estimate.WORKER_START_S["cuda"]

@@ -13,11 +13,17 @@ from torch.utils import flop_counter
 
 from bench.engine import flops, workloads
 from bench.engine.device import Device
-from bench.engine.flops import analytic_flops, count_flops, matmul_weights
+from bench.engine.flops import (
+    analytic_flops,
+    count_flops,
+    count_flops_by_dtype,
+    matmul_dtype,
+    matmul_weights,
+)
 from bench.engine.models import PRESETS
 from bench.engine.modes import PRECISION_MODES
 from bench.results import peaks
-from bench.results.peaks import PeakLookup, mfu, peak_tflops
+from bench.results.peaks import PeakLookup, mfu, peak_tflops, split_peak, weighted_peak_tflops
 
 CPU = Device(torch.device("cpu"))
 BATCH, SEQ = 2, 64
@@ -251,3 +257,104 @@ def test_rowwise_fp8_gemm_formula() -> None:
     here): 2*M*N*K from X [M, K] and the output [M, N]."""
     x, w, out = torch.Size([32, 64]), torch.Size([48, 64]), torch.Size([32, 48])
     assert flops._rowwise_fp8_gemm_flop(x, w, out_shape=out) == 2 * 32 * 48 * 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision-aware MFU: FLOPs by the dtype each matmul ran in, and the FLOP-weighted peak
+# ---------------------------------------------------------------------------------------------
+
+
+def gpt2_tiny_by_hand(workload: str) -> dict[str, int]:
+    """gpt2-tiny (2 layers, 128 wide, vocab 8192) at BATCH x SEQ, counted by hand. Per layer
+    four Linear layers (Conv1D turned Linear), all divisible by 16, so all in fp8: qkv 128x384,
+    attention out 128x128, MLP up 128x512 and down 512x128 = 12 d^2 weights, 2 FLOPs per
+    weight per token; a training step adds the two backward GEMMs (grad input, grad weight),
+    also in fp8 (e4m3 x e5m2). The tied LM head (128 x 8192) stays out of fp8 and runs in
+    bf16 under the autocast, forward and both backward GEMMs. QK^T and AV: 2 matmuls x 2 x
+    seq x seq x width per sequence and layer; in eval the CPU flash kernel runs them in bf16;
+    in training (dropout) sdpa's math path runs them, which on a CPU upcasts bf16 to fp32, as
+    2 bmm forward and 4 backward."""
+    layers, width, vocab = 2, 128, 8192
+    tokens = BATCH * SEQ
+    linears = 2 * tokens * layers * (width * 3 * width + width * width + 2 * width * 4 * width)
+    head = 2 * tokens * width * vocab
+    attention = 2 * 2 * BATCH * SEQ * SEQ * width * layers
+    if workload == "train":
+        return {"fp8": 3 * linears, "bf16": 3 * head, "fp32": 3 * attention}
+    return {"fp8": linears, "bf16": head + attention}
+
+
+@pytest.mark.parametrize("workload", ["infer", "train"])
+def test_an_fp8_models_flops_split_by_dtype_match_a_hand_count(workload: str) -> None:
+    reason = PRECISION_MODES["fp8"].unsupported_reason(CPU, workload)
+    if reason is not None:
+        pytest.skip(reason)
+    total, by_dtype = count_flops_by_dtype(step_of("fp8", "gpt2-tiny", workload))
+    assert by_dtype == gpt2_tiny_by_hand(workload)
+    assert sum(by_dtype.values()) == total
+
+
+def test_fp32_matmuls_count_as_tf32_in_the_tf32_mode() -> None:
+    total, by_dtype = count_flops_by_dtype(step_of("fp32", "gpt2-tiny", "infer"), "tf32")
+    assert by_dtype == {"tf32": total}
+    assert count_flops_by_dtype(step_of("fp32", "gpt2-tiny", "infer"))[1] == {"fp32": total}
+
+
+def test_matmul_dtype_reads_the_stored_data_of_a_tensor_subclass() -> None:
+    scale = torch.ones(())
+    e4m3 = torch.zeros(4, 4).to(torch.float8_e4m3fn)
+    assert matmul_dtype((e4m3, e4m3), {"scale_a": scale, "scale_b": scale}) == "fp8"
+    assert matmul_dtype((torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2)), {}) == "bf16"
+    assert matmul_dtype((torch.zeros(2, dtype=torch.float16),), {}) == "fp16"
+    assert matmul_dtype((torch.zeros(2),), {}, "tf32") == "tf32"
+
+    class Wrapper(torch.Tensor):  # a float8 tensor standing in for a bf16 one (torchao's way)
+        @staticmethod
+        def __new__(cls, data: torch.Tensor) -> Wrapper:
+            return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=torch.bfloat16)
+
+        def __init__(self, data: torch.Tensor) -> None:
+            self._data = data
+
+        def __tensor_flatten__(self) -> tuple[list[str], None]:
+            return ["_data"], None
+
+        @classmethod
+        def __torch_dispatch__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+            return NotImplemented
+
+    assert matmul_dtype((Wrapper(e4m3), torch.zeros(2, dtype=torch.bfloat16)), {}) == "fp8"
+
+
+def test_the_flop_weighted_peak_is_the_mixs_ideal_time() -> None:
+    """3 TFLOP in fp8 at 2000 TFLOP/s and 1 TFLOP in bf16 at 1000: ideal 2.5 ms for 4 TFLOP,
+    a peak of 1600 TFLOP/s; a step of 5 ms reaches 800 TFLOP/s, MFU 0.5 (ideal / real)."""
+    split = {"fp8": 3 * 10**12, "bf16": 10**12}
+    peak = weighted_peak_tflops(split, {"fp8": 2000.0, "bf16": 1000.0})
+    assert peak == pytest.approx(1600.0)
+    achieved = 4.0 / 0.005  # TFLOP / s
+    assert mfu(achieved, PeakLookup(peak, "t", None)) == pytest.approx(0.0025 / 0.005)
+    assert weighted_peak_tflops({"bf16": 10**12}, {"bf16": 989.0}) == 989.0  # one dtype: its own
+    assert weighted_peak_tflops(split, {"fp8": 2000.0}) is None  # bf16 has no peak
+    assert weighted_peak_tflops({}, {}) is None
+
+
+def test_split_peak_on_a_gpu_and_without_one() -> None:
+    h100 = "NVIDIA H100 80GB HBM3"
+    lookup, peaks = split_peak(h100, {"fp8": 3 * 10**12, "bf16": 10**12})
+    fp8, bf16 = peak_tflops(h100, "fp8").tflops, peak_tflops(h100, "bf16").tflops
+    assert peaks == {"fp8": fp8, "bf16": bf16}
+    assert lookup.tflops == pytest.approx(4 / (3 / fp8 + 1 / bf16))
+    assert lookup.source.startswith("FLOP-weighted (fp8 75% at")
+    one, _ = split_peak(h100, {"bf16": 10**12})
+    assert one == peak_tflops(h100, "bf16")  # one dtype: as before
+    cpu, none = split_peak(None, {"fp32": 10**9})
+    assert none is None and cpu.reason == peaks_module_cpu_reason()
+    cpu, _ = split_peak(None, {"fp8": 3, "bf16": 1})  # no dtype has a peak: the one reason
+    assert cpu.reason == peaks_module_cpu_reason()
+    mixed, _ = split_peak(None, {"fp8": 3, "bf16": 1}, lambda d: 100.0 if d == "fp8" else None)
+    assert mixed.tflops is None and mixed.reason.startswith("bf16 (25% of the FLOPs): ")
+
+
+def peaks_module_cpu_reason() -> str:
+    return peaks.CPU_REASON

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -69,7 +70,10 @@ def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -
         assert 1 <= timing["warmup"] <= 4 and isinstance(timing["warmup_steady"], bool)
         assert timing["warmup_steady"] or timing["warmup"] == 4
         assert timing["cv"] == pytest.approx(timing["stdev_s"] / timing["mean_s"])
-        assert timing["unstable"] is (timing["cv"] > 0.10)
+        assert timing["robust_cv"] == pytest.approx(timing["iqr_s"] / (1.349 * timing["median_s"]))
+        assert timing["unstable"] is (timing["robust_cv"] > 0.10)
+        assert timing["gpu_busy_fraction"] is None  # a CPU reports no GPU-busy figure
+        assert line["telemetry"]["energy_window_s"] is None  # no energy, no window
         assert timing["min_s"] <= timing["median_s"] <= timing["max_s"]
         assert line["telemetry"]["method"] == "unavailable"
         assert line["telemetry"]["reason"] == "no NVML on CPU"
@@ -233,3 +237,53 @@ def test_a_case_reports_its_phases_between_steps(tiny_suite_path) -> None:
     seen.clear()
     assert runner.run(second, lambda *p: seen.append(p)).ok  # bf16: its own pass, references cached
     assert {name for name, _, _ in seen if name.startswith("numerics:")} == {"numerics: bf16"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust timing: the collector, the unstable rule, the energy window
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_collector_is_off_while_timed_and_restored_after(monkeypatch) -> None:
+    seen: list[bool] = []
+    collected: list[int] = []
+    monkeypatch.setattr(runner_module.gc, "collect", lambda *a: collected.append(1) or 0)
+    measure_steps(lambda: seen.append(gc.isenabled()), 2, 3, CPU)
+    assert seen == [True, True, False, False, False]  # warm-up as usual, timed steps without
+    assert gc.isenabled() and collected  # collected once before the timed steps
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_a_failing_timed_step_restores_the_collector_state(enabled_before: bool) -> None:
+    calls = {"n": 0}
+
+    def step() -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second timed step, after two warm-up steps
+            raise RuntimeError("boom")
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled_before else gc.disable)()
+        with pytest.raises(RuntimeError, match="boom"):
+            measure_steps(step, 2, 5, CPU)
+        assert gc.isenabled() is enabled_before
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_one_outlier_step_does_not_make_a_case_unstable() -> None:
+    steps = [0.100, 0.101, 0.099, 0.100, 0.102, 0.098, 0.100, 0.101, 0.099, 0.450]
+    timed = Timing.from_samples(steps, 2, "perf-counter", unstable_cv=0.10)
+    assert timed.cv > 0.10  # stdev / mean would have flagged it
+    assert timed.robust_cv < 0.02 and timed.unstable is False
+
+
+def test_a_bimodal_series_is_unstable() -> None:
+    steps = [0.100, 0.150] * 5  # two speeds, half the steps each
+    timed = Timing.from_samples(steps, 2, "perf-counter", unstable_cv=0.10)
+    assert timed.robust_cv == pytest.approx(0.05 / (1.349 * 0.125))
+    assert timed.unstable is True
+    # a minority mode of 3 steps in 10 still moves the upper quartile
+    timed = Timing.from_samples([0.1] * 7 + [0.15] * 3, 2, "perf-counter", unstable_cv=0.10)
+    assert timed.unstable is True

@@ -56,6 +56,18 @@ def test_a_line_round_trips(tmp_path: Path) -> None:
         (lambda d: d["case"].update(batch_size=float("inf")), "batch_size: must be an integer"),
         (lambda d: d["memory"].update(peak_bytes=float("nan")), "peak_bytes: must be an integer"),
         (lambda d: d.update(numerics={"verdict": "bogus"}), "numerics.verdict: must be one of"),
+        (
+            lambda d: d["timing"].update(gpu_busy_fraction=1.5),
+            "timing.gpu_busy_fraction: must be between 0 and 1",
+        ),
+        (
+            lambda d: d.update(flops={"per_step": 9, "counter": "x", "by_dtype": {"fp8": 1.5}}),
+            "flops.by_dtype.fp8: must be a whole number >= 0",
+        ),
+        (
+            lambda d: d.update(flops={"per_step": 9, "counter": "x", "peaks_tflops": {"x": 0}}),
+            "flops.peaks_tflops.x: must be a positive number",
+        ),
     ],
 )
 def test_invalid_lines_name_the_field(tmp_path: Path, edit: Any, message: str) -> None:
@@ -131,3 +143,46 @@ def test_throughput_is_derived_in_one_place() -> None:
         memory=Memory(1),
     )
     assert result.rate == pytest.approx(640) and result.rate_unit == "tokens/s"
+
+
+def test_version_5_lines_read_with_the_robust_spread_derived_and_no_new_figures(
+    tmp_path: Path,
+) -> None:
+    """Schema 6 adds timing.robust_cv and gpu_busy_fraction, telemetry.energy_window_s and
+    energy_steps, flops.by_dtype and peaks_tflops: a version-5 line has none of them."""
+    data = line(tmp_path)
+    data["schema"] = 5
+    for key in ("robust_cv", "gpu_busy_fraction"):
+        data["timing"].pop(key, None)
+    data["timing"].update(unstable=True, cv=0.2)  # judged on stdev / mean then: kept as recorded
+    if data.get("flops"):
+        data["flops"].pop("by_dtype", None)
+        data["flops"].pop("peaks_tflops", None)
+    result = CaseResult.from_dict(data)
+    timing = result.timing
+    assert timing.robust_cv == pytest.approx(timing.iqr_s / (1.349 * timing.median_s))
+    assert timing.unstable is True and timing.gpu_busy_fraction is None
+    if result.flops is not None:
+        assert result.flops.by_dtype is None and result.flops.peaks_tflops is None
+    if result.telemetry is not None:
+        assert result.telemetry.energy_window_s is None and result.telemetry.energy_steps is None
+    assert result.to_dict()["schema"] == SCHEMA_VERSION == 6
+
+
+def test_the_new_figures_round_trip(tmp_path: Path) -> None:
+    data = line(tmp_path)
+    data["timing"]["gpu_busy_fraction"] = 0.42
+    data["flops"] = {
+        "per_step": 400,
+        "counter": "torch FlopCounterMode",
+        "dtype": "fp8",
+        "peak_tflops": 1600.0,
+        "peak_source": "FLOP-weighted",
+        "peak_reason": None,
+        "by_dtype": {"fp8": 300, "bf16": 100},
+        "peaks_tflops": {"fp8": 2000.0, "bf16": 1000.0},
+    }
+    result = CaseResult.from_dict(data)
+    assert result.timing.gpu_busy_fraction == 0.42
+    assert result.flops.by_dtype == {"fp8": 300, "bf16": 100}
+    assert result.to_dict() == data

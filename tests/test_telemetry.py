@@ -570,3 +570,71 @@ def test_nvml_info_without_nvml(nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch)
     assert nvml_info(UUID) == {"nvml": "unavailable (Driver Not Loaded)"}
     monkeypatch.setitem(sys.modules, "pynvml", None)
     assert nvml_info(UUID) == {"nvml": "nvidia-ml-py not installed"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The energy window (bench.engine.runner stretches it with untimed steps)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_energy_window_is_stretched_with_untimed_steps(nvml: FakeNvml) -> None:
+    from bench.engine.runner import measure_steps
+
+    calls: list[int] = []
+
+    def step() -> None:
+        calls.append(1)
+        time.sleep(0.01)
+
+    with open_telemetry(CUDA, interval_s=0.05, uuid=UUID, min_energy_window_s=0.3) as telemetry:
+        measured = measure_steps(
+            step,
+            1,
+            3,
+            Device(torch.device("cpu")),  # the steps and their timer: the telemetry is NVML's
+            timed_window=telemetry.window,
+            energy_window_s=telemetry.min_energy_window_s,
+        )
+    reading = measured.telemetry
+    assert len(measured.step_s) == 3  # the timing is the timed steps' alone
+    assert measured.energy_steps == len(calls) - 1 > 3  # all but the warm-up step
+    assert reading.energy_steps == measured.energy_steps
+    assert reading.energy_window_s == reading.duration_s >= 0.3
+    assert reading.energy_j == pytest.approx(42.5)  # the counter over the whole window
+
+
+def test_energy_per_step_divides_by_every_step_of_the_window() -> None:
+    from bench.engine.device import MemoryReading
+    from bench.engine.runner import MeasuredSteps, Measurement
+    from bench.results.schema import Case
+
+    reading = TelemetryReading("nvml-energy-counter", energy_j=10.0, energy_window_s=5.0)
+    reading.energy_steps = 20
+    steps = MeasuredSteps([0.1] * 4, [], 1, True, reading)
+    measurement = Measurement(
+        steps, MemoryReading(1, None, "vmhwm"), {}, None, None, None, "cuda-events", 0.1
+    )
+    case = Case("gpt2-tiny", "gpt2", "infer", "fp32", 2, 16, "cuda:0")
+    result = measurement.result(case, 16, None, "2026-12-06T06:00:00+00:00", 1.0)
+    assert result.telemetry.energy_per_step_j == pytest.approx(0.5)  # 10 J / 20 steps
+    assert result.telemetry.energy_per_sample_j == pytest.approx(0.25)
+    again = type(result).from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.telemetry.energy_window_s == 5.0 and again.telemetry.energy_steps == 20
+
+
+def test_a_cpu_window_is_not_stretched() -> None:
+    from bench.engine.runner import measure_steps
+
+    telemetry = open_telemetry(Device(torch.device("cpu")))
+    calls: list[int] = []
+    energy_window_s = telemetry.min_energy_window_s if telemetry.available else 0.0
+    measured = measure_steps(
+        lambda: calls.append(1),
+        0,
+        3,
+        Device(torch.device("cpu")),
+        timed_window=telemetry.window,
+        energy_window_s=energy_window_s,
+    )
+    assert len(calls) == 3 and measured.energy_steps == 3
+    assert measured.telemetry.energy_window_s is None and measured.telemetry.energy_steps is None

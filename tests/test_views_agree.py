@@ -78,11 +78,15 @@ def result_sets(draw: Any) -> list[CaseResult]:
                         continue
                     median = draw(st.floats(1e-4, 1.0))
                     peak = draw(st.one_of(st.none(), st.integers(1, 2**34)))
+                    # A GPU case's GPU-busy fraction, host-bound below 0.85; none on a CPU.
+                    busy = draw(st.one_of(st.none(), st.floats(0.2, 1.0)))
                     out.append(
                         CaseResult(
                             case,
                             "ok",
-                            timing=Timing.from_samples([median] * 3, 1, "perf-counter"),
+                            timing=Timing.from_samples(
+                                [median] * 3, 1, "perf-counter", gpu_busy_fraction=busy
+                            ),
                             throughput=Throughput.from_median(batch_size, seq_len, median),
                             memory=Memory(peak, None, "vmhwm" if peak else "unavailable"),
                             numerics=_numerics(kind, workload),
@@ -197,9 +201,11 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             "activation_headroom",
         ):
             mp.setattr(plots, name, lambda *a, **k: "<svg></svg>")
-        html_cells, html_recommended = html_summary(
-            render_html(Run(Path("run"), RunManifest(), results), analysis)
-        )
+        html = render_html(Run(Path("run"), RunManifest(), results), analysis)
+        html_cells, html_recommended = html_summary(html)
+    # Host-bound cases: named in the report's banner, with its one-line explanation.
+    host_bound = [case["id"] for case in data["cases"] if case["host_bound"]]
+    assert ("case(s) host-bound: the GPU was busy less than 85%" in html) == bool(host_bound)
 
     assert [g["recommended"] or "" for g in data["groups"]] == html_recommended
     for group, group_json in zip(analysis.groups, data["groups"], strict=True):
@@ -224,7 +230,8 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             if not mode.ok:
                 assert row[4] == mode.status and md[1].startswith(mode.status)
                 continue
-            speedup, saving = fmt.fmt_speedup(mode.speedup), fmt.fmt_saving(mode.memory_saving)
+            speedup = fmt.fmt_speedup(mode.speedup, mode.host_bound)  # marked where host-bound
+            saving = fmt.fmt_saving(mode.memory_saving)
             assert row[4] == speedup and md[2] == speedup
             assert (row[5] or fmt.MISSING) == saving and md[4] == saving
             extras = dict(
@@ -253,7 +260,10 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
     for case in data["cases"]:
         if case["status"] != "ok":
             continue
-        assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"])
+        assert results_rows[case["id"]][5] == fmt.fmt_speedup(case["speedup"], case["host_bound"])
+        busy = case["gpu_busy_fraction"]
+        assert case["host_bound"] is (busy is not None and busy < 0.85)
+        assert ("host-bound" in results_rows[case["id"]][-1]) is case["host_bound"]
         assert results_rows[case["id"]][6] == fmt.fmt_tflops(case["achieved_tflops"])
         result = by_id[case["id"]]
         if result.flops is not None:  # achieved TFLOP/s and MFU: counted FLOPs / median step

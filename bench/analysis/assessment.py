@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.analysis.compare import CaseComparison, Comparison, MetricDelta
 from bench.analysis.compatibility import Compatibility, compatibility
+from bench.analysis.hostbound import HOST_BOUND_BELOW, is_host_bound
 from bench.analysis.thresholds import CheckConfig
 from bench.errors import EXIT_OK, EXIT_REGRESSION, MpbenchError
 
@@ -208,12 +209,30 @@ def _numerics_findings(case: CaseComparison, improvement_fails: bool) -> list[Fi
 
 
 def _unstable_sides(case: CaseComparison) -> str | None:
-    """'BASE', 'CURRENT' or 'BASE and CURRENT (CV ...)' where a side's timing was unstable."""
+    """'BASE', 'CURRENT' or 'BASE and CURRENT (robust CV ...)' where a side's timing was
+    unstable, with its spread: robust CV (what schema 6 judges) and CV (what older runs
+    judged)."""
     sides = []
     for name, result in (("BASE", case.base), ("CURRENT", case.current)):
         timing = result.timing if result is not None and result.ok else None
         if timing is not None and timing.unstable:
-            sides.append(f"{name} (CV {timing.cv * 100:.0f}%)" if timing.cv else name)
+            spreads = [
+                f"{label} {value * 100:.0f}%"
+                for label, value in (("robust CV", timing.robust_cv), ("CV", timing.cv))
+                if value
+            ]
+            sides.append(f"{name} ({', '.join(spreads)})" if spreads else name)
+    return " and ".join(sides) or None
+
+
+def _host_bound_sides(case: CaseComparison) -> str | None:
+    """'BASE', 'CURRENT' or both, each with its GPU-busy fraction, where a side was
+    host-bound (bench.analysis.hostbound)."""
+    sides = []
+    for name, result in (("BASE", case.base), ("CURRENT", case.current)):
+        timing = result.timing if result is not None and result.ok else None
+        if timing is not None and is_host_bound(timing.gpu_busy_fraction):
+            sides.append(f"{name} (GPU busy {timing.gpu_busy_fraction * 100:.0f}%)")
     return " and ".join(sides) or None
 
 
@@ -249,6 +268,13 @@ def assess_case(
             "so a throughput change may be noise"
         )
         found.append(Finding(cid, "note", "unstable", message, False))
+    waiting = _host_bound_sides(case)
+    if waiting:
+        message = (
+            f"host-bound in {waiting}: the GPU was busy less than {HOST_BOUND_BELOW:.0%} of the "
+            "step, so a throughput change may be the host's, not the GPU's"
+        )
+        found.append(Finding(cid, "note", "host-bound", message, False))
     for metric, delta in case.metrics.items():
         threshold = config.threshold(metric)
         if threshold is None or delta.significant is False:

@@ -48,7 +48,10 @@ class CaseRow:
     warmup_steps: int | None
     warmup_steady: bool | None  # None where there is no timing
     cv: float | None  # stdev / mean of the timed steps
+    robust_cv: float | None  # IQR / (1.349 x median): the spread `unstable` is judged on
     unstable: bool
+    gpu_busy_fraction: float | None  # GPU cases: kernel time over a profiled window's wall time
+    host_bound: bool  # GPU busy below bench.analysis.hostbound.HOST_BOUND_BELOW
     flops_per_step: int | None
     achieved_tflops: float | None
     peak_tflops: float | None

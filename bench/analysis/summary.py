@@ -20,8 +20,14 @@ they cannot disagree. The rules (README, "Reading the results"):
 * **Achieved TFLOP/s** of a case = counted FLOPs per step / median step; **MFU** = achieved /
   the dense peak of the mode's compute dtype (recorded with the case; none on a CPU or an
   unknown GPU without --peak-tflops, and the reason says so).
-* **Energy per sample** = NVML energy over the timed steps / steps / batch size (GPU only).
-* **Unstable**: the timed steps' stdev exceeds the suite's limit (10% of the mean by default);
+* **Achieved TFLOP/s** and **MFU** with a FLOPs split by dtype (fp8 models): the peak is the
+  FLOP-weighted one, total FLOPs / sum_i(FLOPs_i / peak_i) (bench.results.peaks).
+* **Energy per sample** = NVML energy over the energy window (the timed steps and the untimed
+  ones that stretch it to 5 s) / its steps / batch size (GPU only).
+* **Host-bound**: a GPU case whose GPU was busy less than 85% of its step (kernel time over a
+  profiled window, bench.analysis.hostbound); its speedup is marked, not dropped.
+* **Unstable**: the timed steps' robust spread, IQR / (1.349 x median) (`timing.robust_cv`, the
+  stdev / mean that one outlier step cannot move), exceeds the suite's limit (10% by default);
   **throttled**: NVML saw a power or thermal slowdown during the timed steps.
 
 The substrate is one tidy pandas frame of cases joined against fp32 at the same shape; views
@@ -38,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.hostbound import HOST_BOUND_BELOW, is_host_bound
 from bench.analysis.rows import CaseRow, case_rows
 from bench.results.schema import (
     BASELINE_PRECISION,
@@ -191,7 +198,10 @@ def _quality_columns(result: CaseResult) -> dict[str, Any]:
         "warmup_steps": timing.warmup if ok and timing else None,
         "warmup_steady": timing.warmup_steady if ok and timing else None,
         "cv": timing.cv if ok and timing else None,
+        "robust_cv": timing.robust_cv if ok and timing else None,
         "unstable": bool(timing.unstable) if ok and timing else False,
+        "gpu_busy_fraction": timing.gpu_busy_fraction if ok and timing else None,
+        "host_bound": is_host_bound(timing.gpu_busy_fraction) if ok and timing else False,
         "flops_per_step": flops.per_step if ok and flops else None,
         "peak_tflops": flops.peak_tflops if ok and flops else None,
         "mfu_reason": (flops.peak_reason if flops else "FLOPs not counted") if ok else None,
@@ -242,7 +252,10 @@ _CASE_DTYPES = {
     "warmup_steps": "float64",
     "warmup_steady": object,
     "cv": "float64",
+    "robust_cv": "float64",
     "unstable": bool,
+    "gpu_busy_fraction": "float64",
+    "host_bound": bool,
     "flops_per_step": "float64",
     "peak_tflops": "float64",
     "mfu_reason": object,
@@ -295,6 +308,8 @@ class ModeSummary:
     mfu: float | None = None  # achieved / the dense peak of the mode's compute dtype
     energy_per_sample_j: float | None = None  # GPU energy (NVML) per sample
     unstable: bool = False  # its timed steps spread beyond the suite's limit
+    gpu_busy_fraction: float | None = None  # GPU cases: kernel time over a profiled window
+    host_bound: bool = False  # GPU busy below HOST_BOUND_BELOW: its speed is partly the host's
     throttled: bool = False  # the GPU slowed down (power, thermal) during its timed steps
     layout: str = ""  # data-parallel strategy and world size ("ddp4"); "" on one device
     reduce_dtype: str | None = None  # data-parallel gradients reduced in
@@ -400,8 +415,23 @@ class RunAnalysis:
 
     @property
     def unstable_cases(self) -> list[tuple[str, float]]:
-        """(case id, CV) of every case whose timed steps spread beyond the suite's limit."""
-        return [(r.id, math.nan if r.cv is None else r.cv) for r in self.rows if r.unstable]
+        """(case id, robust CV) of every case whose timed steps spread beyond the suite's
+        limit."""
+        return [
+            (r.id, math.nan if r.robust_cv is None else r.robust_cv)
+            for r in self.rows
+            if r.unstable
+        ]
+
+    @property
+    def host_bound_cases(self) -> list[tuple[str, float]]:
+        """(case id, GPU-busy fraction) of every host-bound case (bench.analysis.hostbound)."""
+        return [(r.id, r.gpu_busy_fraction or 0.0) for r in self.rows if r.host_bound]
+
+    @property
+    def has_gpu_busy(self) -> bool:
+        """True when any case has a GPU-busy fraction (a GPU run)."""
+        return any(r.gpu_busy_fraction is not None for r in self.rows)
 
     @property
     def throttled_cases(self) -> list[tuple[str, str]]:
@@ -469,7 +499,10 @@ CASE_KEYS = (
     "warmup_steps",
     "warmup_steady",
     "cv",
+    "robust_cv",
     "unstable",
+    "gpu_busy_fraction",
+    "host_bound",
     "flops_per_step",
     "achieved_tflops",
     "peak_tflops",
@@ -489,9 +522,13 @@ RULES = {
     "batch x sequence, then larger batch)",
     "recommended": "the fastest mode at the headline point whose numerics verdict is ok",
     "achieved_tflops": "FLOPs per step (torch FlopCounterMode) / median step / 1e12",
-    "mfu": "achieved TFLOP/s / dense peak TFLOP/s of the mode's compute dtype",
+    "mfu": "achieved TFLOP/s / dense peak TFLOP/s of the mode's compute dtype; with FLOPs "
+    "split by dtype, / the FLOP-weighted peak: total FLOPs / sum(FLOPs_i / peak_i)",
+    "host_bound": f"GPU busy (kernel time over a profiled window's wall time) below "
+    f"{HOST_BOUND_BELOW:.0%}: the host sets the pace; the speedup is marked, a floor",
     "energy_per_sample_j": "NVML energy over the timed steps / steps / batch size",
-    "unstable": "stdev / mean of the timed steps above the suite's timing.unstable_cv",
+    "unstable": "IQR / (1.349 x median) of the timed steps (robust_cv) above the suite's "
+    "timing.unstable_cv",
 }
 
 
@@ -581,6 +618,8 @@ def _mode_summary(
         mfu=_float(row.mfu) if ok else None,
         energy_per_sample_j=_float(row.energy_per_sample_j) if ok else None,
         unstable=bool(row.unstable) if ok else False,
+        gpu_busy_fraction=_float(row.gpu_busy_fraction) if ok else None,
+        host_bound=bool(row.host_bound) if ok else False,
         throttled=bool(row.throttled) if ok else False,
     )
 

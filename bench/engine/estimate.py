@@ -6,8 +6,10 @@ The model, per case (constants below, measured on the machines named there):
 
     step_s  = max(flops / (rate[dtype] * MATMUL_EFFICIENCY),  n_layer * HOST_S_PER_LAYER)
               * the mode's eager_gpu_slowdown on a GPU without torch.compile (fp8: torchao's casts)
-    case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations + 1 FLOP-count step) * step_s
+    case_s  = CASE_OVERHEAD_S + (expected warm-up + 1 FLOP-count step) * step_s + timed_s
               + compile_s when compiled
+    timed_s = iterations * step_s; on a GPU max(that, the 5 s energy window: NVML's counter
+              needs seconds) + the GPU-busy profile's steps (bench.engine.gpubusy)
               + a worker's start-up, once per model (--isolate model) or per case
     once per model, workload and precision: its numerics pass, numerics steps * step_s at the
     numerics shape * NUMERICS_SLOWDOWN
@@ -33,10 +35,12 @@ from dataclasses import dataclass, field, replace
 from bench.engine.budget import TimingPlan, plan_timing, predicted_step_s, slow_case_count
 from bench.engine.device import Device
 from bench.engine.flops import analytic_flops
+from bench.engine.gpubusy import PROFILE_STEPS
 from bench.engine.modes import BASELINE_MODE, PRECISION_MODES
 from bench.engine.numerics.config import NumericsConfig
 from bench.engine.rates import MatmulRate, measure_matmul
 from bench.engine.suite import Suite
+from bench.engine.telemetry import MIN_ENERGY_WINDOW_S
 from bench.results.schema import Case
 
 # Fraction of the square-matmul rate a compute-bound transformer step reaches (fp32 train and
@@ -186,9 +190,12 @@ def estimate_sweep(
         )
         if plan.skip_reason is None:
             timing = plan.timing
-            steps = (timing.warmup + timing.warmup_cap) / 2 + timing.iterations
+            steps = (timing.warmup + timing.warmup_cap) / 2
             steps += 1 if suite.flops.enabled else 0  # the FLOP count runs one step
-            case_s += steps * step_s
+            timed_s = timing.iterations * step_s
+            if device_type == "cuda":  # NVML's energy window, then the GPU-busy profile
+                timed_s = max(timed_s, MIN_ENERGY_WINDOW_S) + PROFILE_STEPS * step_s
+            case_s += steps * step_s + timed_s
         kind = "train" if case.workload == "train" else "infer"
         if numerics.enabled:
             pass_steps = numerics.train_steps if kind == "train" else INFER_NUMERICS_STEPS

@@ -31,11 +31,23 @@ fp8: torchao's float8 training (Float8Linear) is counted once, at the aten.mm on
 tensors (the counter does not see the aten._scaled_mm that mm becomes inside the tensor
 subclass); a plain aten._scaled_mm call (torchao's GPU inference path) is counted by torch's own
 formula. Either way an fp8 step counts what the fp32 step does.
+
+Split by dtype (`count_flops_by_dtype`, for precision-aware MFU): each counted op's FLOPs go to
+the dtype its operands are stored in, read off the op as the counter sees it (after autocast has
+cast them): float8 data (a float8 tensor, or a tensor subclass such as torchao's float8 tensors
+holding float8 data) -> "fp8"; bfloat16 -> "bf16"; float16 -> "fp16"; float32 -> "fp32", or
+"tf32" where the mode runs fp32 matmuls on TF32 tensor cores. So an fp8 model's converted
+Linear layers (the mode's module filter: bench.engine.modes.fp8.LinearFilter; forward and both
+backward GEMMs) count as fp8, and what the filter leaves out (the LM head, layers whose shapes
+do not divide by 16) and the attention score and value matmuls count in the bf16 they run in.
+The split adds up to the counter's total, op by op. bench.results.peaks turns it into the
+FLOP-weighted peak that MFU divides by.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -51,16 +63,77 @@ FLOPS_PER_MAC = 2
 TRAIN_FORWARDS = 3
 
 
+# Where each float8 format exists in this torch (all of them since 2.2; the fnuz ones are AMD's).
+FLOAT8_DTYPES = frozenset(
+    dtype
+    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if (dtype := getattr(torch, name, None)) is not None
+)
+
+
 def count_flops(step: Callable[[], Any]) -> int:
     """FLOPs of one call of `step`, counted by torch's FlopCounterMode (matmul-class ops).
 
     The step really runs (a training step updates the weights): call it where an extra warmup
     step does no harm."""
+    return count_flops_by_dtype(step)[0]
+
+
+def count_flops_by_dtype(
+    step: Callable[[], Any], fp32_as: str = "fp32"
+) -> tuple[int, dict[str, int]]:
+    """(FLOPs of one call of `step`, the same FLOPs by the dtype each op ran in): torch's
+    FlopCounterMode with each of its formulas wrapped (its public `custom_mapping`) to note the
+    dtype of the op's operands (module docstring). `fp32_as` names fp32 matmuls: "tf32" for a
+    mode that runs them on TF32 tensor cores."""
     _register_formulas()
-    counter = flop_counter.FlopCounterMode(display=False)
+    split: Counter[str] = Counter()
+
+    def noting_dtype(formula: Callable[..., Any]) -> Callable[..., Any]:
+        def count(*args: Any, out_val: Any = None, **kwargs: Any) -> Any:
+            flops = formula(*args, out_val=out_val, **kwargs)
+            split[matmul_dtype(args, kwargs, fp32_as)] += int(flops)
+            return flops
+
+        count._get_raw = True  # type: ignore[attr-defined]  # gets tensors: formula wraps itself
+        return count
+
+    mapping = {op: noting_dtype(formula) for op, formula in flop_counter.flop_registry.items()}
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
     with counter:
         step()
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()), {k: v for k, v in split.items() if v}
+
+
+def storage_dtypes(value: Any) -> set[torch.dtype]:
+    """The dtypes a tensor's data is stored in: a tensor subclass (torchao's float8 tensors, a
+    DTensor) by its inner tensors, whose dtypes are what runs (its own `dtype` is the one it
+    stands in for); nothing for a non-tensor."""
+    if not isinstance(value, torch.Tensor):
+        return set()
+    flatten = getattr(value, "__tensor_flatten__", None)
+    if flatten is None:
+        return {value.dtype}
+    names, _ = flatten()
+    inner: set[torch.dtype] = set()
+    for name in names:
+        inner |= storage_dtypes(getattr(value, name, None))
+    return inner or {value.dtype}
+
+
+def matmul_dtype(args: Any, kwargs: dict[str, Any], fp32_as: str = "fp32") -> str:
+    """The peak-table dtype (bench.results.peaks) a matmul-class op runs in, from its operands:
+    fp8 when any holds float8 data (scales are fp32), else bf16, fp16, then fp32 (`fp32_as`)."""
+    dtypes: set[torch.dtype] = set()
+    for value in (*args, *kwargs.values()):
+        dtypes |= storage_dtypes(value)
+    if dtypes & FLOAT8_DTYPES:
+        return "fp8"
+    if torch.bfloat16 in dtypes:
+        return "bf16"
+    if torch.float16 in dtypes:
+        return "fp16"
+    return fp32_as
 
 
 # ---------------------------------------------------------------------------------------------

@@ -430,6 +430,7 @@ def combine_ranks(
         return bad.replace(case=case, reason=reason, started_at=lead.started_at)
     world = len(per_rank)
     step_s = [max(steps) for steps in zip(*(r.timing.step_s for r in per_rank), strict=True)]
+    busy = [b for r in per_rank if (b := r.timing.gpu_busy_fraction) is not None]
     timing = Timing.from_samples(
         step_s,
         max(r.timing.warmup or 0 for r in per_rank),
@@ -439,6 +440,8 @@ def combine_ranks(
         if all(r.timing.warmup_steady is not None for r in per_rank)
         else None,
         unstable_cv=unstable_cv,
+        # The least busy rank's: a step is as host-bound as its most host-bound rank.
+        gpu_busy_fraction=min(busy, default=None),
     )
     peaks = [r.memory.peak_bytes if r.memory else None for r in per_rank]
     known = [p for p in peaks if p is not None]

@@ -8,10 +8,12 @@ the precision mode's `prepare` (the pristine fp32 weights as the mode runs them)
 wrap (DDP or FSDP2 for a data-parallel case, nothing on one device), the execution's wrap
 (torch.compile, or nothing eagerly); build the inputs once on the device; count one step's
 FLOPs; run the execution's first call (compiling, timed apart); warm up until steady; time each
-of N steps and keep every per-step time; let the layout measure what it needs after them
-(time in collectives). The numerics pass runs after the window closes. `CaseRunner.run` is the
-one timed loop: `mpbench run`, `--find-max-batch`, selfcheck and the pytest plugin all measure
-through it.
+of N steps and keep every per-step time (garbage collection off; on a GPU with NVML, untimed
+steps stretch the energy window to 5 s); profile a few more steps for how busy the GPU was
+(the host-bound check); let the layout measure what it needs after them (time in
+collectives). The numerics pass runs after the window closes. `CaseRunner.run` is the one timed
+loop: `mpbench run`, `--find-max-batch`, selfcheck and the pytest plugin all measure through
+it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from bench.engine import workloads
 from bench.engine.budget import TimingPlan, plan_timing, slow_case_count
 from bench.engine.device import Device, MemoryReading
 from bench.engine.execution import Eager, Execution, execution_for
-from bench.engine.flops import count_flops
+from bench.engine.flops import count_flops_by_dtype
+from bench.engine.gpubusy import gpu_busy_fraction
 from bench.engine.models import ModelSpec, count_parameters
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.modes.base import PrecisionMode
@@ -42,7 +45,7 @@ from bench.engine.progress import PhaseCallback, no_phase
 from bench.engine.suite import Suite
 from bench.engine.suite import Timing as TimingConfig
 from bench.engine.telemetry import open_telemetry
-from bench.results.peaks import peak_tflops
+from bench.results.peaks import peak_tflops, split_peak
 from bench.results.schema import (
     Case,
     CaseResult,
@@ -86,6 +89,8 @@ class MeasuredSteps:
     warmup_steady: bool | None  # None: the warm-up was not judged (fixed count)
     telemetry: TelemetryReading | None = None  # what the GPU did during the timed steps
     scale_after_warmup: float | None = None  # a GradScaler's, to count skipped timed steps
+    scale_after_timed: float | None = None  # ... and after the timed steps
+    energy_steps: int | None = None  # steps the telemetry window saw: timed + untimed
 
 
 def steady(times_s: list[float], window: int, tolerance: float) -> bool:
@@ -95,6 +100,51 @@ def steady(times_s: list[float], window: int, tolerance: float) -> bool:
     last = times_s[-window:]
     middle = statistics.median(last)
     return all(abs(t - middle) <= tolerance * middle for t in last)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Garbage collection off for the enclosed steps: collected once before, the previous state
+    restored after, also when a step raises. A collection that falls into a timed step adds its
+    pause to that step alone (Python's timeit turns the collector off while it times, for this
+    reason); tensors are freed by reference counting all the same."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def stretch_window(
+    step: Callable[[], Any],
+    device: Device,
+    start_s: float,
+    window_s: float,
+    per_step_s: float,
+    agree: Callable[[bool], bool] | None = None,
+) -> int:
+    """Untimed steps until `window_s` seconds have passed since `start_s` (perf_counter), each
+    round as many as the typical step time says are missing, then a synchronize; returns how
+    many ran. With `agree` (data-parallel) every rank steps once a round until all ranks are
+    past the window, so all run the same number of steps (each step's collectives match)."""
+    extra = 0
+    while True:
+        device.synchronize()
+        short_s = window_s - (time.perf_counter() - start_s)
+        if agree is not None:
+            if agree(short_s <= 0):
+                return extra
+            count = 1
+        elif short_s <= 0:
+            return extra
+        else:
+            count = math.ceil(short_s / per_step_s) if per_step_s > 0 else 1
+        for _ in range(count):
+            step()
+        extra += count
 
 
 def skip_reason(suite: Suite, device: Device, case: Case) -> str | None:
@@ -118,6 +168,8 @@ def measure_steps(
     timing: TimingConfig | None = None,
     timed_window: Callable[[], AbstractContextManager[TelemetryReading]] | None = None,
     agree: Callable[[bool], bool] | None = None,
+    energy_window_s: float = 0.0,
+    after_timed: Callable[[], None] | None = None,
 ) -> MeasuredSteps:
     """Warm up, then time `iterations` steps one by one.
 
@@ -131,6 +183,13 @@ def measure_steps(
     them, so the energy it reads is theirs. `agree` turns this process's "steady" into one all
     ranks of a data-parallel case share (each step's collectives must match on every rank, so
     all ranks must run the same number of warm-up steps).
+
+    The garbage collector is off from the first timed step to the window's end (collected
+    before, restored after, also when a step raises). Where the window measures energy
+    (`energy_window_s` > 0: NVML), untimed steps follow the timed ones, inside the window, until
+    it has lasted `energy_window_s`: NVML's energy counter needs seconds to read true, and
+    stretching the window costs fewer steps than stretching the timing would (METHODS rule 31).
+    `after_timed` runs between the timed steps and those (a GradScaler's scale is read there).
     """
     cap = warmup if timing is None else timing.warmup_cap
     warmup_s: list[float] = []
@@ -156,7 +215,9 @@ def measure_steps(
     timer = device.step_timer(iterations)
     outputs: list[Any] = []
     window = timed_window() if timed_window is not None else contextlib.nullcontext()
-    with window as reading:
+    extra = 0
+    with collector_paused(), window as reading:
+        start_s = time.perf_counter()
         for i in range(iterations):
             timer.start(i)
             out = step()
@@ -164,8 +225,21 @@ def measure_steps(
             outputs.append(out)
             phase("timed", i + 1, iterations)
         step_s = timer.elapsed_s()  # on CUDA: the one synchronize, inside the window
+        if after_timed is not None:
+            after_timed()
+        stretch = energy_window_s > 0 and bool(step_s)
+        if agree is not None:  # all ranks stretch, or none: each step's collectives must match
+            stretch = agree(stretch)
+        if stretch:
+            phase("energy window", None, None)
+            per_step_s = statistics.median(step_s)
+            extra = stretch_window(step, device, start_s, energy_window_s, per_step_s, agree)
     steps = len(warmup_s) if timing is not None else warmup
-    return MeasuredSteps(step_s, outputs, steps, settled, reading)
+    measured = MeasuredSteps(step_s, outputs, steps, settled, reading)
+    measured.energy_steps = iterations + extra
+    if reading is not None and reading.energy_j is not None:
+        reading.energy_steps = measured.energy_steps
+    return measured
 
 
 # Out of memory in the forms that are not torch.OutOfMemoryError: the CPU allocator, cuBLAS and
@@ -291,6 +365,7 @@ class CaseRunner:
                 flops = self.count_flops(case, prepared, phase)
                 compile_s = prepared.execution.first_call(prepared.step, self.device, phase, memory)
                 steps = self.time_steps(prepared, phase, plan.timing)
+                gpu_busy = self.gpu_busy(prepared, phase)
                 details = self.details(prepared, steps, phase, plan)
                 losses = _losses(steps.outputs) if case.workload == "train" else None
                 # The case's model, optimizer state, inputs and outputs die here, before the
@@ -299,7 +374,9 @@ class CaseRunner:
                 steps.outputs = []
                 prepared = None
         timing = (self.device.timing_method, self.suite.timing.unstable_cv)
-        return Measurement(steps, memory, details, flops, compile_s, losses, *timing)
+        return Measurement(
+            steps, memory, details, flops, compile_s, losses, *timing, gpu_busy_fraction=gpu_busy
+        )
 
     @contextmanager
     def prepare(self, case: Case) -> Iterator[PreparedCase]:
@@ -396,22 +473,40 @@ class CaseRunner:
         a GradScaler's scale after the warm-up is kept, to count the timed steps it skipped."""
         timing = timing or self.suite.timing
         scales: list[float] = []
-        after_warmup = None
+        read_scale = None
         if prepared.scaler is not None:
-            after_warmup = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
+            read_scale = lambda: scales.append(prepared.scaler.get_scale())  # noqa: E731
+        # Energy needs a window of seconds; only where it is measured (NVML) is it stretched.
+        energy_window_s = self.telemetry.min_energy_window_s if self.telemetry.available else 0.0
         measured = measure_steps(
             prepared.step,
             timing.warmup,
             timing.iterations,
             self.device,
-            after_warmup,
+            read_scale,
             phase,
             timing,
             self.telemetry.window,
             prepared.layout.agree,
+            energy_window_s,
+            read_scale,
         )
         measured.scale_after_warmup = scales[0] if scales else None
+        measured.scale_after_timed = scales[1] if len(scales) > 1 else None
         return measured
+
+    def gpu_busy(self, prepared: PreparedCase, phase: PhaseCallback = no_phase) -> float | None:
+        """The share of a short profiled window after the timed steps in which the GPU ran
+        kernels (bench.engine.gpubusy); None on a CPU. A profile that fails leaves the case
+        measured, with the reason in its details."""
+        if not self.device.is_cuda:
+            return None
+        phase("profiling GPU activity", None, None)
+        try:
+            return gpu_busy_fraction(prepared.step, self.device)
+        except Exception as exc:
+            prepared.details["gpu_busy_error"] = _message(exc)
+            return None
 
     def details(
         self,
@@ -433,7 +528,10 @@ class CaseRunner:
         if caveat:
             details["caveat"] = caveat
         if prepared.scaler is not None:
-            details.update(_scaler_details(steps.scale_after_warmup, prepared.scaler.get_scale()))
+            # After the timed steps: the energy window's and the profilers' steps come later.
+            final = steps.scale_after_timed
+            final = prepared.scaler.get_scale() if final is None else final
+            details.update(_scaler_details(steps.scale_after_warmup, final))
         details.update(prepared.layout.after_timed(prepared.step, self.device, phase))
         return details
 
@@ -452,20 +550,29 @@ class CaseRunner:
     def count_flops(
         self, case: Case, prepared: PreparedCase, phase: PhaseCallback = no_phase
     ) -> Flops | None:
-        """FLOPs of one step (one untimed step under FlopCounterMode, on the eager module) and
-        the dense peak of the mode's compute dtype; None where [flops] is off. A count that
-        fails leaves the case measured, with the reason in its details."""
+        """FLOPs of one step (one untimed step under FlopCounterMode, on the eager module),
+        split by the dtype each matmul ran in, and the FLOP-weighted peak of that mix
+        (bench.results.peaks; the compute dtype's peak where nothing was split); None where
+        [flops] is off. A count that fails leaves the case measured, with the reason in its
+        details."""
         config = self.suite.flops
         if not config.enabled or prepared.count_step is None:
             return None
         phase("counting FLOPs", None, None)
+        mode = prepared.mode
         try:
-            per_step = count_flops(prepared.count_step)
+            per_step, by_dtype = count_flops_by_dtype(
+                prepared.count_step, "tf32" if mode.tf32 else "fp32"
+            )
         except Exception as exc:
             prepared.details["flops_error"] = _message(exc)
             return None
-        dtype = prepared.mode.compute_dtype
-        peak = peak_tflops(self.device.gpu_name(), dtype, config.override(dtype))
+        dtype, gpu = mode.compute_dtype, self.device.gpu_name()
+        peaks = None
+        if by_dtype:
+            peak, peaks = split_peak(gpu, by_dtype, config.override)
+        else:  # nothing matmul-like ran: the compute dtype's peak (MFU is 0 then)
+            peak = peak_tflops(gpu, dtype, config.override(dtype))
         return Flops(
             per_step=per_step,
             counter="torch FlopCounterMode",
@@ -473,6 +580,8 @@ class CaseRunner:
             peak_tflops=peak.tflops,
             peak_source=peak.source,
             peak_reason=peak.reason,
+            by_dtype=by_dtype or None,
+            peaks_tflops=peaks,
         )
 
 
@@ -488,6 +597,7 @@ class Measurement:
     losses: list[float] | None
     timing_method: str  # the device's: cuda-events or perf-counter
     unstable_cv: float | None  # the suite's limit on the timed steps' spread
+    gpu_busy_fraction: float | None = None  # GPU cases: kernel time over a profiled window
 
     def result(
         self,
@@ -506,10 +616,13 @@ class Measurement:
             compile_s=self.compile_s,
             warmup_steady=steps.warmup_steady,
             unstable_cv=self.unstable_cv,
+            gpu_busy_fraction=self.gpu_busy_fraction,
         )
         telemetry = steps.telemetry
         if telemetry is not None and telemetry.energy_j is not None:
-            telemetry.energy_per_step_j = telemetry.energy_j / len(steps.step_s)
+            # Over every step the window saw: the timed ones and those that stretched it.
+            window_steps = telemetry.energy_steps or len(steps.step_s)
+            telemetry.energy_per_step_j = telemetry.energy_j / window_steps
             telemetry.energy_per_sample_j = telemetry.energy_per_step_j / case.batch_size
         return CaseResult(
             case,

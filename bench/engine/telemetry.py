@@ -12,6 +12,13 @@ power samples are integrated instead (trapezoid) and `method` says so: that miss
 between samples, and on Ampere and newer (except GA100) NVML's power reading is itself a 1 s
 average.
 
+Energy window: NVML's counter updates at the driver's pace, so windows of a fraction of a second
+misread it (0.3-0.6 s windows implied powers 30% apart for two GEMM-bound cases on an H200,
+METHODS rule 31). A telemetry that measures energy asks for a window of at least
+`min_energy_window_s` (MIN_ENERGY_WINDOW_S, 5 s); the runner keeps stepping, untimed, inside
+the window until it has lasted that long, and the reading records the window it covered
+(`energy_window_s`, with `energy_steps` steps).
+
 Telemetry is a side measurement, so nothing here raises: without nvidia-ml-py, without NVML,
 without permission, or under MIG (NVML has no per-instance power, clocks or energy) a window
 says "unavailable" and why, and the run goes on. One query that NVML refuses is dropped for the
@@ -40,6 +47,9 @@ from bench.results.schema import (  # noqa: F401  (re-exported: the engine's tel
     UNAVAILABLE,
     TelemetryReading,
 )
+
+# The shortest window an energy figure is read over (see the module docstring).
+MIN_ENERGY_WINDOW_S = 5.0
 
 # ---------------------------------------------------------------------------------------------
 # Clock-event ("throttle") reasons: the bits of nvmlClocksEventReason* in nvml.h / pynvml.
@@ -288,10 +298,12 @@ class Telemetry:
         handle: Any = None,
         interval_s: float = 0.1,
         reason: str | None = None,
+        min_energy_window_s: float = MIN_ENERGY_WINDOW_S,
     ) -> None:
         self._nvml = nvml
         self._handle = handle
         self.interval_s = interval_s
+        self.min_energy_window_s = min_energy_window_s  # what a window must last for energy
         self.reason = reason if handle is None else None
         self._closed = False
 
@@ -376,6 +388,7 @@ class Telemetry:
         if before_mj is not None and after_mj is not None and after_mj >= before_mj:
             reading.method = ENERGY_COUNTER
             reading.energy_j = (after_mj - before_mj) / 1000.0
+            reading.energy_window_s = reading.duration_s
             return
         if counter_error is not None:
             why = f"energy counter: {counter_error}"
@@ -387,6 +400,7 @@ class Telemetry:
         if len(sampler.power_w) >= 2:
             reading.method = POWER_INTEGRATED
             reading.energy_j = trapezoid_j(sampler.power_times_s, sampler.power_w)
+            reading.energy_window_s = reading.duration_s
             reading.reason = f"{why}; integrated from {len(sampler.power_w)} power samples"
         else:
             reading.method = UNAVAILABLE
@@ -416,7 +430,12 @@ def _sample_until(sampler: _Sampler, done: threading.Event, interval_s: float) -
         sampler.sample()
 
 
-def open_telemetry(device: Device, interval_s: float = 0.1, uuid: str | None = None) -> Telemetry:
+def open_telemetry(
+    device: Device,
+    interval_s: float = 0.1,
+    uuid: str | None = None,
+    min_energy_window_s: float = MIN_ENERGY_WINDOW_S,
+) -> Telemetry:
     """NVML telemetry for `device`, found by its UUID (from torch unless given); never raises."""
     if not device.is_cuda:
         return Telemetry.unavailable("no NVML on CPU", interval_s)
@@ -454,4 +473,4 @@ def open_telemetry(device: Device, interval_s: float = 0.1, uuid: str | None = N
         except Exception:
             pass
         return Telemetry.unavailable(why or "no NVML device", interval_s)
-    return Telemetry(pynvml, handle, interval_s)
+    return Telemetry(pynvml, handle, interval_s, min_energy_window_s=min_energy_window_s)

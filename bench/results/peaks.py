@@ -13,18 +13,37 @@ for both, `--peak-tflops` gives the figure, and without it MFU is left out with 
 
 Each entry names its source. Where sources disagree, the conservative published per-GPU figure
 is taken and the comment says so.
+
+Precision-aware MFU. A step's matmuls do not all run in one dtype: an fp8 model runs its
+converted Linear layers on fp8 tensor cores but its LM head and attention's score and value
+matmuls in bf16, at half the rate. With the step's FLOPs split by dtype (FLOPs_i, counted by
+bench.engine.flops), the peak MFU divides by is the FLOP-weighted one:
+
+    peak = sum_i FLOPs_i / sum_i (FLOPs_i / peak_i)        (`weighted_peak_tflops`)
+
+the rate at which the hardware would finish exactly this mix if every matmul ran at its own
+dtype's peak (a harmonic mean weighted by FLOPs; the time-weighted denominator). Then
+
+    MFU = achieved FLOP/s / peak = (sum_i FLOPs_i / peak_i) / step time
+
+is the step's ideal time at the peaks over its real time. One dtype gives that dtype's peak, as
+before. torchtitan declines to report MFU for fp8 runs because the denominator mixes fp8 and
+bf16 units; dividing everything by the fp8 peak understates the work the bf16 part did, and
+dividing by the bf16 peak overstates it. MFU never exceeds 1 if each dtype's matmuls stay below
+their peak.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Compute dtypes with a peak: CUDA-core fp32, then the tensor-core formats. Each precision mode
-# names the one its matmuls run in (bench.engine.modes: `compute_dtype`); the fp8 modes count
-# against the fp8 peak although attention, the tied LM head and layers whose shapes do not
-# divide by 16 stay in bf16 (MFU against the fastest unit the mode uses: the honest upper bound).
+# names the one most of its matmuls run in (bench.engine.modes: `compute_dtype`); a case whose
+# FLOPs were split by dtype (fp8: attention, the LM head and layers whose shapes do not divide
+# by 16 stay in bf16) is measured against the FLOP-weighted peak of its mix (below).
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
 OVERRIDE_SOURCE = "--peak-tflops"
@@ -200,6 +219,60 @@ def peak_tflops(
     if tflops is None:
         return PeakLookup(None, None, f"{gpu_name} has no {dtype} tensor cores")
     return PeakLookup(tflops, f"{gpu.model}: {gpu.source}", None)
+
+
+def weighted_peak_tflops(
+    flops_by_dtype: dict[str, int], peaks_tflops: dict[str, float]
+) -> float | None:
+    """The FLOP-weighted peak of a step's matmul mix: total FLOPs / sum_i(FLOPs_i / peak_i)
+    (module docstring); None without FLOPs or where a dtype with FLOPs has no peak."""
+    total = sum(flops_by_dtype.values())
+    if total <= 0:
+        return None
+    ideal = 0.0  # the mix's time at the peaks, in FLOPs per TFLOP/s
+    for dtype, flops in flops_by_dtype.items():
+        if flops <= 0:
+            continue
+        peak = peaks_tflops.get(dtype)
+        if peak is None or not peak > 0:
+            return None
+        ideal += flops / peak
+    return total / ideal
+
+
+def split_peak(
+    gpu_name: str | None,
+    flops_by_dtype: dict[str, int],
+    override: Callable[[str], float | None] = lambda dtype: None,
+) -> tuple[PeakLookup, dict[str, float] | None]:
+    """(The FLOP-weighted peak of this mix on this GPU, each dtype's peak): every dtype with
+    FLOPs looked up as `peak_tflops` does (`override(dtype)` first); where one has no peak, no
+    peak, with that dtype's reason and its share of the FLOPs."""
+    total = sum(flops_by_dtype.values())
+    lookups = {
+        dtype: peak_tflops(gpu_name, dtype, override(dtype))
+        for dtype, flops in sorted(flops_by_dtype.items(), key=lambda kv: -kv[1])
+        if flops > 0
+    }
+    missing = {dtype: lookup for dtype, lookup in lookups.items() if lookup.tflops is None}
+    if len(missing) == len(lookups) and len({m.reason for m in missing.values()}) == 1:
+        return next(iter(missing.values())), None  # one reason for all (a CPU): as it is
+    for dtype, lookup in missing.items():
+        share = f"{dtype} ({flops_by_dtype[dtype] / total:.0%} of the FLOPs)"
+        return PeakLookup(None, None, f"{share}: {lookup.reason}"), None
+    peaks = {dtype: float(lookup.tflops) for dtype, lookup in lookups.items()}
+    weighted = weighted_peak_tflops(flops_by_dtype, peaks)
+    if weighted is None:
+        return PeakLookup(None, None, "no FLOPs counted"), None
+    sources = list(dict.fromkeys(lookup.source for lookup in lookups.values() if lookup.source))
+    source = "; ".join(sources)
+    if len(peaks) > 1:
+        mix = ", ".join(
+            f"{dtype} {flops_by_dtype[dtype] / total:.0%} at {peak:g}"
+            for dtype, peak in peaks.items()
+        )
+        source = f"FLOP-weighted ({mix} TFLOP/s): {source}"
+    return PeakLookup(weighted, source, None), peaks
 
 
 def mfu(achieved_tflops: float | None, peak: PeakLookup) -> float | None:

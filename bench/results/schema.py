@@ -26,6 +26,17 @@ Schema history (bump SCHEMA_VERSION on any change a reader must know about):
      `/reduce-bf16` where gradients are not reduced in fp32). Their timing is the slowest rank's
      per step and their throughput is global (all ranks); `details.parallel` keeps every rank's
      step times and peak memory (bench.engine.parallel). Older lines are single-device cases.
+  6  robust timing, the host-bound check and precision-aware MFU (issue 18):
+     `timing.robust_cv` (IQR / (1.349 x median), the spread `timing.unstable` is now judged on;
+     older lines derive it from `iqr_s` and `median_s` on read and keep the `unstable` they
+     recorded, judged on stdev / mean), `timing.gpu_busy_fraction` (GPU cases: the union of
+     kernel time over a profiled window's wall time; null on a CPU and in older lines),
+     `telemetry.energy_window_s` and `telemetry.energy_steps` (the window the energy covers,
+     timed steps plus untimed ones that stretch it to at least 5 s; null in older lines, whose
+     energy covered the timed steps alone), `flops.by_dtype` (FLOPs per step split by the dtype
+     each matmul ran in) and `flops.peaks_tflops` (the peak of each of those dtypes); with a
+     split, `flops.peak_tflops` is the FLOP-weighted peak (bench.results.peaks). Older lines
+     have no split (null): their peak is the mode's compute dtype's, as recorded.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from typing import Any
 
 from bench.errors import ResultsError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Case statuses. "ok" is measured; every other status carries a `reason`.
 STATUSES = ("ok", "skipped", "oom", "error", "crashed", "timeout")
@@ -304,6 +315,30 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+# The interquartile range of a normal distribution is 1.349 standard deviations: IQR / 1.349 is
+# a standard deviation that one outlier cannot move (Arachchige, Prendergast & Staudte, "Robust
+# analogs to the coefficient of variation", Journal of Applied Statistics 49(2), 2022: RCV_Q =
+# 0.7413 x IQR / median). Divided by the median it reads like stdev / mean on normal data, so
+# the unstable limit keeps its meaning (pyperf's 10%).
+IQR_PER_STDEV = 1.349
+
+
+def robust_cv(iqr_s: float | None, median_s: float | None) -> float | None:
+    """IQR / (1.349 x median): the steps' spread that a single outlier step cannot move (a
+    quarter of the steps or more off the rest, a bimodal series, does); None where unknown."""
+    if iqr_s is None or median_s is None or not median_s > 0:
+        return None
+    return iqr_s / (IQR_PER_STDEV * median_s)
+
+
+def valid_fraction(data: dict[str, Any], key: str, where: str, name: str) -> float | None:
+    """A number in [0, 1] (or null) under `key`; `name` is how errors call it."""
+    value = _number(data, key, where)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise _fail(where, name, f"must be between 0 and 1; got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Timing:
     """The timed loop of a case: every per-step time, its summary statistics, and how it was timed.
@@ -327,7 +362,10 @@ class Timing:
     compile_s: float | None = None  # torch.compile's first call (compiling), not a step
     warmup_steady: bool | None = None  # the warm-up ended steady (False: it hit its cap)
     cv: float | None = None  # stdev / mean of the timed steps
-    unstable: bool | None = None  # cv above the suite's unstable_cv: the figure is shaky
+    unstable: bool | None = None  # robust_cv above the suite's unstable_cv: the figure is shaky
+    robust_cv: float | None = None  # IQR / (1.349 x median): the spread `unstable` judges
+    # GPU cases: the share of a profiled window's wall time in which a kernel ran (None on CPU)
+    gpu_busy_fraction: float | None = None
 
     @classmethod
     def from_samples(
@@ -339,23 +377,29 @@ class Timing:
         compile_s: float | None = None,
         warmup_steady: bool | None = None,
         unstable_cv: float | None = None,
+        gpu_busy_fraction: float | None = None,
     ) -> Timing:
         """Median, mean, stdev, IQR, p10/p90, min and max of the per-step seconds; the
-        coefficient of variation, and whether it exceeds `unstable_cv` (when given)."""
+        coefficient of variation, the robust one, and whether the robust one exceeds
+        `unstable_cv` (when given): one outlier step must not flag a case, a bimodal series
+        must."""
         values = sorted(float(s) for s in step_s)
         if not values:
             raise ValueError("a timing needs at least one step")
         mean = statistics.fmean(values)
         stdev = statistics.stdev(values) if len(values) > 1 else 0.0
         cv = stdev / mean if mean > 0 else None
+        median = statistics.median(values)
+        iqr = quantile(values, 0.75) - quantile(values, 0.25)
+        spread = robust_cv(iqr, median)
         return cls(
             warmup=warmup,
             iterations=len(values) if iterations is None else iterations,
             step_s=tuple(float(s) for s in step_s),
-            median_s=statistics.median(values),
+            median_s=median,
             mean_s=mean,
             stdev_s=stdev,
-            iqr_s=quantile(values, 0.75) - quantile(values, 0.25),
+            iqr_s=iqr,
             p10_s=quantile(values, 0.10),
             p90_s=quantile(values, 0.90),
             min_s=values[0],
@@ -364,7 +408,9 @@ class Timing:
             compile_s=compile_s,
             warmup_steady=warmup_steady,
             cv=cv,
-            unstable=None if unstable_cv is None or cv is None else cv > unstable_cv,
+            unstable=None if unstable_cv is None or spread is None else spread > unstable_cv,
+            robust_cv=spread,
+            gpu_busy_fraction=gpu_busy_fraction,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,6 +436,7 @@ class Timing:
             for f in fields(cls)
             if f.name.endswith("_s") and f.name not in ("median_s", "step_s")
         }  # compile_s included
+        spread = _number(data, "robust_cv", where)
         return cls(
             warmup=_integer(data, "warmup", where),
             iterations=_integer(data, "iterations", where),
@@ -399,6 +446,11 @@ class Timing:
             warmup_steady=_flag(data, "warmup_steady", where),
             cv=_number(data, "cv", where),
             unstable=_flag(data, "unstable", where),
+            # Schema <= 5 has none: the same figure from the statistics it kept.
+            robust_cv=spread if spread is not None else robust_cv(stats["iqr_s"], median),
+            gpu_busy_fraction=valid_fraction(
+                data, "gpu_busy_fraction", where, "timing.gpu_busy_fraction"
+            ),
             **stats,
         )
 
@@ -486,6 +538,9 @@ class TelemetryReading:
     `method` says where `energy_j` came from: the energy counter, power samples integrated over
     time, or nowhere ("unavailable", with `reason`; the other figures may still be there).
     `energy_per_step_j` and `energy_per_sample_j` are set by the runner, which knows the steps.
+    The energy covers `energy_window_s` (the whole window, where an energy figure exists): the
+    timed steps and the untimed ones that stretched it to a few seconds, `energy_steps` in all
+    (NVML's counter moves at the driver's pace: short windows misread it, METHODS rule 31).
     """
 
     method: str
@@ -505,6 +560,8 @@ class TelemetryReading:
     unsupported: list[str] = field(default_factory=list)
     energy_per_step_j: float | None = None
     energy_per_sample_j: float | None = None
+    energy_window_s: float | None = None  # seconds the energy figure covers
+    energy_steps: int | None = None  # steps in that window: timed + untimed (energy only)
 
     @property
     def throttled(self) -> bool:
@@ -532,12 +589,13 @@ class TelemetryReading:
         numbers = {
             f.name: _number(data, f.name, where)
             for f in fields(cls)
-            if f.name not in ("method", "reason", "samples", *lists)
+            if f.name not in ("method", "reason", "samples", "energy_steps", *lists)
         }
         return cls(
             method=method,
             reason=_text(data, "reason", where),
             samples=_integer(data, "samples", where) or 0,
+            energy_steps=_integer(data, "energy_steps", where),
             **lists,
             **numbers,
         )
@@ -545,16 +603,20 @@ class TelemetryReading:
 
 @dataclass(frozen=True)
 class Flops:
-    """FLOPs of one step, counted once outside the timed loop, and the dense peak of the dtype
-    that does the matmuls (bench.results.peaks): achieved TFLOP/s and MFU follow from the median
-    step, in bench.analysis."""
+    """FLOPs of one step, counted once outside the timed loop, split by the dtype each matmul
+    ran in, and the peak they are measured against (bench.results.peaks): with a split, the
+    FLOP-weighted peak (total FLOPs / sum of FLOPs_i / peak_i), else the dense peak of the
+    mode's compute dtype. Achieved TFLOP/s and MFU follow from the median step, in
+    bench.analysis."""
 
     per_step: int
     counter: str  # how they were counted, e.g. "torch FlopCounterMode"
-    dtype: str | None = None  # the compute dtype whose peak applies (fp32, tf32, bf16, fp16, fp8)
-    peak_tflops: float | None = None
+    dtype: str | None = None  # the mode's compute dtype (fp32, tf32, bf16, fp16, fp8)
+    peak_tflops: float | None = None  # what MFU divides by (FLOP-weighted with a split)
     peak_source: str | None = None  # where the peak comes from (datasheet, --peak-tflops)
     peak_reason: str | None = None  # why there is no peak (CPU, unknown GPU, ...)
+    by_dtype: dict[str, int] | None = None  # FLOPs per step by the dtype each matmul ran in
+    peaks_tflops: dict[str, float] | None = None  # the dense peak of each dtype in by_dtype
 
     def to_dict(self) -> dict[str, Any]:
         """The `flops` object of a results line."""
@@ -573,7 +635,25 @@ class Flops:
             peak_tflops=_number(data, "peak_tflops", where),
             peak_source=_text(data, "peak_source", where),
             peak_reason=_text(data, "peak_reason", where),
+            by_dtype=_dtype_table(data, "by_dtype", where, whole=True),
+            peaks_tflops=_dtype_table(data, "peaks_tflops", where, whole=False),
         )
+
+
+def _dtype_table(data: dict[str, Any], key: str, where: str, whole: bool) -> Any:
+    """A `flops` table by dtype: dtype -> FLOPs (whole numbers >= 0) or TFLOP/s (> 0); or null."""
+    table = _table(data, key, where)
+    if table is None:
+        return None
+    out: dict[str, Any] = {}
+    for dtype, value in table.items():
+        ok = is_number(value) and math.isfinite(value)
+        ok = ok and (value >= 0 and value == int(value) if whole else value > 0)
+        if not ok:
+            need = "a whole number >= 0" if whole else "a positive number"
+            raise _fail(where, f"flops.{key}.{dtype}", f"must be {need}; got {value!r}")
+        out[str(dtype)] = int(value) if whole else float(value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,9 +840,10 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
         return data
     if version == 1:
         return {**_upgrade_v1(data), "schema": SCHEMA_VERSION}
-    if version in (2, 3, 4):
+    if version in (2, 3, 4, 5):
         # v2: eager cases (`compiled` defaults to false); v2/v3: no steadiness, telemetry or
-        # FLOPs (they read as null); v2-v4: single-device cases (no `parallel`).
+        # FLOPs (they read as null); v2-v4: single-device cases (no `parallel`); v2-v5: no
+        # robust spread (derived on read), GPU-busy fraction, energy window or FLOPs split.
         return {**data, "schema": SCHEMA_VERSION}
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ResultsError(

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.analysis.hostbound import HOST_BOUND_BELOW
 from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, ModeSummary, RunAnalysis
 
@@ -89,9 +90,12 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def fmt_speedup(value: float | None) -> str:
-    """1.84×."""
-    return f"{value:.2f}×" if _finite(value) else MISSING
+def fmt_speedup(value: float | None, host_bound: bool = False) -> str:
+    """1.84×; '1.84× (host-bound)' for a case whose GPU waited on the host (the speedup is a
+    floor: bench.analysis.hostbound)."""
+    if not _finite(value):
+        return MISSING
+    return f"{value:.2f}×" + (" (host-bound)" if host_bound else "")
 
 
 def fmt_saving(value: float | None) -> str:
@@ -154,6 +158,15 @@ def quality_lines(group: GroupSummary) -> list[str]:
             f"{', '.join(unstable)}: unstable timing (the timed steps spread more than the "
             "suite's limit); treat their speed as approximate"
         )
+    host_bound = [
+        f"{m.label} {fmt_fraction(m.gpu_busy_fraction)}" for m in group.modes if m.host_bound
+    ]
+    if host_bound:
+        lines.append(
+            f"host-bound, GPU busy below {HOST_BOUND_BELOW:.0%} of the step: "
+            f"{', '.join(host_bound)}; the host's kernel launches, not the precision, set their "
+            "pace, so their speedups are floors"
+        )
     throttled = [m.label for m in group.modes if m.throttled]
     if throttled:
         lines.append(f"{', '.join(throttled)}: the GPU throttled (power or thermal) while timed")
@@ -208,6 +221,7 @@ EXTRA_COLUMNS: tuple[ExtraColumn, ...] = (
     ExtraColumn("TFLOP/s", lambda f: f.achieved_tflops, fmt_tflops, lambda a: True),
     ExtraColumn("MFU", lambda f: f.mfu, fmt_mfu, lambda a: a.has_mfu),
     ExtraColumn("J/sample", lambda f: f.energy_per_sample_j, fmt_energy, lambda a: a.has_energy),
+    ExtraColumn("GPU busy", lambda f: f.gpu_busy_fraction, fmt_fraction, lambda a: a.has_gpu_busy),
     ExtraColumn("comm/step", lambda f: f.comm_s_per_step, fmt_seconds, lambda a: a.has_parallel),
     ExtraColumn("scaling", lambda f: f.scaling_efficiency, fmt_fraction, lambda a: a.has_scaling),
 )
@@ -242,7 +256,11 @@ def point_label(group: GroupSummary) -> str:
 def recommendation_text(group: GroupSummary) -> str:
     """One line saying which mode to use, and on what grounds."""
     if group.recommended:
-        return f"Recommended: {group.recommended} (fastest mode that passes the numerics check)"
+        text = f"Recommended: {group.recommended} (fastest mode that passes the numerics check)"
+        chosen = group.mode(group.recommended)
+        if chosen is not None and chosen.host_bound:
+            text += "; host-bound here: its speed is the host's pace, a floor"
+        return text
     if group.speed_only:
         return f"Fastest: {group.speed_only} (speed only: no numerics, so not a recommendation)"
     if group.has_numerics:

@@ -74,7 +74,7 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
                 [
                     name,
                     fmt.fmt_number(mode.rate),
-                    fmt.fmt_speedup(mode.speedup),
+                    fmt.fmt_speedup(mode.speedup, mode.host_bound),
                     fmt.fmt_bytes(mode.peak_bytes),
                     fmt.fmt_saving(mode.memory_saving),
                     fmt.fmt_verdict(mode),

@@ -23,6 +23,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from bench.analysis import series
+from bench.analysis.hostbound import HOST_BOUND_BELOW
 from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, RunAnalysis, analyze
 from bench.results.files import output_error, write_text_atomic
@@ -323,7 +324,7 @@ def summary_rows(group: GroupSummary) -> list[SummaryRow]:
                 status=mode.status,
                 reason=mode.reason,
                 rate=fmt.fmt_number(mode.rate),
-                speedup=fmt.fmt_speedup(mode.speedup),
+                speedup=fmt.fmt_speedup(mode.speedup, mode.host_bound),
                 peak=fmt.fmt_bytes(mode.peak_bytes),
                 saving=fmt.fmt_saving(mode.memory_saving),
                 verdict=fmt.fmt_verdict(mode),
@@ -376,6 +377,7 @@ RAW_COLUMNS: list[RawColumn] = [
     *(RawColumn(c.header, c.value, c.formatter, True, optional=True) for c in fmt.EXTRA_COLUMNS),
     RawColumn("warm-up", lambda r: r.warmup_steps, _whole, True),
     RawColumn("CV", lambda r: r.cv, fmt.fmt_fraction, True),
+    RawColumn("robust CV", lambda r: r.robust_cv, fmt.fmt_fraction, True),
     RawColumn("reason", lambda r: r.reason, str, False),
 ]
 
@@ -492,11 +494,22 @@ def run_warnings(run: Run, analysis: RunAnalysis) -> list[str]:
         out.append(f"Skipped modes: {modes}.")
     unstable = analysis.unstable_cases
     if unstable:
-        listed = ", ".join(f"{cid} (CV {fmt.fmt_fraction(cv)})" for cid, cv in unstable[:8])
+        listed = ", ".join(f"{cid} (robust CV {fmt.fmt_fraction(cv)})" for cid, cv in unstable[:8])
         more = f" and {len(unstable) - 8} more" if len(unstable) > 8 else ""
         out.append(
             f"{len(unstable)} case(s) with unstable timing (the timed steps spread more than "
             f"the suite's limit): {listed}{more}."
+        )
+    host_bound = analysis.host_bound_cases
+    if host_bound:
+        listed = ", ".join(
+            f"{cid} (GPU busy {fmt.fmt_fraction(busy)})" for cid, busy in host_bound[:8]
+        )
+        more = f" and {len(host_bound) - 8} more" if len(host_bound) > 8 else ""
+        out.append(
+            f"{len(host_bound)} case(s) host-bound: the GPU was busy less than "
+            f"{HOST_BOUND_BELOW:.0%} of the step, waiting on the host to launch kernels, so "
+            f"their speed and speedups are the host's, floors for the precision: {listed}{more}."
         )
     throttled = analysis.throttled_cases
     if throttled:

@@ -66,7 +66,7 @@ def results_table(analysis: RunAnalysis) -> Table:
             fmt.fmt_seconds(row.median_s),
             rate,
             fmt.fmt_bytes(row.peak_bytes),
-            fmt.fmt_speedup(row.speedup),  # missing where fp32 did not run at the shape
+            fmt.fmt_speedup(row.speedup, row.host_bound),  # missing where fp32 did not run
             *(column.formatter(column.value(row)) for column in extras),
             Text(case_notes(row), style="yellow"),
         )
@@ -75,12 +75,14 @@ def results_table(analysis: RunAnalysis) -> Table:
 
 def case_notes(row: CaseRow) -> str:
     """What makes a case's figure shaky: unstable steps, a warm-up that never settled, a GPU
-    that throttled."""
+    that waited on the host, a GPU that throttled."""
     notes = []
     if row.unstable:
-        notes.append(f"unstable (CV {fmt.fmt_fraction(row.cv)})")
+        notes.append(f"unstable (robust CV {fmt.fmt_fraction(row.robust_cv)})")
     if row.warmup_steady is False:
         notes.append(f"warm-up unsettled after {row.warmup_steps}")
+    if row.host_bound:
+        notes.append(f"host-bound (GPU busy {fmt.fmt_fraction(row.gpu_busy_fraction)})")
     if row.throttled:
         notes.append(f"throttled ({row.throttle_reasons})")
     return ", ".join(notes)
@@ -112,7 +114,7 @@ def verdict_table(analysis: RunAnalysis) -> Table:
                 group.workload,
                 mode.label + mark,
                 shape,
-                fmt.fmt_speedup(mode.speedup) if mode.ok else mode.status,
+                fmt.fmt_speedup(mode.speedup, mode.host_bound) if mode.ok else mode.status,
                 fmt.fmt_saving(mode.memory_saving) if mode.ok else "",
                 Text(fmt.fmt_verdict(mode), style=VERDICT_STYLES.get(verdict or "", "")),
                 fmt.fmt_divergence_with_floor(mode) if mode.divergence is not None else "",
@@ -147,7 +149,7 @@ def print_comparison(assessment: Assessment, gate: bool, stream: TextIO) -> None
         Text("* significant (p < alpha or above the noise floor); ? not testable", style="dim")
     )
     for finding in assessment.findings:
-        if finding.kind == "note" and finding.what != "unstable":
+        if finding.kind == "note" and finding.what not in ("unstable", "host-bound"):
             continue  # missing and new cases: the table says so
         tag = {"regression": "REGRESSION", "improvement": "improved", "note": "note"}[finding.kind]
         style = "red" if finding.fails else ("green" if finding.kind == "improvement" else "")

@@ -53,7 +53,9 @@ class Timing:
     ramp, allocators and autotuners settle, and the first case in a fresh process is the
     coldest). It stops at `max_warmup` steps (never fewer than `warmup`) steady or not, and the
     result records how many it ran and whether it settled. A case whose timed steps spread more
-    than `unstable_cv` (stdev / mean, pyperf's 10%) is flagged unstable.
+    than `unstable_cv` is flagged unstable: the spread is the robust CV, IQR / (1.349 x median),
+    which reads as stdev / mean on normal data (pyperf's 10% limit keeps its meaning) but which
+    one outlier step cannot move (schema.robust_cv has the source).
 
     `slow_kernel_budget_s` bounds the seconds a sweep spends timing cases whose precision runs
     on a reference kernel here (torch's CPU float8 matmul on some CPUs: 500x slower than fp32),
