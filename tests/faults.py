@@ -48,3 +48,12 @@ def faulty_runner(suite: Any, device: Any) -> Any:
 
     runner.run = run_with_fault
     return runner
+
+
+def device_checks_that_die(conn: Any, device_name: str) -> None:
+    """A stand-in for selfcheck's device-checks process: one check passes, the next kills the
+    process mid-way (what a segfault or a poisoned CUDA context does)."""
+    conn.send(("start", "identity"))
+    conn.send(("result", {"name": "identity", "status": "PASS", "detail": device_name}))
+    conn.send(("start", "mode fp8"))
+    os.kill(os.getpid(), signal.SIGKILL)

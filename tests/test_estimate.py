@@ -137,12 +137,13 @@ def test_dry_run_with_resume_is_a_usage_error(tmp_path: Path, capsys) -> None:
 
 def test_selfcheck_shortens_a_suite_but_never_lengthens_it() -> None:
     ci = shortened(load_suite("ci"))
-    assert (ci.timing.iterations, ci.timing.max_warmup, ci.timing.warmup) == (20, 10, 3)
-    assert ci.tables["numerics"]["train_steps"] == SELFCHECK_NUMERICS_STEPS
+    assert (ci.timing.iterations, ci.timing.max_warmup, ci.timing.warmup) == (10, 5, 3)
+    assert ci.tables["numerics"]["train_steps"] == SELFCHECK_NUMERICS_STEPS == 5
+    assert ci.tables["numerics"]["fp64_max_parameters"] == 0  # no fp64 reference
     assert ci.tables["check"] == load_suite("ci").tables["check"]
     smoke = shortened(load_suite("smoke"))
-    assert smoke.timing.iterations == 6  # smoke's own 6 < 20
-    assert smoke.tables["numerics"]["train_steps"] == 8  # smoke's own 8 < 10
+    assert smoke.timing.iterations == 6  # smoke's own 6 < 10
+    assert smoke.timing.warmup == min(3, load_suite("smoke").timing.warmup)
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,34 @@ def test_mx_conversion_keeps_parameters() -> None:
     assert torch.isfinite(model[0].weight.grad).all()
 
 
+def test_the_mxfp8_check_recognises_the_class_it_installs() -> None:
+    """On a Blackwell GPU (faked: the layers are only built, never run), mxfp8's prepare puts
+    torchao 0.18's MXFP8Linear (torchao.prototype.moe_training) in place of each accepted
+    nn.Linear, and the mode's check counts exactly those: it took effect. A model whose layers
+    are some other class (what an older torchao called MXLinear, or plain nn.Linear) fails."""
+    from torchao.prototype.moe_training.mxfp8_linear import MXFP8Linear
+
+    gpu = FakeGpu((10, 0), "NVIDIA B200")
+    mode = PRECISION_MODES["mxfp8"]
+    prepared = mode.prepare(tiny("gpt2-tiny"), gpu, "train")
+    installed = {type(m) for m in prepared.model.modules() if isinstance(m, torch.nn.Linear)}
+    assert MXFP8Linear in installed
+    assert len(mode.converted(prepared.model)) == prepared.details["fp8_linear_layers"] == 8
+    assert mode.took_effect(gpu, prepared.model, prepared.details) == ""
+
+    class MXLinear(torch.nn.Linear):  # not the class torchao 0.18 installs
+        pass
+
+    for parent in list(prepared.model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MXFP8Linear):
+                other = MXLinear(child.in_features, child.out_features, device="meta")
+                other.weight, other.bias = child.weight, child.bias
+                setattr(parent, name, other)
+    wrong = mode.took_effect(gpu, prepared.model, prepared.details)
+    assert wrong == "0 fp8 Linear layers, details say 8"
+
+
 def test_fp8_activation_ranges() -> None:
     """e4m3 (max 448, smallest normal 2**-6) and e5m2 (57344, 2**-14), unscaled; and what
     tensorwise scaling leaves below e4m3's smallest normal."""

@@ -267,3 +267,40 @@ def test_allocation_failures_are_out_of_memory(message: str) -> None:
 def test_other_cuda_errors_are_not_out_of_memory() -> None:
     assert not is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
     assert not is_out_of_memory(ValueError("CUBLAS_STATUS_ALLOC_FAILED"))  # not a runtime error
+
+
+# -- 11. a causal LM's inference step does not search for packed sequences (a host sync) --------
+
+
+def test_the_inference_step_skips_transformers_packed_sequence_search(monkeypatch) -> None:
+    """transformers' find_packed_sequence_indices tests `.all()` of a device tensor in an `if`
+    (a host sync on CUDA) in every causal-LM forward without a KV cache or a mask: mpbench's
+    prefill. The inference step answers it without calling it; a plain forward still calls it
+    (so this test would see the sync come back), and the logits are the same with and without."""
+    import transformers.masking_utils as masking_utils
+
+    calls: list[torch.Tensor] = []
+    real = masking_utils.find_packed_sequence_indices
+
+    def spy(position_ids: torch.Tensor) -> Any:
+        calls.append(position_ids)
+        return real(position_ids)
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", spy)
+    spec = PRESETS["gpt2-tiny"]
+    model = spec.build(seed=0).eval()
+    batch = workloads.make_batch(spec, "infer", 2, 16, torch.device("cpu"), seed=0)
+    kwargs = spec.family.forward_kwargs()
+    assert kwargs == {"use_cache": False}
+
+    with torch.inference_mode():
+        plain = model(**batch, **kwargs).logits
+    assert len(calls) == 1  # transformers' own path: the search ran (and found no packing)
+    with torch.inference_mode(), workloads.unpacked_rows():
+        unpacked = model(**batch, **kwargs).logits
+    assert len(calls) == 1 and torch.equal(plain, unpacked)
+    assert masking_utils.find_packed_sequence_indices is spy  # restored after the forward
+
+    step = workloads.infer_step_fn(model, batch, contextlib.nullcontext, kwargs)
+    step()
+    assert len(calls) == 1  # the timed step never calls it

@@ -286,6 +286,8 @@ def test_torchrun_reduce_dtypes_with_verdicts(tmp_path: Path, strategy: str, low
     details = {r.case.reduce_dtype: r.details for r in results.values() if r.case.precision == low}
     if strategy == "fsdp":
         assert details["fp32"]["mp_policy_reduce_dtype"] == "fp32"
+        # FSDP2's usual recipe: amp's fp32 master weights all-gathered in bf16.
+        assert details["fp32"]["mp_policy_param_dtype"] == "bfloat16"
     else:
         assert details["fp32"]["comm_hook"].startswith("fp32 upcast")
         assert details["bf16"]["comm_hook"].startswith("none")  # bf16 already

@@ -88,6 +88,8 @@ def test_the_device_checks_pass_here_and_write_selfcheck_json(tmp_path: Path, mo
 
     monkeypatch.setattr(selfcheck, "check_timer", timer_on_scripted_work)
     monkeypatch.setattr(selfcheck, "loop_overhead", overhead_of([1.0, 1.01, 0.99, 1.0]))
+    # In this process, so the scripted timings hold (the child's machinery is tested below).
+    monkeypatch.setattr(selfcheck, "run_device_checks_in_child", in_this_process)
     out = tmp_path / "sc"
     assert mpbench("selfcheck", "--no-suite", "--device", "cpu", "--out", str(out)) == 0
     report = json.loads((out / "selfcheck.json").read_text())
@@ -100,6 +102,45 @@ def test_the_device_checks_pass_here_and_write_selfcheck_json(tmp_path: Path, mo
     assert checks["telemetry overhead"]["detail"] == "no telemetry: no NVML on CPU"
     assert checks["memory"]["figures"]["error"] == pytest.approx(0, abs=0.05)
     assert "host-sync check needs CUDA" in checks["mode bf16"]["detail"]
+
+
+def in_this_process(device_name: str, on_result: Any = None) -> list[selfcheck.CheckResult]:
+    """run_device_checks_in_child without the child."""
+    from bench.engine.device import resolve_device
+
+    return selfcheck.run_device_checks(resolve_device(device_name), on_result)
+
+
+def test_the_cli_parent_never_makes_the_gpu_current(tmp_path: Path, monkeypatch) -> None:
+    """The device checks run in a child; `mpbench selfcheck` itself never calls activate (which
+    creates a CUDA context): the suite's workers get the whole GPU."""
+    activated: list[str] = []
+    monkeypatch.setattr(Device, "activate", lambda self: activated.append(self.name))
+    children: list[str] = []
+
+    def child(device_name: str, on_result: Any = None) -> list[selfcheck.CheckResult]:
+        children.append(device_name)
+        return [selfcheck.CheckResult("identity", "PASS", "faked")]
+
+    monkeypatch.setattr(selfcheck, "run_device_checks_in_child", child)
+    out = tmp_path / "sc"
+    assert mpbench("selfcheck", "--no-suite", "--device", "cpu", "--out", str(out)) == 0
+    assert children == ["cpu"] and activated == []
+
+
+@pytest.mark.slow
+def test_a_device_check_that_kills_its_process_is_that_checks_fail() -> None:
+    """The real spawned child, with a stand-in for the checks (tests/faults.py) that passes one
+    and dies in the next: the finished check is kept, the one it died in FAILs with how."""
+    from faults import device_checks_that_die
+
+    seen: list[str] = []
+    results = selfcheck.run_device_checks_in_child(
+        "cpu", lambda r: seen.append(r.name), target=device_checks_that_die, timeout_s=120
+    )
+    assert [(r.name, r.status) for r in results] == [("identity", "PASS"), ("mode fp8", "FAIL")]
+    assert seen == ["identity", "mode fp8"]
+    assert "ended during this check" in results[1].detail and "SIGKILL" in results[1].detail
 
 
 class LyingTimer(CpuStepTimer):
@@ -144,20 +185,61 @@ def test_a_rate_above_the_datasheet_peak_fails(monkeypatch) -> None:
     assert result.status == "FAIL" and "above the datasheet peak" in result.detail
 
 
+H100 = "NVIDIA H100 80GB HBM3"  # torch's name for the H100 SXM: the peak table knows it
+
+
+def slow_gpu(monkeypatch: pytest.MonkeyPatch, tflops: float) -> FakeGpu:
+    """An H100 (to the peak table) whose square matmul measures `tflops` in every dtype: the
+    rate is what `measure_matmul` hands the check, so no 8192^3 matmul runs on this CPU."""
+    from bench.engine.rates import MatmulRate
+
+    def measured(device: Device, dtype: str) -> MatmulRate:
+        return MatmulRate(dtype, 8192, tflops)
+
+    monkeypatch.setattr(selfcheck, "measure_matmul", measured)
+    return FakeGpu((9, 0), H100)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tflops", "status"),
+    [
+        ("bf16", 790.0, "PASS"),  # 80% of 989: what an H200 measured
+        ("bf16", 400.0, "FAIL"),  # 40%: clocks held low
+        ("tf32", 260.0, "PASS"),  # 53% of 495
+        ("tf32", 60.0, "FAIL"),  # the fp32 rate: TF32 was off
+        ("fp32", 40.0, "PASS"),  # 60% of 67
+    ],
+)
+def test_a_matmul_below_half_the_table_peak_fails(monkeypatch, dtype, tflops, status) -> None:
+    result = selfcheck.check_matmul(slow_gpu(monkeypatch, tflops), dtype)
+    assert result.status == status, result.detail
+    if status == "FAIL":
+        # The measured figure, the table's, the GPU and the likely causes, in one line.
+        assert f"{tflops:.4g} TFLOP/s" in result.detail and H100 in result.detail
+        assert "clocks low" in result.detail
+        assert ("TF32 off" in result.detail) == (dtype == "tf32")
+        assert result.figures["fraction_of_peak"] < selfcheck.PEAK_FLOOR
+
+
 class SyncDebug:
     """torch.cuda.set_sync_debug_mode on a CPU: in "error" mode, reading a tensor on the host
-    (.item(), what a CUDA sync is here) raises as CUDA's sync debug mode does."""
+    (.item(), or a tensor in an `if`: what a CUDA sync is here) raises as CUDA's sync debug
+    mode does."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.mode: Any = 0
-        real_item = torch.Tensor.item
+        real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
 
-        def item(tensor: torch.Tensor) -> Any:
-            if self.mode == "error":
-                raise RuntimeError("called a synchronizing CUDA operation")
-            return real_item(tensor)
+        def guarded(real: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
+            def read(tensor: torch.Tensor) -> Any:
+                if self.mode == "error":
+                    raise RuntimeError("called a synchronizing CUDA operation")
+                return real(tensor)
 
-        monkeypatch.setattr(torch.Tensor, "item", item)
+            return read
+
+        monkeypatch.setattr(torch.Tensor, "item", guarded(real_item))
+        monkeypatch.setattr(torch.Tensor, "__bool__", guarded(real_bool))
         monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", self.set)
 
     def set(self, mode: Any) -> None:
@@ -168,6 +250,7 @@ def test_a_training_step_that_synchronizes_fails_the_mode_check(monkeypatch) -> 
     """amp_fp16 with the fused AdamW (what mpbench uses on CUDA) takes GradScaler's inf flag on
     the device; with the default AdamW, GradScaler.step reads it on the host: a FAIL."""
     SyncDebug(monkeypatch)
+    monkeypatch.setattr(selfcheck, "SYNC_CHECK_STEPS", (("gpt2-tiny", "train"),))
     gpu = FakeGpu((9, 0))
     assert selfcheck.check_mode(gpu, "amp_fp16").status == "PASS"
     real = workloads.make_optimizer
@@ -175,8 +258,79 @@ def test_a_training_step_that_synchronizes_fails_the_mode_check(monkeypatch) -> 
     failed = selfcheck.check_mode(gpu, "amp_fp16")
     assert failed.status == "FAIL"
     assert failed.detail == (
-        "a timed training step synchronizes: called a synchronizing CUDA operation"
+        "gpt2-tiny/train/amp_fp16/bs2/seq64: a timed train step synchronizes: "
+        "called a synchronizing CUDA operation"
     )
+
+
+def test_the_mode_check_covers_gpt2_and_bert_inference_and_fails_on_their_sync(
+    monkeypatch,
+) -> None:
+    """Each mode's check runs GPT-2 training, GPT-2 inference and BERT inference under the sync
+    check. GPT-2 inference without mpbench's answer to transformers' packed-sequence search
+    tests a device tensor in an `if` every step: a FAIL naming that step."""
+    SyncDebug(monkeypatch)
+    gpu = FakeGpu((9, 0))
+    passed = selfcheck.check_mode(gpu, "fp32", steps=1)
+    assert passed.status == "PASS", passed.detail
+    assert passed.figures["sync_checked"]
+    assert [s.split("/")[:2] for s in passed.figures["steps"]] == [
+        ["gpt2-tiny", "train"],
+        ["gpt2-tiny", "infer"],
+        ["bert-tiny", "infer"],
+    ]
+    monkeypatch.setattr(workloads, "unpacked_rows", contextlib.nullcontext)
+    failed = selfcheck.check_mode(gpu, "fp32", steps=1)
+    assert failed.status == "FAIL"
+    assert failed.detail.startswith(
+        "gpt2-tiny/infer/fp32/bs2/seq64: a timed infer step synchronizes"
+    )
+
+
+def test_each_execution_checks_fp8_training_and_fp8_inference_of_a_masked_lm(
+    monkeypatch,
+) -> None:
+    """The compiled check's steps (recorded, not compiled here): fp8 training of GPT-2 and fp8
+    inference of BERT (torchao's quantize_ on a GPU), each under its execution; bf16 on a GPU
+    without fp8; a SKIP with the reasons on one with neither; a step's problem FAILs."""
+    bf16 = {"native": True}
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"]
+    )
+    asked: list[str] = []
+
+    def recorded(device: Device, suite: Any, steps: int = 3) -> selfcheck.StepCheck:
+        case = suite.cases(device.name)[0]
+        asked.append(case.id)
+        return selfcheck.StepCheck(case.id)
+
+    monkeypatch.setattr(selfcheck, "check_step", recorded)
+    result = selfcheck.check_execution_syncs(FakeGpu((9, 0)), "compiled")
+    assert result.status == "PASS", result.detail
+    assert asked == [
+        "gpt2-tiny/train/fp8/bs2/seq64/compiled",
+        "bert-tiny/infer/fp8/bs2/seq64/compiled",
+    ]
+    asked.clear()
+    a100 = selfcheck.check_execution_syncs(FakeGpu((8, 0)), "compiled")
+    assert a100.status == "PASS" and asked == [
+        "gpt2-tiny/train/amp_bf16/bs2/seq64/compiled",
+        "bert-tiny/infer/bf16/bs2/seq64/compiled",
+    ]
+    asked.clear()
+    bf16["native"] = False
+    v100 = selfcheck.check_execution_syncs(FakeGpu((7, 0)), "compiled")
+    assert v100.status == "SKIP" and asked == []
+    assert "fp8 needs compute capability >= 8.9" in v100.detail and "bfloat16" in v100.detail
+    bf16["native"] = True
+
+    def synchronizes(device: Device, suite: Any, steps: int = 3) -> selfcheck.StepCheck:
+        return selfcheck.StepCheck(suite.cases(device.name)[0].id, "a timed infer step syncs")
+
+    monkeypatch.setattr(selfcheck, "check_step", synchronizes)
+    failed = selfcheck.check_execution_syncs(FakeGpu((9, 0)), "compiled")
+    assert failed.status == "FAIL" and failed.detail.endswith("a timed infer step syncs")
+    assert selfcheck.check_execution_syncs(CPU, "compiled").status == "SKIP"
 
 
 def test_a_mode_that_did_not_take_effect_fails(monkeypatch) -> None:

@@ -4,13 +4,14 @@ a new one. Also `mpbench selfcheck overhead`, the timed-loop check alone with mo
     mpbench selfcheck [--device D] [--suite SUITE | --no-suite] [--out DIR]
     mpbench selfcheck overhead [--model gpt2-tiny] [--workload train] [--rounds 16] ...
 
-The device checks (bench.engine.selfcheck) print PASS, FAIL or SKIP each as they finish:
-identity, timer against the host clock, memory window against a known allocation, every
-precision mode (a real training step under CUDA's sync-debug "error" mode, and proof the mode
-took effect), matmul TFLOP/s per dtype against the peak table, copy bandwidth, the telemetry
-sampler's and the timed loop's overhead. GPU-only checks are SKIPs on a CPU, with the reason.
+The device checks (bench.engine.selfcheck), in a process of their own, print PASS, FAIL or
+SKIP each as they finish: identity, timer against the host clock, memory window against a known
+allocation, every precision mode (GPT-2 training, GPT-2 and BERT inference under CUDA's
+sync-debug "error" mode, and proof the mode took effect), the same for two compiled steps,
+matmul TFLOP/s per dtype between half the peak table's figure and the peak, copy bandwidth, the
+telemetry sampler's and the timed loop's overhead. GPU-only checks are SKIPs on a CPU, with the reason.
 Then a suite runs with its report (`ci` on a GPU, `smoke` on a CPU, where `ci` would take
-an hour), shortened to at most 20 timed steps and a 10-step numerics pass per case unless
+an hour), shortened to at most 10 timed steps and a 5-step numerics pass per case unless
 --full-suite, and two checks read it back: every case ran (or was skipped with a reason), and fp32
 against itself diverges by exactly 0 (the numerics pass is deterministic here).
 
@@ -54,7 +55,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     from bench.engine.executors import ExecutionOptions, quiet_transformers
     from bench.engine.selfcheck import (
         measured_rates,
-        run_device_checks,
+        run_device_checks_in_child,
         shortened,
         suite_checks,
         tally,
@@ -64,9 +65,9 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
     quiet_transformers()
     device = resolve_device(args.device)
-    # The device checks run here, in this process: it needs the GPU as its current device (the
-    # suite's cases still run in workers; the checks' memory is returned before they start).
-    device.activate()
+    # Nothing here makes the GPU current: the device checks run in a process of their own and
+    # the suite's cases in workers, so this process holds no CUDA context (and no GPU memory)
+    # while they run.
     suite = None
     if not args.no_suite:  # checked before anything runs
         suite = load_suite(args.suite or ("ci" if device.is_cuda else "smoke"))
@@ -75,8 +76,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / f"selfcheck-{datetime.now():%Y%m%d-%H%M%S}"
     console = stderr_console()
     console.print(f"mpbench selfcheck on {device.name} ({device.product_name()}) -> {out}")
-    results = run_device_checks(device, lambda r: print_check(console, r))
-    device.free_memory()
+    results = run_device_checks_in_child(device.name, lambda r: print_check(console, r))
     run_dir = None
     if suite is not None:
         run_dir = out / "run"
@@ -163,8 +163,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--full-suite",
         action="store_true",
-        help="run the suite with its own [timing] and numerics steps (default: at most 20 timed steps "
-        "and a 10-step numerics pass per case, enough to prove the pipeline)",
+        help="run the suite with its own [timing] and numerics steps (default: at most 10 timed steps "
+        "and a 5-step numerics pass per case, no fp64 reference: enough to prove the pipeline)",
     )
     parser.set_defaults(handler=cmd_selfcheck)
     checks = parser.add_subparsers(dest="check", metavar="CHECK")

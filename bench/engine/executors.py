@@ -34,7 +34,13 @@ from typing import Any
 
 from bench.engine.device import Device, resolve_device
 from bench.engine.numerics.analyzer import NumericsAnalyzer
-from bench.engine.parallel import Launch, RankLost, combine_ranks, gather_results
+from bench.engine.parallel import (
+    Launch,
+    RankLost,
+    combine_ranks,
+    control_group,
+    gather_results,
+)
 from bench.engine.progress import PhaseCallback, Throttled, no_phase
 from bench.engine.runner import CaseRunner, now_utc
 from bench.engine.suite import Suite, parse_suite
@@ -350,7 +356,7 @@ class RankGroupExecutor:
         self.broken: str | None = None
         # The followers build their runners from the suite rank 0 resolved (flags, resume), and
         # leave a failed share's report in its run directory.
-        dist.broadcast_object_list([suite.to_toml(), str(out)], src=0)
+        dist.broadcast_object_list([suite.to_toml(), str(out)], src=0, group=control_group())
 
     def run(self, case: Case, phase: PhaseCallback = no_phase) -> CaseResult:
         """The case's one result; after a lost rank, `broken` says why the group is done."""
@@ -358,7 +364,7 @@ class RankGroupExecutor:
 
         clear_rank_reports(self.out)
         try:
-            dist.broadcast_object_list([case.to_dict()], src=0)
+            dist.broadcast_object_list([case.to_dict()], src=0, group=control_group())
             local = self.local.run(case, phase)
             if shares_collectives(case, self.launch) and failed_share(local):
                 # No gather: a peer may be waiting in a collective this rank has left.
@@ -391,7 +397,7 @@ class RankGroupExecutor:
         import torch.distributed as dist
 
         if self.broken is None:
-            dist.broadcast_object_list([None], src=0)
+            dist.broadcast_object_list([None], src=0, group=control_group())
         clear_rank_reports(self.out)
 
     def abandon(self) -> None:
@@ -424,14 +430,14 @@ def follow_sweep(device: Device, launch: Launch) -> int:
     import torch.distributed as dist
 
     box: list[Any] = [None, None]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=control_group())
     suite = parse_suite(box[0], "<suite from rank 0>")
     out = Path(box[1])
     local = InProcessExecutor(suite, device, runner_factory())
     waiting = CaseResult(Case("-", None, "train", "-", 1, 1, None), "skipped", "rank 0 runs it")
     box = [None]
     while True:
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=control_group())
         if box[0] is None:
             return 0
         case = Case.from_dict(box[0])

@@ -52,7 +52,9 @@ class Family:
 
     def forward_kwargs(self) -> dict[str, Any]:
         """Arguments of a forward pass over a whole sequence: a causal LM's prefill keeps no KV
-        cache (it would only cost memory and, in transformers' mask code, a host sync)."""
+        cache (it would cost memory and a copy of every layer's keys and values; without it
+        transformers searches the position ids for packed sequences, a host sync that the
+        inference step answers without looking: bench.engine.workloads.unpacked_rows)."""
         return {"use_cache": False} if self.generates else {}
 
     def batch(

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from bench.engine.device import Device
 from bench.engine.models import layer_blocks
+from bench.engine.modes import PRECISION_MODES
 from bench.errors import MpbenchError
 from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 
@@ -103,9 +104,22 @@ def backend_for(device: Device) -> str:
     return "nccl" if device.is_cuda else "gloo"
 
 
+# The ranks' own messages (which case is next, every rank's result) go over a gloo group: a
+# rank waiting there while rank 0 runs a case alone (inference) sleeps on a socket, where an
+# NCCL collective would keep a kernel spinning on its GPU for the whole case. Its timeout is the
+# process group's (the case timeout), so a rank 0 that hangs still ends the wait.
+_control: dict[str, Any] = {"group": None}
+
+
+def control_group() -> Any:
+    """The gloo group of the ranks' messages (None, the default group, before init)."""
+    return _control["group"]
+
+
 def init_process_group(device: Device, launch: Launch, timeout_s: float) -> str:
     """Join the launch's process group (a one-rank group on a local port when not launched by
-    torchrun); every collective then gives up after `timeout_s`. Returns the backend."""
+    torchrun), and its gloo group for the ranks' messages (`control_group`); every collective
+    then gives up after `timeout_s`. Returns the backend."""
     backend = backend_for(device)
     options: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
     if device.is_cuda:
@@ -116,6 +130,7 @@ def init_process_group(device: Device, launch: Launch, timeout_s: float) -> str:
             port = probe.getsockname()[1]
         options.update(init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     dist.init_process_group(**options)
+    _control["group"] = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return backend
 
 
@@ -123,7 +138,8 @@ def destroy_process_group() -> None:
     """Leave the process group (a no-op when none is up), all ranks together: a rank tearing its
     side down while a peer still uses the group can abort that peer (gloo: SIGABRT at exit)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=control_group())
+        _control["group"] = None
         dist.destroy_process_group()
 
 
@@ -226,6 +242,7 @@ class DataParallel:
 
     strategy: str  # "ddp" or "fsdp"
     reduce_dtype: str = "fp32"
+    precision: str = "fp32"  # the case's precision mode: FSDP2's parameter dtype follows it
     data_parallel = True
 
     def unsupported_reason(self) -> str | None:
@@ -266,19 +283,37 @@ class DataParallel:
                 ddp.register_comm_hook(None, hook)
             return ddp, {"comm_hook": name}
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-        # param_dtype None: parameters are used in the dtype the precision mode stored them in.
-        policy = MixedPrecisionPolicy(reduce_dtype=REDUCE_TORCH_DTYPES[self.reduce_dtype])
+        mode = PRECISION_MODES[self.precision]
+        done = mode.prepare_for_sharding(model)  # fp8: the float8 all-gather
+        policy = self.mp_policy()
         blocks = layer_blocks(model)
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
+        param_dtype = policy.param_dtype
         return model, {
             "fsdp_sharded_blocks": len(blocks),
+            "mp_policy_param_dtype": str(param_dtype).removeprefix("torch.")
+            if param_dtype is not None
+            else "as stored",
             "mp_policy_reduce_dtype": self.reduce_dtype,
+            **done,
         }
+
+    def mp_policy(self) -> Any:
+        """FSDP2's mixed-precision policy for the case: the precision mode's compute dtype for
+        the all-gathered parameters of an amp or fp8 mode (its fp32 master weights stay sharded
+        in fp32: FSDP2's usual recipe, as torchtitan runs it; the all-gather then moves half the
+        bytes), the stored dtype for the others; gradients reduced in the case's reduce dtype."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        return MixedPrecisionPolicy(
+            param_dtype=PRECISION_MODES[self.precision].sharded_param_dtype(),
+            reduce_dtype=REDUCE_TORCH_DTYPES[self.reduce_dtype],
+        )
 
     @staticmethod
     def agree(flag: bool) -> bool:
@@ -307,7 +342,7 @@ def layout_for(case: Case) -> Layout:
     """The layout a case runs in: one device, or data-parallel over the process group."""
     if case.parallel is None:
         return SingleDevice()
-    return DataParallel(case.parallel, case.reduce_dtype or "fp32")
+    return DataParallel(case.parallel, case.reduce_dtype or "fp32", case.precision)
 
 
 def unsupported_reason(case: Case) -> str | None:
@@ -407,7 +442,7 @@ def gather_results(result: CaseResult) -> list[CaseResult]:
     failure here means a peer is gone: RankLost."""
     gathered: list[Any] = [None] * dist.get_world_size()
     try:
-        dist.all_gather_object(gathered, result.to_dict())
+        dist.all_gather_object(gathered, result.to_dict(), group=control_group())
     except Exception as exc:
         raise RankLost(
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

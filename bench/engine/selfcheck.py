@@ -6,14 +6,18 @@ FAIL or SKIP (a check that needs what this device does not have, with the reason
 * identity: torch, CUDA, driver, NVML, compute capability, clocks, power limit;
 * timer: the step timer against an independent host clock over the same synchronized loop;
 * memory: the memory window against an allocation of known size;
-* per precision mode: a real training step (the runner's own) with
-  `torch.cuda.set_sync_debug_mode("error")`, so any host sync in a timed step raises (METHODS
-  rule 23), and proof the mode took effect (parameter and autocast dtypes, fp8 layers, TF32
-  changing a matmul's result);
-* matmul TFLOP/s per dtype against the peak table, and device copy bandwidth;
+* per precision mode: real steps (the runner's own: GPT-2 training, GPT-2 and BERT inference)
+  with `torch.cuda.set_sync_debug_mode("error")`, so any host sync in a timed step raises
+  (METHODS rule 23), and proof the mode took effect (parameter and autocast dtypes, fp8 layers,
+  TF32 changing a matmul's result); then a few representative steps per execution other than
+  eager (compiled), bounded in time (SYNC_CHECK_EXECUTIONS);
+* matmul TFLOP/s per dtype against the peak table (above it: the timer lies; below half of it:
+  clocks low, or TF32 off), and device copy bandwidth;
 * the overhead of mpbench's timed loop against a hand-written one, and of the telemetry sampler.
 
-Then two checks on the suite's run that follows them (suite_checks: every case ran, fp32 against
+`mpbench selfcheck` runs them in a process of their own (run_device_checks_in_child), so that
+its own process holds no CUDA context while the suite's workers run. Then two checks on the
+suite's run that follows them (suite_checks: every case ran, fp32 against
 itself is exactly 0) and the tally of PASS, FAIL and SKIP. Nothing here prints:
 bench.cli.selfcheck shows the results and runs the suite.
 """
@@ -26,6 +30,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -36,7 +41,7 @@ from bench.engine.modes import PRECISION_MODES
 from bench.engine.modes.base import square_matmul
 from bench.engine.numerics.config import NumericsConfig
 from bench.engine.rates import MATMUL_DTYPES, MatmulRate, measure_matmul, time_per_call_s
-from bench.engine.runner import CaseRunner, PreparedCase, measure_steps
+from bench.engine.runner import CaseRunner, PreparedCase, measure_steps, skip_reason
 from bench.engine.suite import Suite, load_suite
 from bench.engine.telemetry import open_telemetry
 from bench.errors import EXIT_OK
@@ -55,6 +60,12 @@ CPU_OVERHEAD_LIMIT = 1.15
 SAMPLER_OVERHEAD_LIMIT = 1.02  # timed steps with / without the NVML sampler
 SAMPLER_ALPHA = 0.05  # significance for "the sampler costs more than the limit"
 PEAK_SLACK = 1.05  # a measured rate above the datasheet peak by more than this: the timer lies
+# A measured rate below this fraction of the datasheet peak: the GPU is not running as it should
+# (clocks held low by power or thermal limits, TF32 left off for the tf32 matmul, another
+# process on the GPU). This check's square 8192^3 matmuls reached 74-84% of the dense peak in
+# every dtype on an H200 (README, "Measured on an H200": fp32 76%, tf32 84%, bf16 80%, fp16 77%,
+# fp8 74%), so half the peak leaves room for a slower part of the same model.
+PEAK_FLOOR = 0.5
 
 
 @dataclass
@@ -208,10 +219,46 @@ name = "selfcheck-modes"
 [sweep]
 models = ["gpt2-tiny"]
 workloads = ["train"]
-precisions = ["{precision}"]
+precisions = ["fp32"]
 batch_sizes = [2]
 seq_lens = [64]
 """
+
+# The steps every mode's check runs (eagerly): GPT-2 training, and inference of a causal LM
+# (GPT-2) and of a masked LM (BERT), whose mask code differs. On a GPU the fp8 modes' inference
+# is torchao's float8 `quantize_` path (bench.engine.modes.fp8), so it is checked here too.
+SYNC_CHECK_STEPS = (("gpt2-tiny", "train"), ("gpt2-tiny", "infer"), ("bert-tiny", "infer"))
+
+# Executions other than eager, and the steps each checks for host syncs: (precisions, model,
+# workload), the first precision this GPU runs. Bounded so that the device checks stay near 2
+# minutes on an H200: an eager step of a tiny model checks in about a second (9 modes x 3 steps
+# above: ~30 s), but a compiled one first compiles (15-40 s for a tiny model), so the compiled
+# check runs two steps that between them cover what compiling changes: GPT-2 training with fp8
+# (torchao's float8 training compiled, as it runs on a GPU by default) and BERT inference with
+# fp8 (torchao's quantize_ path compiled, and a masked LM); bf16 where a GPU has no fp8. The
+# optimizer step and GradScaler stay outside the compiled module and are checked eagerly.
+# Another execution (issue 18's CUDA graphs) adds its entry here, and its suite key in
+# `sync_suite`.
+SYNC_CHECK_EXECUTIONS: dict[str, tuple[tuple[tuple[str, ...], str, str], ...]] = {
+    "compiled": (
+        (("fp8", "amp_bf16"), "gpt2-tiny", "train"),
+        (("fp8", "bf16"), "bert-tiny", "infer"),
+    ),
+}
+
+
+def sync_suite(precision: str, model: str, workload: str, execution: str = "eager") -> Suite:
+    """The one-case suite of a host-sync check: batch 2 x 64 tokens."""
+    from bench.engine.suite import parse_suite
+
+    overrides = {
+        "models": [model],
+        "workloads": [workload],
+        "precisions": [precision],
+        # The suite key that picks the execution (issue 18's `execution` dimension replaces it).
+        "compile": [execution],
+    }
+    return parse_suite(MODE_CHECK_SUITE, overrides=overrides)
 
 
 @contextlib.contextmanager
@@ -225,46 +272,112 @@ def sync_debug_error(device: Device) -> Iterator[None]:
         torch.cuda.set_sync_debug_mode(0)
 
 
+@dataclass(frozen=True)
+class StepCheck:
+    """One step of a mode checked: '' when it took effect and (on CUDA) ran without a host
+    sync, else what went wrong."""
+
+    case_id: str
+    problem: str = ""
+
+
+def check_step(device: Device, suite: Suite, steps: int = 3) -> StepCheck:
+    """The suite's one case as the runner prepares it: the mode took effect on the model, and on
+    CUDA `steps` steps after as many warm-up ones (lazy init, autotuning, compiling, the first
+    GradScaler steps) run under sync-debug "error". On a CPU one step proves the path runs."""
+    with prepared_case(suite, device) as (case, prepared):
+        try:
+            wrong = prepared.mode.took_effect(device, prepared.model, prepared.details)
+            if wrong:
+                return StepCheck(case.id, f"the mode did not take effect: {wrong}")
+            if not device.is_cuda:
+                prepared.step()
+                return StepCheck(case.id)
+            for _ in range(steps):
+                prepared.step()
+            device.synchronize()
+            try:
+                with sync_debug_error(device):
+                    for _ in range(steps):
+                        prepared.step()
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                return StepCheck(case.id, f"a timed {case.workload} step synchronizes: {first}")
+            device.synchronize()
+        finally:
+            prepared.execution.reset()  # compiled graphs die with the check
+    return StepCheck(case.id)
+
+
+def _verdict(
+    check: str, done: list[StepCheck], skipped: list[str], passed: str, sync_checked: bool
+) -> CheckResult:
+    """A check's result from its steps: the first problem FAILs it; none run is a SKIP."""
+    figures: dict[str, Any] = {
+        "steps": [c.case_id for c in done],
+        "skipped": skipped,
+        "sync_checked": sync_checked,
+    }
+    bad = next((c for c in done if c.problem), None)
+    if bad is not None:
+        return CheckResult(check, FAIL, f"{bad.case_id}: {bad.problem}", figures)
+    if not done:
+        return CheckResult(check, SKIP, "; ".join(skipped) or "nothing to check", figures)
+    ran = ", ".join(" ".join(c.case_id.split("/")[:2]) for c in done)
+    return CheckResult(check, PASS, f"{passed} ({ran})", figures)
+
+
 def check_mode(device: Device, name: str, steps: int = 3) -> CheckResult:
-    """A real training step of the mode (the runner's prepare and step on gpt2-tiny): on CUDA
-    under sync-debug "error" (no hidden host sync), and proof that the mode took effect."""
+    """The mode's real steps (the runner's prepare and step: GPT-2 training, GPT-2 and BERT
+    inference): proof that the mode took effect, and on CUDA no host sync in them (eager)."""
     check = f"mode {name}"
     mode = PRECISION_MODES[name]
     reason = mode.unsupported_reason(device, "train")
     if reason:
         return CheckResult(check, SKIP, reason)
-    from bench.engine.suite import parse_suite
-
-    suite = parse_suite(MODE_CHECK_SUITE.format(precision=name))
-    with prepared_case(suite, device) as (_, prepared):
-        wrong = mode.took_effect(device, prepared.model, prepared.details)
-        if wrong:
-            return CheckResult(check, FAIL, f"the mode did not take effect: {wrong}")
-        if not device.is_cuda:  # one real step proves the mode trains; the rest is CUDA's
-            prepared.step()
-            return CheckResult(
-                check,
-                PASS,
-                "took effect (dtypes, layers); host-sync check needs CUDA (skipped on a CPU)",
-                {"sync_checked": False},
-            )
-        for _ in range(steps):  # warm-up: lazy init, autotuning, the first GradScaler steps
-            prepared.step()
-        device.synchronize()
-        try:
-            with sync_debug_error(device):
-                for _ in range(steps):
-                    prepared.step()
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            return CheckResult(check, FAIL, f"a timed training step synchronizes: {first}")
-        device.synchronize()
-    return CheckResult(
-        check,
-        PASS,
-        f"took effect; {steps} training steps with no host sync",
-        {"sync_checked": True},
+    done, skipped = [], []
+    # On a CPU there is no host sync to find: one training step proves the mode runs, and the
+    # suite after the checks runs its inference.
+    for model, workload in SYNC_CHECK_STEPS if device.is_cuda else SYNC_CHECK_STEPS[:1]:
+        reason = mode.unsupported_reason(device, workload)
+        if reason:
+            skipped.append(f"{model} {workload}: {reason}")
+            continue
+        done.append(check_step(device, sync_suite(name, model, workload), steps))
+        if done[-1].problem:
+            break
+    passed = (
+        f"took effect; {steps} steps each with no host sync"
+        if device.is_cuda
+        else "took effect (dtypes, layers); host-sync check needs CUDA (skipped on a CPU)"
     )
+    return _verdict(check, done, skipped, passed, device.is_cuda)
+
+
+def check_execution_syncs(device: Device, execution: str, steps: int = 3) -> CheckResult:
+    """The representative steps of an execution other than eager (SYNC_CHECK_EXECUTIONS) run
+    with no host sync: CUDA only, since a CPU has no asynchronous work to wait for."""
+    check = f"no sync {execution}"
+    if not device.is_cuda:
+        return CheckResult(check, SKIP, "the host-sync check needs CUDA (skipped on a CPU)")
+    done, skipped = [], []
+    for precisions, model, workload in SYNC_CHECK_EXECUTIONS[execution]:
+        reasons = {p: PRECISION_MODES[p].unsupported_reason(device, workload) for p in precisions}
+        precision = next((p for p in precisions if reasons[p] is None), None)
+        if precision is None:
+            skipped += [f"{p} {model} {workload}: {reasons[p]}" for p in precisions]
+            continue
+        suite = sync_suite(precision, model, workload, execution)
+        case = suite.cases(device.name)[0]
+        reason = skip_reason(suite, device, case)
+        if reason:
+            skipped.append(f"{case.id}: {reason}")
+            continue
+        done.append(check_step(device, suite, steps))
+        if done[-1].problem:
+            break
+    passed = f"{steps} {execution} steps each with no host sync"
+    return _verdict(check, done, skipped, passed, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,11 +399,22 @@ def check_matmul(device: Device, dtype: str) -> CheckResult:
         return CheckResult(check, PASS, f"{achieved:.3g} TFLOP/s ({n}³; {why})", figures)
     fraction = achieved / peak.tflops
     figures["fraction_of_peak"] = fraction
-    status = FAIL if fraction > PEAK_SLACK else PASS
+    status = FAIL if fraction > PEAK_SLACK or fraction < PEAK_FLOOR else PASS
     detail = f"{achieved:.4g} TFLOP/s = {fraction:.0%} of the {peak.tflops:g} TFLOP/s peak ({n}³)"
-    if status == FAIL:
+    if fraction > PEAK_SLACK:
         detail += ": above the datasheet peak, so the timer cannot be right"
+    elif fraction < PEAK_FLOOR:
+        detail += (
+            f": below {PEAK_FLOOR:.0%} of the table's peak for {peak_name(device)}: clocks low "
+            "(power or thermal limit, another process on the GPU)"
+            + (", or TF32 off" if dtype == "tf32" else "")
+        )
     return CheckResult(check, status, detail, figures)
+
+
+def peak_name(device: Device) -> str:
+    """The GPU the peak table was read for, as the device names itself."""
+    return device.gpu_name() or device.name
 
 
 def measured_rates(results: list[CheckResult]) -> dict[str, MatmulRate]:
@@ -495,10 +619,13 @@ def check_overhead(device: Device, rounds: int = 12, steps: int = 8) -> CheckRes
 # ---------------------------------------------------------------------------------------------
 
 # The suite runs to prove the whole pipeline (every case runs, report renders, fp32 repeats
-# exactly), not to set a baseline: fewer timed steps and a shorter numerics pass keep selfcheck
-# near 4 minutes on one GPU (`mpbench run ci` gives the full figures).
-SELFCHECK_TIMING = {"warmup": 3, "max_warmup": 10, "iterations": 20}
-SELFCHECK_NUMERICS_STEPS = 10
+# exactly), not to set a baseline (`mpbench run ci` gives the full figures). Its share of the
+# 4 minutes selfcheck allows on one H200: with 20 timed steps, a 10-step numerics pass and the
+# fp64 reference, the 28 ci cases took 4 minutes there alone (README, "Measured on an H200");
+# 10 timed steps, a 5-step pass and no fp64 reference (nothing here reads it: fp32 against
+# itself is the check) leave the device checks (~2 minutes) their room.
+SELFCHECK_TIMING = {"warmup": 3, "max_warmup": 5, "iterations": 10}
+SELFCHECK_NUMERICS_STEPS = 5
 
 
 def shortened(suite: Suite) -> Suite:
@@ -508,6 +635,7 @@ def shortened(suite: Suite) -> Suite:
     numerics["train_steps"] = min(
         numerics.get("train_steps", NumericsConfig().train_steps), SELFCHECK_NUMERICS_STEPS
     )
+    numerics["fp64_max_parameters"] = 0
     return replace(suite.with_timing(timing), tables=dict(suite.tables, numerics=numerics))
 
 
@@ -524,6 +652,10 @@ def device_checks(device: Device) -> list[tuple[str, Callable[[], CheckResult]]]
         ("memory", lambda: check_memory_window(device)),
     ]
     checks += [(f"mode {n}", lambda n=n: check_mode(device, n)) for n in PRECISION_MODES]
+    checks += [
+        (f"no sync {e}", lambda e=e: check_execution_syncs(device, e))
+        for e in SYNC_CHECK_EXECUTIONS
+    ]
     checks += [(f"matmul {d}", lambda d=d: check_matmul(device, d)) for d in MATMUL_DTYPES]
     checks += [
         ("copy bandwidth", lambda: check_copy_bandwidth(device)),
@@ -534,15 +666,97 @@ def device_checks(device: Device) -> list[tuple[str, Callable[[], CheckResult]]]
 
 
 def run_device_checks(
-    device: Device, on_result: Callable[[CheckResult], None] | None = None
+    device: Device,
+    on_result: Callable[[CheckResult], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> list[CheckResult]:
     """Every device-level check; each failure is its own FAIL, never the end of the run."""
     results = []
     for name, check in device_checks(device):
+        if on_start is not None:
+            on_start(name)
         result = _guarded(name, check)
         results.append(result)
         if on_result is not None:
             on_result(result)
+    return results
+
+
+# A generous bound on the device checks' process (about 2 minutes expected on an H200, ~30 s on
+# this project's CPU VM): past it the process is killed and the check it was in FAILs.
+CHILD_TIMEOUT_S = 1200.0
+
+
+def _device_checks_process(conn: Connection, device_name: str) -> None:
+    """The device checks' own process: it makes the device current (a CUDA context lives here,
+    and dies with it), runs every check and sends each name as it starts and each result as it
+    ends."""
+    import signal
+
+    from bench.engine.device import resolve_device
+    from bench.engine.executors import quiet_transformers
+    from bench.engine.supervisor import die_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    die_with_parent()
+    quiet_transformers()
+    device = resolve_device(device_name)
+    device.activate()
+    run_device_checks(
+        device,
+        on_result=lambda r: conn.send(("result", r.to_dict())),
+        on_start=lambda name: conn.send(("start", name)),
+    )
+    conn.send(("done", None))
+    conn.close()
+
+
+def run_device_checks_in_child(
+    device_name: str,
+    on_result: Callable[[CheckResult], None] | None = None,
+    target: Callable[..., None] = _device_checks_process,
+    timeout_s: float = CHILD_TIMEOUT_S,
+) -> list[CheckResult]:
+    """Every device check, in a spawned process of their own: this process never holds a CUDA
+    context (so none of its memory sits on the GPU while the suite's workers run after the
+    checks), and a check that kills its process (a segfault, a CUDA error that poisons the
+    context) is that check's FAIL, not the end of the self-check."""
+    from bench.engine.supervisor import SpawnedChild
+
+    child = SpawnedChild(target, (device_name,))
+    results: list[CheckResult] = []
+    current = "starting the device checks"
+    deadline = time.monotonic() + timeout_s
+
+    def lost(why: str) -> None:
+        result = CheckResult(current, FAIL, f"the device checks' process {why}")
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        while True:
+            if not child.conn.poll(max(0.0, deadline - time.monotonic())):
+                lost(f"gave no answer within {timeout_s:g} s; killed")
+                break
+            try:
+                kind, payload = child.conn.recv()
+            except (EOFError, OSError):
+                child.join(5)
+                lost(f"ended during this check ({child.death_reason()})")
+                break
+            if kind == "start":
+                current = payload
+            elif kind == "result":
+                result = CheckResult(**payload)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+            else:  # "done"
+                break
+    finally:
+        child.join(30)
+        child.kill()
     return results
 
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -153,6 +153,39 @@ def train_step_fn(
 Context = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
+def _one_sequence_per_row(position_ids: torch.Tensor) -> None:
+    """transformers' packed-sequence search, answered without looking: mpbench's batches hold
+    one sequence per row, so there is never a packed sequence to find."""
+    return None
+
+
+@contextlib.contextmanager
+def unpacked_rows() -> Iterator[None]:
+    """A forward pass without transformers' packed-sequence search, which synchronises the host.
+
+    transformers 5.25 (masking_utils._preprocess_mask_arguments): when a causal LM's forward has
+    no KV cache and no attention mask (mpbench's prefill: `use_cache=False`, no padding), it
+    looks for several sequences packed into one row in the position ids the model made itself
+    (`arange(seq_len)`): `find_packed_sequence_indices` evaluates
+    `(packed_sequence_mask[:, -1] == 0).all()` in an `if`, on the device: a host sync in every
+    eager GPT-2 (Llama, Qwen2, ...) inference step, which leaves the GPU idle while the host
+    waits. No argument of the forward avoids it without a cost of its own: an all-ones
+    attention_mask trades it for `fast_all(padding_mask)` in the SDPA mask code (another sync),
+    a KV cache copies every layer's keys and values (memory and time a prefill benchmark must
+    not count), a 4-D mask turns off SDPA's causal kernels. For rows that are not packed the
+    function returns None, so answering None here changes nothing but the sync (tests hold the
+    logits equal). Under torch.compile or CUDA graph capture transformers skips the search
+    itself; masked LMs (BERT) pass no position ids and never reach it."""
+    from transformers import masking_utils
+
+    found = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = _one_sequence_per_row
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = found
+
+
 def infer_step_fn(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -162,10 +195,11 @@ def infer_step_fn(
 ) -> Callable[[], None]:
     """One forward pass; logits are dropped so a step holds no memory after it ends. `kwargs`
     are the family's forward arguments (a causal LM's prefill keeps no KV cache); `no_grad` is
-    the precision mode's inference context (torch.inference_mode unless the mode says)."""
+    the precision mode's inference context (torch.inference_mode unless the mode says). The
+    forward runs without transformers' packed-sequence search (`unpacked_rows`: a host sync)."""
 
     def step() -> None:
-        with no_grad(), autocast():
+        with no_grad(), autocast(), unpacked_rows():
             model(**batch, **kwargs)
 
     return step

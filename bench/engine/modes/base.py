@@ -169,6 +169,21 @@ class PrecisionMode:
         modes needs one: the step then calls nothing extra)."""
         return None
 
+    def sharded_param_dtype(self) -> torch.dtype | None:
+        """The dtype FSDP2 all-gathers the parameters in and computes with
+        (`MixedPrecisionPolicy(param_dtype=...)`): an amp mode's autocast dtype, since its fp32
+        master weights would only be cast to it for every matmul anyway (FSDP2's documented
+        mixed-precision recipe, torchtitan's default); None, the stored dtype, for the others
+        (fp32 and tf32 compute in fp32; pure bf16/fp16 already store their compute dtype)."""
+        if self.param_dtype == torch.float32 and self.autocast_dtype is not None:
+            return self.autocast_dtype
+        return None
+
+    def prepare_for_sharding(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Whatever the mode changes in its model before FSDP2 shards it (fp8: the float8
+        all-gather); what it did, for the case's details. Nothing for most modes."""
+        return {}
+
     def make_grad_scaler(self, device: Device) -> torch.amp.GradScaler | None:
         """A GradScaler with PyTorch's defaults (init 2**16, growth 2, backoff 0.5, interval 2000)."""
         if not self.grad_scaler:

@@ -32,6 +32,7 @@ in fp8 out of how many.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -347,6 +348,30 @@ class Float8Training(PrecisionMode):
             return CPU_CAVEAT
         return None if compiled else EAGER_GPU_CAVEAT
 
+    def prepare_for_sharding(self, model: torch.nn.Module) -> dict[str, Any]:
+        """FSDP2 all-gathers the fp8 layers' weights in float8 (torchao's
+        `enable_fsdp_float8_all_gather`, what torchtitan runs), a quarter of fp32's bytes; only
+        tensorwise scaling has it (torchao 0.18 refuses it for rowwise)."""
+        enabled = enable_float8_all_gather(model)
+        if enabled is None:
+            return {
+                "fsdp_float8_all_gather": (
+                    f"no: torchao's float8 all-gather needs tensorwise scaling ({self.recipe})"
+                )
+            }
+        return {"fsdp_float8_all_gather": f"yes: {enabled} layers"}
+
+    def after_optimizer_step(self, model: torch.nn.Module) -> Callable[[], None] | None:
+        """Under FSDP2 with the float8 all-gather: the weights' float8 scales for the next
+        all-gather, computed in one all-reduce after each optimizer step
+        (torchao's `precompute_float8_dynamic_scale_for_fsdp`, as torchtitan does) instead of
+        one per layer inside it. Nothing otherwise."""
+        if not float8_all_gather_weights(model):
+            return None
+        from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+        return lambda: precompute_float8_dynamic_scale_for_fsdp(model)
+
     def autocast(
         self, device: Device, workload: str = "train"
     ) -> contextlib.AbstractContextManager[object]:
@@ -393,6 +418,11 @@ class MXFP8Training(Float8Training):
         }
         return PreparedModel(model, details, transposed)
 
+    def prepare_for_sharding(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Nothing: FSDP2 all-gathers MXFP8Linear's weights in bf16 (torchao 0.18 has no MX
+        all-gather for it)."""
+        return {"fsdp_float8_all_gather": "no: torchao's MXFP8Linear has no float8 all-gather"}
+
     def converted(self, model: torch.nn.Module) -> list[str]:
         """The names of the layers `prepare` turned into torchao's MXFP8Linear."""
         from torchao.prototype.moe_training.mxfp8_linear import MXFP8Linear
@@ -404,6 +434,58 @@ class MXFP8Training(Float8Training):
     ) -> contextlib.AbstractContextManager[object]:
         """bf16 autocast around the MX layers."""
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def enable_float8_all_gather(model: torch.nn.Module) -> int | None:
+    """Switch the model's Float8Linear layers to FSDP2's float8 all-gather before the model is
+    sharded: how many layers (None when their scaling is not tensorwise, which torchao's
+    float8 all-gather refuses).
+
+    torchao applies `Float8LinearConfig(enable_fsdp_float8_all_gather=True)` when it converts
+    a layer (`Float8Linear.from_float`); the precision mode converts before it knows the
+    layout, so this does the same afterwards: the config with the flag on, and the weight
+    wrapped in `WeightWithDynamicFloat8CastTensor` (same Parameter data, so the optimizer, built
+    later, sees it). tests/test_parallel_recipe.py holds it equal to torchao's own conversion."""
+    from torchao.float8.config import ScalingGranularity, ScalingType
+    from torchao.float8.float8_linear import Float8Linear
+    from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
+
+    layers = [m for m in model.modules() if isinstance(m, Float8Linear)]
+    weight_casts = [m.config.cast_config_weight for m in layers]
+    if any(
+        c.scaling_granularity is not ScalingGranularity.TENSORWISE
+        or c.scaling_type is not ScalingType.DYNAMIC
+        for c in weight_casts
+    ):
+        return None
+    for layer in layers:
+        if layer.config.enable_fsdp_float8_all_gather:
+            continue
+        layer.config = dataclasses.replace(layer.config, enable_fsdp_float8_all_gather=True)
+        layer.weight = torch.nn.Parameter(
+            WeightWithDynamicFloat8CastTensor(
+                layer.weight,
+                layer.linear_mm_config,
+                layer.config.cast_config_weight.target_dtype,
+            ),
+            requires_grad=layer.weight.requires_grad,
+        )
+    return len(layers)
+
+
+def float8_all_gather_weights(model: torch.nn.Module) -> int:
+    """How many Float8Linear weights FSDP2 has sharded with the float8 all-gather."""
+    from torchao.float8.float8_linear import Float8Linear
+    from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
+
+    count = 0
+    for module in model.modules():
+        local = getattr(getattr(module, "weight", None), "_local_tensor", None)  # a DTensor's
+        if isinstance(module, Float8Linear) and isinstance(
+            local, WeightWithDynamicFloat8CastTensor
+        ):
+            count += 1
+    return count
 
 
 def convert_to_mxfp8(
