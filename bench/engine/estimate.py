@@ -6,8 +6,10 @@ The model, per case (constants below, measured on the machines named there):
 
     step_s  = max(flops / (rate[dtype] * MATMUL_EFFICIENCY),  n_layer * HOST_S_PER_LAYER)
               * the mode's eager_gpu_slowdown on a GPU without torch.compile (fp8: torchao's casts)
+              (compiled: a third of the host floor; graphs: none, one replay launches the step)
     case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations + 1 FLOP-count step) * step_s
-              + compile_s when compiled
+              + compile_estimate_s when compiled (regional: one block graph; whole model: one
+                per layer), + GRAPH_WARMUP_STEPS + 1 steps when captured as a CUDA graph
               + a worker's start-up, once per model (--isolate model) or per case
     once per model, workload and precision: its numerics pass, numerics steps * step_s at the
     numerics shape * NUMERICS_SLOWDOWN
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.engine.budget import TimingPlan, plan_timing, predicted_step_s, slow_case_count
 from bench.engine.device import Device
+from bench.engine.execution import GRAPH_WARMUP_STEPS
 from bench.engine.flops import analytic_flops
 from bench.engine.modes import BASELINE_MODE, PRECISION_MODES
 from bench.engine.numerics.config import NumericsConfig
@@ -59,8 +62,17 @@ NUMERICS_SLOWDOWN = 1.3
 CASE_OVERHEAD_S = {"cuda": 4.0, "cpu": 0.4}
 # Once per model and workload: model construction, the fp32 reference run and activation ranges.
 FIRST_CASE_S = {"cuda": 12.0, "cpu": 2.0}
-# torch.compile's first call, per case (kept out of the steps, but it takes wall time).
-COMPILE_S = {"cuda": 40.0, "cpu": 15.0}
+# torch.compile's first call, per case (kept out of the steps, but it takes wall time): seconds per
+# distinct graph dynamo and inductor compile, by workload. Regional compilation compiles one
+# graph per block class (one for GPT-2 or BERT) and reuses it for every layer; whole-model
+# compilation traces every layer into one graph, so it costs about one block graph per layer.
+# CPU: measured on this 2-core VM by benchmarks/compile_regional.py (gpt2-124m, cold inductor
+# cache; see COMPILE_MEASURED below). CUDA: not measured yet; the CPU figures stand in (inductor's
+# time is mostly host-side tracing and code generation), to be replaced by a GPU measurement.
+COMPILE_S_PER_GRAPH = {
+    "cpu": {"train": 9.0, "infer": 3.0, "generate": 3.0},
+    "cuda": {"train": 9.0, "infer": 3.0, "generate": 3.0},
+}
 # Starting a worker process (--isolate model: one per model; case: one per case): importing
 # torch and transformers, and on a GPU creating the CUDA context (H200 host: 5.8 s).
 WORKER_START_S = {"cuda": 6.0, "cpu": 3.0}
@@ -141,12 +153,21 @@ def step_estimate_s(
     if device_type == "cpu" and rate.dtype == "fp16":
         compute_s /= CPU_FP16_FACTOR
     host_s = n_layers(suite, case.model) * HOST_S_PER_LAYER[device_type][case.workload]
-    if case.compiled:
+    if case.execution == "compiled":
         host_s /= 3  # compiled graphs launch fewer, fused kernels
+    elif case.execution == "graphs":
+        host_s = 0.0  # one replay launches the whole step
     step_s = max(compute_s, host_s)
-    if mode.eager_gpu_slowdown and not case.compiled and device_type == "cuda":
+    if mode.eager_gpu_slowdown and case.execution != "compiled" and device_type == "cuda":
         step_s *= mode.eager_gpu_slowdown[case.workload]
     return step_s
+
+
+def compile_estimate_s(suite: Suite, case: Case, device_type: str, scope: str) -> float:
+    """Seconds torch.compile's first call takes for `case`: one block graph under regional
+    compilation, one per layer for the whole model (COMPILE_S_PER_GRAPH)."""
+    per_graph_s = COMPILE_S_PER_GRAPH[device_type][case.workload]
+    return per_graph_s * (1 if scope == "regional" else n_layers(suite, case.model))
 
 
 def n_layers(suite: Suite, model: str) -> int:
@@ -208,8 +229,10 @@ def estimate_sweep(
                 repeats = 2 if numerics.noise_floor else 1
                 case_s += FIRST_CASE_S[device_type]
                 case_s += repeats * pass_steps * reference * NUMERICS_SLOWDOWN
-        if case.compiled:
-            case_s += COMPILE_S[device_type]
+        if case.execution == "compiled":
+            case_s += compile_estimate_s(suite, case, device_type, suite.sweep.compile_scope)
+        elif case.execution == "graphs":
+            case_s += (GRAPH_WARMUP_STEPS + 1) * step_s  # side-stream warm-up, then capture
         if isolate == "case" or (isolate == "model" and case.model not in per_model):
             case_s += WORKER_START_S[device_type]
         per_model[case.model] = per_model.get(case.model, 0.0) + case_s

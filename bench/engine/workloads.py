@@ -62,15 +62,20 @@ def make_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def make_optimizer(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, fused: bool = False, capturable: bool = False
+) -> torch.optim.Optimizer:
     """AdamW over all parameters, its state already allocated (see init_optimizer_state); the
     state takes the parameters' dtype (pure bf16/fp16 too).
 
     `fused` (what mpbench uses on CUDA, as nanoGPT and torchtitan do): one kernel for the whole
     update, and it takes GradScaler's scale and inf flag on the device. With the default
     implementation, `GradScaler.step` reads the inf flag on the host (`.item()`), a sync in
-    every amp_fp16 training step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, fused=fused or None)
+    every amp_fp16 training step. `capturable` (a step captured in a CUDA graph: the execution
+    "graphs") keeps AdamW's step count on the device, so a replay updates it."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LEARNING_RATE, fused=fused or None, capturable=capturable
+    )
     init_optimizer_state(optimizer)
     return optimizer
 
@@ -118,6 +123,8 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
         kind = "foreach"
     else:
         kind = "default: foreach on CUDA, for-loop on CPU"
+    if defaults.get("capturable"):
+        kind += ", capturable"
     return f"{type(optimizer).__name__} ({kind})"
 
 
