@@ -57,7 +57,14 @@ def measure(args: argparse.Namespace) -> dict[str, float | str | None]:
     if args.workload == "train":
         model.train()
         optimizer = workloads.make_optimizer(model)
-        step = workloads.train_step_fn(run_module, batch, optimizer, contextlib.nullcontext, None)
+        step = workloads.train_step_fn(
+            run_module,
+            batch,
+            optimizer,
+            contextlib.nullcontext,
+            None,
+            kwargs=spec.family.forward_kwargs(),
+        )
     else:
         model.eval()
         step = workloads.infer_step_fn(

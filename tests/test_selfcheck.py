@@ -171,7 +171,7 @@ def test_a_training_step_that_synchronizes_fails_the_mode_check(monkeypatch) -> 
     gpu = FakeGpu((9, 0))
     assert selfcheck.check_mode(gpu, "amp_fp16").status == "PASS"
     real = workloads.make_optimizer
-    monkeypatch.setattr(workloads, "make_optimizer", lambda model, fused=False: real(model))
+    monkeypatch.setattr(workloads, "make_optimizer", lambda model, fused=False, **_: real(model))
     failed = selfcheck.check_mode(gpu, "amp_fp16")
     assert failed.status == "FAIL"
     assert failed.detail == (

@@ -370,7 +370,7 @@ class CaseRunner:
             after_step = mode.after_optimizer_step(model)
             return (
                 lambda m: workloads.train_step_fn(
-                    m, batch, optimizer, autocast, scaler, after_step
+                    m, batch, optimizer, autocast, scaler, after_step, spec.family.forward_kwargs()
                 ),
                 optimizer,
                 scaler,

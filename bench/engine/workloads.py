@@ -135,13 +135,18 @@ def train_step_fn(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     scaler: torch.amp.GradScaler | None,
     after_step: Callable[[], None] | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> Callable[[], torch.Tensor]:
     """One training step returning the loss as a detached tensor (no host sync to read it).
-    `after_step` is the precision mode's hook after optimizer.step(), if it has one."""
+    `after_step` is the precision mode's hook after optimizer.step(), if it has one; `kwargs`
+    the family's forward arguments (a causal LM keeps no KV cache: transformers would build one
+    in every training forward, and each layer's cache update makes torch.compile recompile the
+    block for every layer)."""
+    forward_kwargs = kwargs or {}
 
     def step() -> torch.Tensor:
         with autocast():
-            loss = model(**batch).loss
+            loss = model(**batch, **forward_kwargs).loss
         if scaler is None:
             loss.backward()
             optimizer.step()
