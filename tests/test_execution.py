@@ -210,8 +210,11 @@ def test_compile_estimate_counts_one_block_graph_regionally() -> None:
     compiled = case("compiled", precision="fp32")
     regional_s = estimate.compile_estimate_s(suite, compiled, "cuda", "regional")
     whole_s = estimate.compile_estimate_s(suite, compiled, "cuda", "model")
-    assert regional_s == estimate.COMPILE_S_PER_GRAPH["cuda"]["train"]
-    assert whole_s == regional_s * estimate.n_layers(suite, "gpt2-tiny")
+    per_layer_s = estimate.COMPILE_S_PER_LAYER["cuda"]["train"]
+    assert regional_s == estimate.COMPILE_BASE_S["cuda"]["train"] + per_layer_s
+    assert whole_s == pytest.approx(
+        regional_s + (estimate.n_layers(suite, "gpt2-tiny") - 1) * per_layer_s
+    )
     rates = {"fp32": estimate.MatmulRate("fp32", 8192, 50.0)}
     eager_s = estimate.step_estimate_s(suite, case(precision="fp32"), rates, "cuda")
     graphs_s = estimate.step_estimate_s(suite, case("graphs", precision="fp32"), rates, "cuda")

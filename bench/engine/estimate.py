@@ -8,8 +8,9 @@ The model, per case (constants below, measured on the machines named there):
               * the mode's eager_gpu_slowdown on a GPU without torch.compile (fp8: torchao's casts)
               (compiled: a third of the host floor; graphs: none, one replay launches the step)
     case_s  = CASE_OVERHEAD_S + (expected warm-up + iterations + 1 FLOP-count step) * step_s
-              + compile_estimate_s when compiled (regional: one block graph; whole model: one
-                per layer), + GRAPH_WARMUP_STEPS + 1 steps when captured as a CUDA graph
+              + compile_estimate_s when compiled (a base + each traced layer: one block under
+                regional compilation, all of them for the whole model), + GRAPH_WARMUP_STEPS + 1
+                steps when captured as a CUDA graph
               + a worker's start-up, once per model (--isolate model) or per case
     once per model, workload and precision: its numerics pass, numerics steps * step_s at the
     numerics shape * NUMERICS_SLOWDOWN
@@ -62,16 +63,22 @@ NUMERICS_SLOWDOWN = 1.3
 CASE_OVERHEAD_S = {"cuda": 4.0, "cpu": 0.4}
 # Once per model and workload: model construction, the fp32 reference run and activation ranges.
 FIRST_CASE_S = {"cuda": 12.0, "cpu": 2.0}
-# torch.compile's first call, per case (kept out of the steps, but it takes wall time): seconds per
-# distinct graph dynamo and inductor compile, by workload. Regional compilation compiles one
-# graph per block class (one for GPT-2 or BERT) and reuses it for every layer; whole-model
-# compilation traces every layer into one graph, so it costs about one block graph per layer.
-# CPU: measured on this 2-core VM by benchmarks/compile_regional.py (gpt2-124m, cold inductor
-# cache; see COMPILE_MEASURED below). CUDA: not measured yet; the CPU figures stand in (inductor's
-# time is mostly host-side tracing and code generation), to be replaced by a GPU measurement.
-COMPILE_S_PER_GRAPH = {
-    "cpu": {"train": 9.0, "infer": 3.0, "generate": 3.0},
-    "cuda": {"train": 9.0, "infer": 3.0, "generate": 3.0},
+# torch.compile's first call, per case (kept out of the steps, but it takes wall time):
+# compile_s = COMPILE_BASE_S + COMPILE_S_PER_LAYER x the layers traced into the graph (one block
+# under regional compilation, whose graph every layer reuses; every layer for the whole model).
+# Measured by benchmarks/compile_regional.py on this project's 2-core CPU (gpt2-124m fp32, batch
+# 1 x 128, a cold inductor cache per variant, 2026-12-06): train regional 16.5 s, whole model
+# 50.5 s (3.1x); infer regional 12.1 s, whole model 22.1 s. Two equations per workload give the
+# base (train 13.4 s, infer 11.2 s) and the cost per traced layer (train 3.1 s, infer 0.9 s).
+# CUDA: not measured yet; the CPU figures stand in (inductor's time is mostly host-side tracing
+# and code generation; a GPU host compiles its Triton kernels on more cores), errs long.
+COMPILE_BASE_S = {
+    "cpu": {"train": 13.4, "infer": 11.2, "generate": 11.2},
+    "cuda": {"train": 13.4, "infer": 11.2, "generate": 11.2},
+}
+COMPILE_S_PER_LAYER = {
+    "cpu": {"train": 3.1, "infer": 0.9, "generate": 0.9},
+    "cuda": {"train": 3.1, "infer": 0.9, "generate": 0.9},
 }
 # Starting a worker process (--isolate model: one per model; case: one per case): importing
 # torch and transformers, and on a GPU creating the CUDA context (H200 host: 5.8 s).
@@ -164,10 +171,11 @@ def step_estimate_s(
 
 
 def compile_estimate_s(suite: Suite, case: Case, device_type: str, scope: str) -> float:
-    """Seconds torch.compile's first call takes for `case`: one block graph under regional
-    compilation, one per layer for the whole model (COMPILE_S_PER_GRAPH)."""
-    per_graph_s = COMPILE_S_PER_GRAPH[device_type][case.workload]
-    return per_graph_s * (1 if scope == "regional" else n_layers(suite, case.model))
+    """Seconds torch.compile's first call takes for `case`: a base plus each layer traced, one
+    block under regional compilation, every layer for the whole model (COMPILE_BASE_S)."""
+    traced = 1 if scope == "regional" else n_layers(suite, case.model)
+    base_s = COMPILE_BASE_S[device_type][case.workload]
+    return base_s + traced * COMPILE_S_PER_LAYER[device_type][case.workload]
 
 
 def n_layers(suite: Suite, model: str) -> int:
