@@ -52,7 +52,7 @@ for s in $STEPS; do
       ;;
     compile)
       step compile 100 python3 -m bench run ci --models gpt2-124m --workloads train \
-        --precisions fp32,bf16,fp8 --compile both --batch-sizes 32 --iterations 20 \
+        --precisions fp32,bf16,fp8 --execution eager,compiled --batch-sizes 32 --iterations 20 \
         --out "$WORK/compile"
       ;;
     *)

@@ -166,7 +166,7 @@ def test_an_architecture_compiles(arch: str, checkpoints: dict[str, Path], tmp_p
         str(suite),
         "--out",
         str(out),
-        "--compile",
+        "--execution",
         "compiled",
         "--isolate",
         "none",
@@ -175,7 +175,7 @@ def test_an_architecture_compiles(arch: str, checkpoints: dict[str, Path], tmp_p
     )
     assert ran.returncode == 0, ran.stderr
     [result] = load_run(out).results
-    assert result.status == "ok" and result.case.compiled, result.reason
+    assert result.status == "ok" and result.case.execution == "compiled", result.reason
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))

@@ -98,7 +98,7 @@ def test_a_dtype_without_a_rate_is_left_out_with_a_note() -> None:
 def test_eager_fp8_on_a_gpu_costs_more_than_compiled_fp8() -> None:
     suite = parse_suite(
         SUITE.replace('["fp32", "bf16"]', '["fp8"]').replace(
-            "[sweep]", '[sweep]\ncompile = ["eager", "compiled"]'
+            "[sweep]", '[sweep]\nexecution = ["eager", "compiled"]'
         )
     )
     eager, compiled = [c for c in suite.cases("cuda:0") if c.workload == "train"][:2]

@@ -263,12 +263,12 @@ def test_timing_and_numerics_share_the_modes_prepare(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.slow
 def test_compiled_cases(tmp_path: Path) -> None:
-    """--compile: distinct ids, the compiling first call timed apart, generate not compiled."""
+    """Compiled cases: distinct ids, the first call timed apart, generate not compiled."""
     suite = parse_suite(
         SUITE.replace('workloads = ["train"]', 'workloads = ["infer", "generate"]')
         .replace('["fp32", "fp8"]', '["fp32"]')
         .replace("[numerics]", "[numerics]\nenabled = false\n#")
-        .replace("[sweep]", '[sweep]\ncompile = ["eager", "compiled"]'),
+        .replace("[sweep]", '[sweep]\nexecution = ["eager", "compiled"]'),
         "s.toml",
     )
     cases = suite.cases("cpu")
@@ -281,7 +281,7 @@ def test_compiled_cases(tmp_path: Path) -> None:
     runner = default_runner_factory(suite, CPU)
     eager, compiled = runner.run(cases[0]), runner.run(cases[1])
     assert eager.ok and eager.timing.compile_s is None
-    assert compiled.ok and compiled.case.compiled, compiled.reason
+    assert compiled.ok and compiled.case.execution == "compiled", compiled.reason
     assert compiled.timing.compile_s > 0 and len(compiled.step_s) == 2
     assert compiled.timing.compile_s > 5 * compiled.timing.median_s  # compiling is no step
     skipped = runner.run(cases[3])

@@ -207,25 +207,27 @@ def test_a_newer_schema_is_refused_and_an_older_one_migrated(
     with HistoryStore(db_url) as store:
         store.add(load_run(history_run(tmp_path, 0)))
         assert store.schema_version == history_module.SCHEMA_VERSION
-    # An mpbench with a version 2 opens it: the step runs once, in a transaction, and is recorded.
+    # An mpbench one version newer opens it: the step runs once, in a transaction, and is recorded.
     applied = []
+    newer = history_module.SCHEMA_VERSION + 1
 
-    def to_2(conn: Any, metadata: Any, tables: Any) -> None:
+    def to_newer(conn: Any, metadata: Any, tables: Any) -> None:
         conn.execute(text("CREATE TABLE annotations (run_id INTEGER, note TEXT)"))
-        applied.append(2)
+        applied.append(newer)
 
-    monkeypatch.setattr(history_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(history_module.MIGRATIONS, 2, to_2)
+    monkeypatch.setattr(history_module, "SCHEMA_VERSION", newer)
+    monkeypatch.setitem(history_module.MIGRATIONS, newer, to_newer)
     with HistoryStore(db_url) as store:
-        assert store.schema_version == 2 and len(store.runs()) == 1
+        assert store.schema_version == newer and len(store.runs()) == 1
     with HistoryStore(db_url) as store:
         pass
-    assert applied == [2]
+    assert applied == [newer]
     monkeypatch.undo()
-    # Back on version 1: the database is newer than this mpbench reads.
+    # Back on this version: the database is newer than this mpbench reads.
     result = cli("history", "list", "--db", db_url)
     assert result.returncode == 2
-    assert "schema version 2 is newer" in result.stderr and "upgrade mpbench" in result.stderr
+    assert f"schema version {newer} is newer" in result.stderr
+    assert "upgrade mpbench" in result.stderr
     engine = create_engine(resolve_url(db_url))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1

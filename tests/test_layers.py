@@ -224,10 +224,11 @@ def case_attribute_uses(source: str, attribute: str) -> list[str]:
 
 
 def test_the_runner_has_no_data_parallel_or_compile_branch() -> None:
-    """The runner applies the layout (one device or data-parallel) and the execution (eager or
-    compiled) as components (bench.engine.parallel, bench.engine.execution): it never asks a
-    case whether it is data-parallel or compiled."""
+    """The runner applies the layout (one device or data-parallel) and the execution (eager,
+    compiled or graphs) as components (bench.engine.parallel, bench.engine.execution): it never
+    asks a case whether it is data-parallel, compiled or graphed."""
     source = MODULES["bench.engine.runner"].read_text(encoding="utf-8")
     assert case_attribute_uses(source, "parallel") == []
     assert [u for u in case_attribute_uses(source, "compiled") if "case." in u] == []
+    assert [u for u in case_attribute_uses(source, "execution") if "case." in u] == []
     assert case_attribute_uses("if case.parallel is not None:\n    pass\n", "parallel")

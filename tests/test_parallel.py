@@ -62,7 +62,7 @@ def test_parallel_case_ids_and_modes() -> None:
     assert (
         ddp_case("amp_bf16", "bf16", 4).id == "gpt2-tiny/train/amp_bf16/bs4/seq64/ddp4/reduce-bf16"
     )
-    assert ddp_case(compiled=True).id.endswith("/ddp2/compiled")
+    assert ddp_case(execution="compiled").id.endswith("/ddp2/compiled")
     assert ddp_case("bf16", "fp16").mode == "bf16 ddp2 reduce-fp16"
     assert ddp_case("bf16", "fp16").numerics_key == "bf16 ddp2 reduce-fp16"
     single = Case("gpt2-tiny", "gpt2", "train", "fp32", 4, 64, "cpu")

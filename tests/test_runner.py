@@ -54,9 +54,9 @@ def test_every_case_has_a_result_line_with_the_documented_schema(tiny_results) -
             "batch_size",
             "seq_len",
             "device",
-            "compiled",
+            "execution",
         }
-        assert line["case"]["compiled"] is False  # the sweep's default: eager only
+        assert line["case"]["execution"] == "eager"  # the sweep's default: eager only
         assert line["status"] in ("ok", "skipped")
         if line["status"] == "skipped":
             assert line["case"]["precision"] == "tf32"

@@ -254,7 +254,7 @@ def test_a_training_step_that_synchronizes_fails_the_mode_check(monkeypatch) -> 
     gpu = FakeGpu((9, 0))
     assert selfcheck.check_mode(gpu, "amp_fp16").status == "PASS"
     real = workloads.make_optimizer
-    monkeypatch.setattr(workloads, "make_optimizer", lambda model, fused=False: real(model))
+    monkeypatch.setattr(workloads, "make_optimizer", lambda model, fused=False, **_: real(model))
     failed = selfcheck.check_mode(gpu, "amp_fp16")
     assert failed.status == "FAIL"
     assert failed.detail == (
@@ -267,8 +267,9 @@ def test_the_mode_check_covers_gpt2_and_bert_inference_and_fails_on_their_sync(
     monkeypatch,
 ) -> None:
     """Each mode's check runs GPT-2 training, GPT-2 inference and BERT inference under the sync
-    check. GPT-2 inference without mpbench's answer to transformers' packed-sequence search
-    tests a device tensor in an `if` every step: a FAIL naming that step."""
+    check. GPT-2 without mpbench's answer to transformers' packed-sequence search tests a device
+    tensor in an `if` every step, training (no KV cache) and inference alike: a FAIL naming the
+    first such step."""
     SyncDebug(monkeypatch)
     gpu = FakeGpu((9, 0))
     passed = selfcheck.check_mode(gpu, "fp32", steps=1)
@@ -282,6 +283,12 @@ def test_the_mode_check_covers_gpt2_and_bert_inference_and_fails_on_their_sync(
     monkeypatch.setattr(workloads, "unpacked_rows", contextlib.nullcontext)
     failed = selfcheck.check_mode(gpu, "fp32", steps=1)
     assert failed.status == "FAIL"
+    assert failed.detail.startswith(
+        "gpt2-tiny/train/fp32/bs2/seq64: a timed train step synchronizes"
+    )
+    # Inference alone, without the answer: its own FAIL.
+    monkeypatch.setattr(selfcheck, "SYNC_CHECK_STEPS", (("gpt2-tiny", "infer"),))
+    failed = selfcheck.check_mode(gpu, "fp32", steps=1)
     assert failed.detail.startswith(
         "gpt2-tiny/infer/fp32/bs2/seq64: a timed infer step synchronizes"
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,17 @@ def result_sets(draw: Any) -> list[CaseResult]:
     batch_sizes = draw(st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=3, unique=True))
     seq_lens = draw(st.lists(st.sampled_from([16, 32]), min_size=1, max_size=2, unique=True))
     numerics_kind = st.sampled_from(["none", "ok", "warn", "diverged", "nan", "error"])
-    # --compile: a precision ran eager, compiled, or both (compiled cases are their own modes).
-    variants = st.sampled_from([(False,), (False,), (False, True), (True,)])
+    # --execution: a precision ran eager, compiled, graphed, or several side by side (each
+    # execution's cases are their own modes; fp32 may be missing in one execution only).
+    variants = st.sampled_from(
+        [("eager",), ("eager",), ("eager", "compiled"), ("compiled",), ("eager", "graphs")]
+    )
     out = []
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
     modes = [(p, c) for p in precisions for c in draw(variants)]
     for model in models:
         for workload in workloads:
-            for precision, compiled in modes:
+            for precision, execution in modes:
                 kind = draw(numerics_kind)
                 for batch_size, seq_len in shapes:
                     if draw(st.integers(0, 9)) == 0:
@@ -70,7 +74,7 @@ def result_sets(draw: Any) -> list[CaseResult]:
                         batch_size,
                         seq_len,
                         "cpu",
-                        compiled=compiled,
+                        execution=execution,
                     )
                     status = draw(st.sampled_from(STATUSES))
                     if status != "ok":
@@ -78,6 +82,7 @@ def result_sets(draw: Any) -> list[CaseResult]:
                         continue
                     median = draw(st.floats(1e-4, 1.0))
                     peak = draw(st.one_of(st.none(), st.integers(1, 2**34)))
+                    compile_s = None if execution == "eager" else draw(st.floats(0.1, 60.0))
                     # A GPU case's GPU-busy fraction, host-bound below 0.85; none on a CPU.
                     busy = draw(st.one_of(st.none(), st.floats(0.2, 1.0)))
                     out.append(
@@ -85,7 +90,11 @@ def result_sets(draw: Any) -> list[CaseResult]:
                             case,
                             "ok",
                             timing=Timing.from_samples(
-                                [median] * 3, 1, "perf-counter", gpu_busy_fraction=busy
+                                [median] * 3,
+                                1,
+                                "perf-counter",
+                                compile_s=compile_s,
+                                gpu_busy_fraction=busy,
                             ),
                             throughput=Throughput.from_median(batch_size, seq_len, median),
                             memory=Memory(peak, None, "vmhwm" if peak else "unavailable"),
@@ -152,7 +161,7 @@ def markdown_tables(text: str) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for block in text.split("### ")[1:]:
         title = block.splitlines()[0]
-        if title.startswith("Other benchmarks"):
+        if title.startswith(("Other benchmarks", "Execution gains")):
             continue
         model, workload = title.split(" (")[0].split(" / ")
         rows = {}
@@ -162,6 +171,17 @@ def markdown_tables(text: str) -> dict[str, dict[str, list[str]]]:
                 rows["| precision" if line.startswith("| precision") else cells[0]] = cells
         out[f"{model}/{workload}"] = rows
     return out
+
+
+def markdown_gains(text: str) -> list[list[str]]:
+    """The body rows of summary.md's execution-gain table, unescaped."""
+    if "### Execution gains" not in text:
+        return []
+    block = text.split("### Execution gains")[1].split("### ")[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ")][1:]  # no header
+    return [
+        [cell.strip().replace("\\", "") for cell in line.strip("|").split(" | ")] for line in rows
+    ]
 
 
 def html_summary(html: str) -> tuple[dict[tuple[str, str], dict[str, str]], list[str]]:
@@ -198,11 +218,16 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             "loss_curves",
             "tradeoff_scatter",
             "step_time_boxes",
+            "execution_gain_bars",
             "activation_headroom",
         ):
             mp.setattr(plots, name, lambda *a, **k: "<svg></svg>")
         html = render_html(Run(Path("run"), RunManifest(), results), analysis)
         html_cells, html_recommended = html_summary(html)
+        html_gains = [
+            [unescape(cell) for cell in re.findall(r'<td data-col="\d+">([^<]*)</td>', row)]
+            for row in re.findall(r'<tr data-row="execution">(.*?)</tr>', html, re.S)
+        ]
     # Host-bound cases: named in the report's banner, with its one-line explanation.
     host_bound = [case["id"] for case in data["cases"] if case["host_bound"]]
     assert ("case(s) host-bound: the GPU was busy less than 85%" in html) == bool(host_bound)
@@ -273,10 +298,28 @@ def test_every_view_shows_the_same_figures(results: list[CaseResult]) -> None:
             assert case["mfu"] == (pytest.approx(tflops / peak) if peak else None)
         else:
             assert case["achieved_tflops"] is None and case["mfu"] is None
+        # Like with like: fp32 of the same execution (compiled vs compiled, graphs vs graphs).
         fp32_id = result.case.id.replace(f"/{result.case.precision}/", "/fp32/", 1)
-        fp32_id = fp32_id.removesuffix("/compiled")
         fp32 = by_id.get(fp32_id)
         if result.case.label is None and fp32 is not None and fp32.ok:
             assert case["speedup"] == pytest.approx(fp32.median_s / result.median_s)
         else:
             assert case["speedup"] is None
+        # The execution gain: the same precision run eagerly over this case.
+        eager = by_id.get(result.case.id.removesuffix(f"/{result.case.execution}"))
+        if result.case.execution != "eager" and result.case.label is None and eager and eager.ok:
+            assert case["execution_gain"] == pytest.approx(eager.median_s / result.median_s)
+        else:
+            assert case["execution_gain"] is None
+    # The execution gains: one table in the terminal, summary.md, the HTML page and --json.
+    gain_rows = [fmt.gain_cells(gain) for gain in analysis.execution_gains]
+    assert [g["gain"] for g in data["execution_gains"]] == [
+        g.gain for g in analysis.execution_gains
+    ]
+    table = terminal.execution_table(analysis)
+    assert (rich_rows(table) if table is not None else []) == gain_rows
+    assert markdown_gains(summary_markdown(analysis)) == gain_rows
+    assert html_gains == gain_rows
+    for gain, cells in zip(analysis.execution_gains, gain_rows, strict=True):
+        if gain.gain is not None:
+            assert cells[4] == fmt.fmt_speedup(gain.eager_median_s / gain.median_s)

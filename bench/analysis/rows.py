@@ -23,7 +23,7 @@ class CaseRow:
     model: str
     workload: str
     precision: str
-    compiled: bool
+    execution: str  # eager, compiled or graphs
     mode: str  # what views list it as (Case.mode): "bf16", "bf16 ddp2 reduce-bf16 +compile"
     layout: str  # data-parallel strategy and world size ("ddp4"); "" on one device
     world_size: int  # 1 on one device
@@ -39,7 +39,10 @@ class CaseRow:
     rate: float | None  # in rate_unit
     rate_unit: str | None
     peak_bytes: int | None
-    speedup: float | None  # median step of fp32 / this case's, same shape, both ok
+    speedup: float | None  # median step of fp32 / this case's, same shape and execution, both ok
+    speedup_note: str | None  # why a compiled or graphed case has no speedup
+    execution_gain: float | None  # median step of its precision run eagerly / this case's
+    compile_s: float | None  # the first call, timed apart (compiling, or capturing a graph)
     memory_saving: float | None  # 1 - peak / fp32's peak, same shape
     verdict: str | None  # its numerics pass's verdict
     numerics_error: str | None

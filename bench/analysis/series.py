@@ -13,7 +13,14 @@ from typing import Any
 
 from bench.analysis.rows import CaseRow
 from bench.analysis.summary import GroupSummary, RunAnalysis
-from bench.results.schema import BASELINE_PRECISION, Case, is_number, precision_rank
+from bench.results.schema import (
+    BASELINE_PRECISION,
+    EXECUTION_SUFFIXES,
+    Case,
+    execution_rank,
+    is_number,
+    precision_rank,
+)
 
 FP16_MAX = 65504.0  # drawn as the limit line; each module's headroom is the engine's own
 
@@ -30,12 +37,14 @@ def _ordered(mapping: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(mapping.items(), key=lambda kv: _label_rank(kv[0])))
 
 
-def _label_rank(label: str) -> tuple[int, str, str, bool]:
+def _label_rank(label: str) -> tuple[Any, ...]:
     """Sort key of a mode label ("bf16", "bf16 +compile", "bf16 ddp2 reduce-bf16"): precision
-    order, then the data-parallel layout and reduction, eager first."""
-    rest, _, compiled = label.partition(" +")
+    order, then the data-parallel layout and reduction, then eager, compiled, graphs."""
+    rest, _, suffix = label.partition(" +")
     precision, _, layout = rest.partition(" ")
-    return (*precision_rank(precision), layout, bool(compiled))
+    shown = f"+{suffix}" if suffix else ""
+    execution = next((name for name, s in EXECUTION_SUFFIXES.items() if s == shown), suffix)
+    return (*precision_rank(precision), layout, execution_rank(execution))
 
 
 def series_vs_batch(
@@ -92,8 +101,8 @@ def _is_baseline(case: Case) -> bool:
 def loss_data(analysis: RunAnalysis, group: GroupSummary) -> LossData | None:
     """Loss curves of a training group: from the numerics pass (the same batches for every
     precision), else from the timed steps at the headline point."""
-    # A compiled case carries its precision's eager pass.
-    rows = [r for r in analysis.group_rows(group) if r.ok and not r.compiled]
+    # A compiled or graphed case carries its precision's eager pass.
+    rows = [r for r in analysis.group_rows(group) if r.ok and r.execution == "eager"]
     curves: dict[str, list[float]] = {}
     rel_div: dict[str, list[float]] = {}
     baseline: list[float] = []

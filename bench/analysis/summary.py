@@ -4,9 +4,13 @@ The terminal tables, summary.md, index.html and `mpbench report --json` all read
 they cannot disagree. The rules (README, "Reading the results"):
 
 * **Speedup** of a case = median step of fp32 / median step of the case, at the same model,
-  workload, batch size and sequence length, both ok (METHODS rule 5); the baseline is always
-  fp32 run eagerly, so a case under torch.compile ("bf16 +compile") shows what precision and
-  compiler give together.
+  workload, batch size, sequence length and execution, both ok (METHODS rules 5 and 28): a
+  compiled bf16 case compares with compiled fp32, a graphed one with graphed fp32, so the
+  speedup measures the precision, not the compiler. Where the run has no fp32 of that execution
+  at the shape, the case has no speedup and its note says so (never eager fp32 instead).
+* **Execution gain** of a case that did not run eagerly = median step of the same precision run
+  eagerly / its median step, same shape and layout (TorchBench's compiled-vs-eager figure): what
+  torch.compile or CUDA graphs give, apart from the precision (`execution_gains`).
 * **Memory saving** of a case = 1 - peak(case) / peak(fp32), at that same shape.
 * **Headline point** of a model x workload, the one shape its summary shows: among the shapes
   where fp32 ran ok, the one where the most precisions ran ok; ties go to the larger
@@ -48,9 +52,11 @@ from bench.analysis.hostbound import HOST_BOUND_BELOW, is_host_bound
 from bench.analysis.rows import CaseRow, case_rows
 from bench.results.schema import (
     BASELINE_PRECISION,
+    EXECUTION_SUFFIXES,
     FAILURES,
     REDUCE_DTYPES,
     CaseResult,
+    execution_rank,
     precision_rank,
     workload_rank,
 )
@@ -102,7 +108,7 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                 "family": case.family,
                 "workload": case.workload,
                 "precision": case.precision,
-                "compiled": case.compiled,
+                "execution": case.execution,
                 "mode": case.mode,
                 "layout": case.layout,
                 "parallel": case.parallel,
@@ -129,26 +135,44 @@ def case_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
                 ),
                 "long_position_drop_db": _long_position_drop(result),
                 "caveat": result.details.get("caveat") if result.ok else None,
+                "compile_s": result.timing.compile_s if result.ok and result.timing else None,
                 **_quality_columns(result),
             }
         )
     frame = pd.DataFrame(rows, columns=_CASE_COLUMNS).astype(_CASE_DTYPES)
     ok = frame["status"] == "ok"
-    # The baseline of a shape is eager fp32 laid out the same way (one device, or the same
-    # data-parallel strategy and world size) with gradients reduced in fp32.
-    eager_fp32 = (
-        (frame["precision"] == BASELINE_PRECISION)
-        & ~frame["compiled"]
-        & frame["reduce_dtype"].isin(["", "fp32"])
+    # The baseline of a shape is fp32 of the same execution, laid out the same way (one device,
+    # or the same data-parallel strategy and world size), with gradients reduced in fp32.
+    fp32_of_execution = (frame["precision"] == BASELINE_PRECISION) & frame["reduce_dtype"].isin(
+        ["", "fp32"]
     )
-    frame["baseline"] = eager_fp32
-    fp32 = frame[ok & frame["sweep"] & eager_fp32]
-    fp32 = fp32[[*GROUP, *SHAPE, "layout", "median_s", "peak_bytes"]].rename(
+    frame["baseline"] = fp32_of_execution
+    fp32 = frame[ok & frame["sweep"] & fp32_of_execution]
+    fp32 = fp32[[*GROUP, *SHAPE, "layout", "execution", "median_s", "peak_bytes"]].rename(
         columns={"median_s": "fp32_median_s", "peak_bytes": "fp32_peak_bytes"}
     )
-    frame = frame.merge(fp32, on=[*GROUP, *SHAPE, "layout"], how="left").sort_values("order")
+    frame = frame.merge(fp32, on=[*GROUP, *SHAPE, "layout", "execution"], how="left")
+    # The same precision run eagerly, same shape and layout: what the execution gains.
+    eager = frame[ok & frame["sweep"] & (frame["execution"] == "eager")]
+    eager = eager[[*GROUP, *SHAPE, "layout", "precision", "reduce_dtype", "median_s"]].rename(
+        columns={"median_s": "eager_median_s"}
+    )
+    on = [*GROUP, *SHAPE, "layout", "precision", "reduce_dtype"]
+    frame = frame.merge(eager, on=on, how="left").sort_values("order")
     measured = ok & frame["sweep"]
     frame["speedup"] = (frame["fp32_median_s"] / frame["median_s"]).where(measured)
+    not_eager = frame["execution"] != "eager"
+    frame["execution_gain"] = (frame["eager_median_s"] / frame["median_s"]).where(
+        measured & not_eager
+    )
+    frame["speedup_note"] = [
+        _speedup_note(execution)
+        if is_measured and execution != "eager" and math.isnan(fp32_median)
+        else None
+        for is_measured, execution, fp32_median in zip(
+            measured, frame["execution"], frame["fp32_median_s"], strict=True
+        )
+    ]
     # A zero peak (a window too short for the resident set to move) is no measurement.
     peak_known = (frame["fp32_peak_bytes"] > 0) & (frame["peak_bytes"] > 0)
     frame["memory_saving"] = (1.0 - frame["peak_bytes"] / frame["fp32_peak_bytes"]).where(
@@ -168,18 +192,27 @@ def scaling_efficiency(frame: pd.DataFrame) -> pd.Series:
     ok = frame[(frame["status"] == "ok") & frame["sweep"]]
     single: dict[tuple, float] = {}
     for row in ok[ok["world_size"] == 1].itertuples():
-        key = (row.model, row.workload, row.precision, row.compiled, row.batch_size, row.seq_len)
+        key = (row.model, row.workload, row.precision, row.execution, row.batch_size, row.seq_len)
         strategy_key = (*key, row.parallel, row.reduce_dtype)
         single[strategy_key] = row.samples_per_s
         if not row.layout:
             single.setdefault(key, row.samples_per_s)
     out = pd.Series(float("nan"), index=frame.index)
     for index, row in ok[ok["world_size"] > 1].iterrows():
-        key = (row.model, row.workload, row.precision, row.compiled, row.batch_size, row.seq_len)
+        key = (row.model, row.workload, row.precision, row.execution, row.batch_size, row.seq_len)
         reference = single.get((*key, row.parallel, row.reduce_dtype), single.get(key))
         if reference:
             out[index] = row.samples_per_s / (row.world_size * reference)
     return out
+
+
+def _speedup_note(execution: str) -> str:
+    """Why a case that did not run eagerly has no speedup: no fp32 of its execution."""
+    suffix = EXECUTION_SUFFIXES.get(execution, execution)
+    return (
+        f"no fp32 {suffix} ran ok at this shape: no speedup (a speedup compares the same "
+        "execution, never eager fp32)"
+    )
 
 
 def _long_position_drop(result: CaseResult) -> float | None:
@@ -224,7 +257,7 @@ _CASE_DTYPES = {
     "family": object,
     "workload": object,
     "precision": object,
-    "compiled": bool,
+    "execution": object,
     "mode": object,
     "layout": object,
     "parallel": object,
@@ -249,6 +282,7 @@ _CASE_DTYPES = {
     "divergence_floor": "float64",
     "long_position_drop_db": "float64",
     "caveat": object,
+    "compile_s": "float64",
     "warmup_steps": "float64",
     "warmup_steady": object,
     "cv": "float64",
@@ -271,24 +305,24 @@ _CASE_COLUMNS = list(_CASE_DTYPES)
 
 
 def mode_rank(
-    precision: str, compiled: bool, layout: str = "", reduce_dtype: str | None = None
+    precision: str, execution: str, layout: str = "", reduce_dtype: str | None = None
 ) -> tuple[Any, ...]:
     """Sort key of a mode: the documented precision order; within a precision one device
     first, then each data-parallel layout with its reduce dtypes in REDUCE_DTYPES order; each
-    eager before compiled."""
+    in EXECUTIONS order (eager, compiled, graphs)."""
     reduce_order = REDUCE_DTYPES.index(reduce_dtype) if reduce_dtype in REDUCE_DTYPES else -1
     strategy = layout.rstrip("0123456789")
     ranks = int(layout[len(strategy) :] or 0)  # ddp2 before ddp16
-    return (*precision_rank(precision), strategy, ranks, reduce_order, compiled)
+    return (*precision_rank(precision), strategy, ranks, reduce_order, execution_rank(execution))
 
 
 @dataclass(frozen=True)
 class ModeSummary:
-    """One mode (a precision, eager or compiled) of a model x workload: its case at the headline
+    """One mode (a precision in one execution) of a model x workload: its case at the headline
     point and its verdict."""
 
     precision: str
-    compiled: bool
+    execution: str  # eager, compiled or graphs
     status: str  # the case's status at the headline point, or "not run"
     reason: str | None
     case_id: str | None
@@ -302,7 +336,7 @@ class ModeSummary:
     divergence: float | None
     divergence_metric: str | None
     divergence_floor: float | None
-    is_baseline: bool  # eager fp32 itself
+    is_baseline: bool  # fp32 itself (of its execution: each execution's own reference)
     caveat: str | None = None  # what to know about this mode's figures here (fp8 on a CPU)
     achieved_tflops: float | None = None  # counted FLOPs per step / median step
     mfu: float | None = None  # achieved / the dense peak of the mode's compute dtype
@@ -317,14 +351,24 @@ class ModeSummary:
     comm_s_per_step: float | None = None  # time in collectives per step (data-parallel)
     # A rotary model's logits: SQNR lost at positions 2048+ against the first 512 (numerics)
     long_position_drop_db: float | None = None
+    speedup_note: str | None = None  # why a compiled or graphed mode has no speedup
+    execution_gain: float | None = None  # eager median of its precision / its median
+    eager_median_s: float | None = None  # the same precision run eagerly, same shape
+    compile_s: float | None = None  # its first call: compiling, or warming up and capturing
 
     @property
     def label(self) -> str:
         """What views call the mode (Case.mode): the precision, a data-parallel layout and
-        its non-fp32 reduce dtype, ' +compile' under torch.compile."""
+        its non-fp32 reduce dtype, then the execution's suffix (' +compile', ' +graphs')."""
         reduce = f"reduce-{self.reduce_dtype}" if self.reduce_dtype not in (None, "fp32") else ""
-        words = (self.precision, self.layout, reduce, "+compile" if self.compiled else "")
+        words = (self.precision, self.layout, reduce, EXECUTION_SUFFIXES.get(self.execution, ""))
         return " ".join(w for w in words if w)
+
+    @property
+    def eager_label(self) -> str:
+        """The label of the same mode run eagerly (what its execution gain compares with)."""
+        reduce = f"reduce-{self.reduce_dtype}" if self.reduce_dtype not in (None, "fp32") else ""
+        return " ".join(w for w in (self.precision, self.layout, reduce) if w)
 
     @property
     def ok(self) -> bool:
@@ -363,6 +407,25 @@ class GroupSummary:
 
 
 @dataclass(frozen=True)
+class ExecutionGain:
+    """One compiled or graphed mode at its group's headline point against the same precision
+    run eagerly: what torch.compile or CUDA graphs gain, apart from the precision."""
+
+    model: str
+    workload: str
+    batch_size: int | None
+    seq_len: int | None
+    mode: str  # the mode's label ("bf16 +compile")
+    eager_mode: str  # the label of the same mode run eagerly ("bf16")
+    execution: str  # compiled or graphs
+    status: str  # the mode's status at the headline point
+    median_s: float | None
+    eager_median_s: float | None
+    gain: float | None  # eager_median_s / median_s; None where either did not run ok
+    compile_s: float | None  # the first call, timed apart: compiling or capturing
+
+
+@dataclass(frozen=True)
 class ProblemGroup:
     """Cases that share a status and a reason, e.g. every tf32 case skipped for want of a GPU."""
 
@@ -382,6 +445,8 @@ class RunAnalysis:
     groups: list[GroupSummary]  # one per model x workload of the sweep points
     problems: list[ProblemGroup] = field(default_factory=list)
     results: dict[str, CaseResult] = field(default_factory=dict)  # by case id, for curves
+    # Every compiled or graphed mode at its group's headline point against eager
+    execution_gains: list[ExecutionGain] = field(default_factory=list)
 
     def result(self, case_id: str | None) -> CaseResult | None:
         """The full result of a case (per-step times, loss curves, numerics)."""
@@ -469,6 +534,7 @@ class RunAnalysis:
             "status_counts": self.status_counts,
             "groups": [_json_value(asdict(g)) for g in self.groups],
             "cases": [{key: _json_value(getattr(r, key)) for key in CASE_KEYS} for r in self.rows],
+            "execution_gains": [_json_value(asdict(g)) for g in self.execution_gains],
             "problems": [_json_value(asdict(p)) for p in self.problems],
         }
 
@@ -479,7 +545,7 @@ CASE_KEYS = (
     "model",
     "workload",
     "precision",
-    "compiled",
+    "execution",
     "mode",
     "batch_size",
     "seq_len",
@@ -490,6 +556,9 @@ CASE_KEYS = (
     "rate_unit",
     "peak_bytes",
     "speedup",
+    "speedup_note",
+    "execution_gain",
+    "compile_s",
     "memory_saving",
     "verdict",
     "numerics_error",
@@ -516,7 +585,10 @@ CASE_KEYS = (
 )
 
 RULES = {
-    "speedup": "median step of fp32 / median step of the mode, same model, workload and shape",
+    "speedup": "median step of fp32 / median step of the mode, same model, workload, shape and "
+    "execution (compiled vs compiled fp32, graphs vs graphs fp32)",
+    "execution_gain": "median step of the same precision run eagerly / median step of the "
+    "compiled or graphed mode, same model, workload and shape",
     "memory_saving": "1 - peak(mode) / peak(fp32), same model, workload and shape",
     "headline_point": "the shape where fp32 ran ok and the most precisions ran ok (ties: larger "
     "batch x sequence, then larger batch)",
@@ -584,14 +656,18 @@ def _triple_numerics(group: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def _mode_summary(
-    kind: tuple[str, bool, str, str | None], row: Any, numerics: dict[str, Any]
+    kind: tuple[str, str, str, str | None], row: Any, numerics: dict[str, Any]
 ) -> ModeSummary:
-    precision, compiled, layout, reduce = kind
+    precision, execution, layout, reduce = kind
     reduce_dtype = reduce or None
     ok = row is not None and row.status == "ok"
     return ModeSummary(
         precision=precision,
-        compiled=compiled,
+        execution=execution,
+        speedup_note=_text(row.speedup_note) if ok else None,
+        execution_gain=_float(row.execution_gain) if ok else None,
+        eager_median_s=_float(row.eager_median_s) if ok else None,
+        compile_s=_float(row.compile_s) if ok else None,
         layout=layout,
         reduce_dtype=reduce_dtype,
         scaling_efficiency=_float(row.scaling_efficiency) if ok else None,
@@ -610,9 +686,7 @@ def _mode_summary(
         divergence_metric=numerics.get("divergence_metric"),
         divergence_floor=numerics.get("divergence_floor"),
         long_position_drop_db=numerics.get("long_position_drop_db"),
-        is_baseline=precision == BASELINE_PRECISION
-        and not compiled
-        and reduce_dtype in (None, BASELINE_PRECISION),
+        is_baseline=precision == BASELINE_PRECISION and reduce_dtype in (None, BASELINE_PRECISION),
         caveat=_text(row.caveat) if ok else None,
         achieved_tflops=_float(row.achieved_tflops) if ok else None,
         mfu=_float(row.mfu) if ok else None,
@@ -634,8 +708,8 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
     else:  # nothing ran ok: show each precision's largest case (its status says why)
         at_point = group.sort_values(["batch_size", "seq_len", "order"], na_position="first")
     rows = {row.mode: row for row in at_point.itertuples()}
-    numerics = _triple_numerics(group)  # per pass: a compiled case shares the eager one's
-    columns = ("precision", "compiled", "layout", "reduce_dtype", "mode", "numerics_key")
+    numerics = _triple_numerics(group)  # per pass: every execution shares the eager one's
+    columns = ("precision", "execution", "layout", "reduce_dtype", "mode", "numerics_key")
     kinds = {
         (p, c, layout, r): (mode, key)
         for p, c, layout, r, mode, key in zip(*(group[k] for k in columns), strict=True)
@@ -653,7 +727,6 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
             recommended = max(passing, key=lambda m: m.rate or 0.0).label
     elif measured:
         speed_only = max(measured, key=lambda m: m.rate or 0.0).label
-    baseline = next((m for m in modes if m.is_baseline), None)
     metrics = [m.divergence_metric for m in modes if m.divergence_metric]
     units = set(group["rate_unit"].dropna())
     return GroupSummary(
@@ -666,7 +739,7 @@ def summarize_group(model: str, workload: str, group: pd.DataFrame) -> GroupSumm
         recommended=recommended,
         speed_only=speed_only,
         has_numerics=has_numerics,
-        has_baseline=baseline is not None and baseline.ok,
+        has_baseline=any(m.is_baseline and m.ok for m in modes),
         divergence_metric=max(sorted(set(metrics)), key=metrics.count) if metrics else None,
     )
 
@@ -710,4 +783,32 @@ def analyze(results: Sequence[CaseResult] | Iterable[CaseResult]) -> RunAnalysis
             )
     frame["headline"] = headline
     by_id = {r.case.id: r for r in results}
-    return RunAnalysis(frame, case_rows(frame), groups, problem_groups(frame), by_id)
+    rows = case_rows(frame)
+    return RunAnalysis(frame, rows, groups, problem_groups(frame), by_id, execution_gains(groups))
+
+
+def execution_gains(groups: Sequence[GroupSummary]) -> list[ExecutionGain]:
+    """Each compiled or graphed mode of each group at its headline point, against the same
+    precision run eagerly (its gain None where either side did not run ok there)."""
+    out = []
+    for group in groups:
+        for mode in group.modes:
+            if mode.execution == "eager":
+                continue
+            out.append(
+                ExecutionGain(
+                    model=group.model,
+                    workload=group.workload,
+                    batch_size=group.batch_size,
+                    seq_len=group.seq_len,
+                    mode=mode.label,
+                    eager_mode=mode.eager_label,
+                    execution=mode.execution,
+                    status=mode.status,
+                    median_s=mode.median_s,
+                    eager_median_s=mode.eager_median_s,
+                    gain=mode.execution_gain,
+                    compile_s=mode.compile_s,
+                )
+            )
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -94,11 +95,17 @@ def register(sub: Any) -> None:
         "--seq-lens", type=_comma_list(int), help="replace the suite's sequence lengths"
     )
     run.add_argument(
+        "--execution",
+        type=_comma_list(str),
+        help="how the steps execute, any of eager,compiled,graphs side by side: eagerly, under "
+        "torch.compile (ids end in /compiled; the compiling first call is timed apart), or the "
+        "whole step captured once as a CUDA graph and replayed (ids end in /graphs; GPU only) "
+        "(default: the suite's [sweep] execution, else eager)",
+    )
+    run.add_argument(
         "--compile",
         choices=("eager", "compiled", "both"),
-        help="run the cases eagerly, under torch.compile (ids end in /compiled; the compiling "
-        "first call is timed apart, not as a step), or both side by side (default: the "
-        "suite's [sweep] compile, else eager)",
+        help="deprecated: use --execution (both = eager,compiled)",
     )
     run.add_argument("--data", help='data for the numerics passes: "random" or "text:PATH"')
     run.add_argument("--warmup", type=int, help="warm-up steps per case (excluded from timing)")
@@ -213,6 +220,8 @@ def register(sub: Any) -> None:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    if args.execution is not None and args.compile is not None:
+        raise MpbenchError("--compile: give --execution only (--compile is its old name)")
     if not math.isfinite(args.case_timeout) or args.case_timeout <= 0:
         raise MpbenchError(
             f"--case-timeout: must be a positive number of seconds; got {args.case_timeout:g}"
@@ -246,8 +255,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_flags(args)
     device = resolve_device(args.device)
     overrides = {k: getattr(args, k) for k in LIST_FLAGS if getattr(args, k) is not None}
-    if args.compile is not None:
-        overrides["compile"] = ["eager", "compiled"] if args.compile == "both" else [args.compile]
+    if args.execution is not None:
+        overrides["execution"] = args.execution
+    elif args.compile is not None:
+        print(
+            "--compile is deprecated; use --execution eager,compiled,graphs (any of them)",
+            file=sys.stderr,
+        )
+        overrides["execution"] = ["eager", "compiled"] if args.compile == "both" else [args.compile]
     timing = {
         k: v for k, v in (("warmup", args.warmup), ("iterations", args.iterations)) if v is not None
     }
@@ -493,6 +508,9 @@ def _show(run: Any, out: Path, console: Any, render: bool, exit_code: int) -> in
     console.print(terminal.results_table(analysis))
     if analysis.groups:
         console.print(terminal.verdict_table(analysis))
+        gains = terminal.execution_table(analysis)
+        if gains is not None:
+            console.print(gains)
     if render:
         try:
             console.print(f"report: {render_report(run, analysis=analysis)}")

@@ -6,8 +6,11 @@ The model, per case (constants below, measured on the machines named there):
 
     step_s  = max(flops / (rate[dtype] * MATMUL_EFFICIENCY),  n_layer * HOST_S_PER_LAYER)
               * the mode's eager_gpu_slowdown on a GPU without torch.compile (fp8: torchao's casts)
+              (compiled: a third of the host floor; graphs: none, one replay launches the step)
     case_s  = CASE_OVERHEAD_S + (expected warm-up + 1 FLOP-count step) * step_s + timed_s
-              + compile_s when compiled
+              + compile_estimate_s when compiled (a base + each traced layer: one block under
+                regional compilation, all of them for the whole model), + GRAPH_WARMUP_STEPS + 1
+                steps when captured as a CUDA graph
     timed_s = iterations * step_s; on a GPU max(that, the 5 s energy window: NVML's counter
               needs seconds) + the GPU-busy profile's steps (bench.engine.gpubusy)
               + a worker's start-up, once per model (--isolate model) or per case
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.engine.budget import TimingPlan, plan_timing, predicted_step_s, slow_case_count
 from bench.engine.device import Device
+from bench.engine.execution import GRAPH_WARMUP_STEPS
 from bench.engine.flops import analytic_flops
 from bench.engine.gpubusy import PROFILE_STEPS
 from bench.engine.modes import BASELINE_MODE, PRECISION_MODES
@@ -63,8 +67,23 @@ NUMERICS_SLOWDOWN = 1.3
 CASE_OVERHEAD_S = {"cuda": 4.0, "cpu": 0.4}
 # Once per model and workload: model construction, the fp32 reference run and activation ranges.
 FIRST_CASE_S = {"cuda": 12.0, "cpu": 2.0}
-# torch.compile's first call, per case (kept out of the steps, but it takes wall time).
-COMPILE_S = {"cuda": 40.0, "cpu": 15.0}
+# torch.compile's first call, per case (kept out of the steps, but it takes wall time):
+# compile_s = COMPILE_BASE_S + COMPILE_S_PER_LAYER x the layers traced into the graph (one block
+# under regional compilation, whose graph every layer reuses; every layer for the whole model).
+# Measured by benchmarks/compile_regional.py on this project's 2-core CPU (gpt2-124m fp32, batch
+# 1 x 128, a cold inductor cache per variant, 2026-12-06): train regional 16.5 s, whole model
+# 50.5 s (3.1x); infer regional 12.1 s, whole model 22.1 s. Two equations per workload give the
+# base (train 13.4 s, infer 11.2 s) and the cost per traced layer (train 3.1 s, infer 0.9 s).
+# CUDA: not measured yet; the CPU figures stand in (inductor's time is mostly host-side tracing
+# and code generation; a GPU host compiles its Triton kernels on more cores), errs long.
+COMPILE_BASE_S = {
+    "cpu": {"train": 13.4, "infer": 11.2, "generate": 11.2},
+    "cuda": {"train": 13.4, "infer": 11.2, "generate": 11.2},
+}
+COMPILE_S_PER_LAYER = {
+    "cpu": {"train": 3.1, "infer": 0.9, "generate": 0.9},
+    "cuda": {"train": 3.1, "infer": 0.9, "generate": 0.9},
+}
 # Starting a worker process (--isolate model: one per model; case: one per case): importing
 # torch and transformers, and on a GPU creating the CUDA context (H200 host: 5.8 s).
 WORKER_START_S = {"cuda": 6.0, "cpu": 3.0}
@@ -145,12 +164,22 @@ def step_estimate_s(
     if device_type == "cpu" and rate.dtype == "fp16":
         compute_s /= CPU_FP16_FACTOR
     host_s = n_layers(suite, case.model) * HOST_S_PER_LAYER[device_type][case.workload]
-    if case.compiled:
+    if case.execution == "compiled":
         host_s /= 3  # compiled graphs launch fewer, fused kernels
+    elif case.execution == "graphs":
+        host_s = 0.0  # one replay launches the whole step
     step_s = max(compute_s, host_s)
-    if mode.eager_gpu_slowdown and not case.compiled and device_type == "cuda":
+    if mode.eager_gpu_slowdown and case.execution != "compiled" and device_type == "cuda":
         step_s *= mode.eager_gpu_slowdown[case.workload]
     return step_s
+
+
+def compile_estimate_s(suite: Suite, case: Case, device_type: str, scope: str) -> float:
+    """Seconds torch.compile's first call takes for `case`: a base plus each layer traced, one
+    block under regional compilation, every layer for the whole model (COMPILE_BASE_S)."""
+    traced = 1 if scope == "regional" else n_layers(suite, case.model)
+    base_s = COMPILE_BASE_S[device_type][case.workload]
+    return base_s + traced * COMPILE_S_PER_LAYER[device_type][case.workload]
 
 
 def n_layers(suite: Suite, model: str) -> int:
@@ -215,8 +244,10 @@ def estimate_sweep(
                 repeats = 2 if numerics.noise_floor else 1
                 case_s += FIRST_CASE_S[device_type]
                 case_s += repeats * pass_steps * reference * NUMERICS_SLOWDOWN
-        if case.compiled:
-            case_s += COMPILE_S[device_type]
+        if case.execution == "compiled":
+            case_s += compile_estimate_s(suite, case, device_type, suite.sweep.compile_scope)
+        elif case.execution == "graphs":
+            case_s += (GRAPH_WARMUP_STEPS + 1) * step_s  # side-stream warm-up, then capture
         if isolate == "case" or (isolate == "model" and case.model not in per_model):
             case_s += WORKER_START_S[device_type]
         per_model[case.model] = per_model.get(case.model, 0.0) + case_s

@@ -6,8 +6,9 @@ execution or data-parallel layout says why). Otherwise, inside the precision's g
 guard and a peak-memory window, make the case's model through three steps applied in order:
 the precision mode's `prepare` (the pristine fp32 weights as the mode runs them), the layout's
 wrap (DDP or FSDP2 for a data-parallel case, nothing on one device), the execution's wrap
-(torch.compile, or nothing eagerly); build the inputs once on the device; count one step's
-FLOPs; run the execution's first call (compiling, timed apart); warm up until steady; time each
+(torch.compile, or nothing), and the execution's wrap of the step (a CUDA graph replay, or the
+step itself); build the inputs once on the device; count one step's FLOPs (eagerly); run the
+execution's first call (compiling or capturing, timed apart); warm up until steady; time each
 of N steps and keep every per-step time (garbage collection off; on a GPU with NVML, untimed
 steps stretch the energy window to 5 s); profile a few more steps for how busy the GPU was
 (the host-bound check); let the layout measure what it needs after them (time in
@@ -75,7 +76,7 @@ class PreparedCase:
     count_step: Callable[[], Any] | None = None  # the step on the eager module, for FLOPs
     batch: dict[str, torch.Tensor] | None = None  # the inputs every step feeds the model
     layout: Layout = field(default_factory=SingleDevice)  # one device, or data-parallel
-    execution: Execution = field(default_factory=Eager)  # eager, or compiled
+    execution: Execution = field(default_factory=Eager)  # eager, compiled or graphs
 
 
 @dataclass
@@ -153,7 +154,7 @@ def skip_reason(suite: Suite, device: Device, case: Case) -> str | None:
     return (
         PRECISION_MODES[case.precision].unsupported_reason(device, case.workload)
         or workloads.unsupported_reason(case.workload, suite.model(case.model))
-        or execution_for(case).unsupported_reason(case.workload)
+        or execution_for(case, suite.sweep.compile_scope).unsupported_reason(case, device)
         or layout_for(case).unsupported_reason()
     )
 
@@ -386,7 +387,7 @@ class CaseRunner:
         mode, layout, execution = (
             PRECISION_MODES[case.precision],
             layout_for(case),
-            execution_for(case),
+            execution_for(case, self.suite.sweep.compile_scope),
         )
         prepared = mode.prepare(self.pristine_model(spec), self.device, case.workload)
         module, wrapped = layout.wrap(prepared.model, self.device)
@@ -397,11 +398,15 @@ class CaseRunner:
             spec, case.workload, case.batch_size, case.seq_len, self.device.torch_device,
             self.input_seed(case),
         )  # fmt: skip
-        details = {**prepared.details, **wrapped}
-        make_step, optimizer, scaler = self._step_factory(case, spec, mode, prepared.model, batch)
+        details = {**prepared.details, **wrapped, **execution.details()}
+        make_step, optimizer, scaler = self._step_factory(
+            case, spec, mode, prepared.model, batch, execution.capturable_optimizer
+        )
         if optimizer is not None:
             details["optimizer"] = workloads.describe_optimizer(optimizer)
-        step = make_step(run_module)
+        # One step definition (the workload's) for every execution; the execution wraps it.
+        eager_step = make_step(run_module)
+        step = execution.wrap_step(eager_step, batch)
         yield PreparedCase(
             case,
             mode,
@@ -411,9 +416,9 @@ class CaseRunner:
             count_parameters(prepared.model),
             details,
             optimizer,
-            # FLOPs are counted on the eager module: FlopCounterMode sees aten ops, which a
-            # compiled graph does not dispatch one by one.
-            count_step=make_step(module) if run_module is not module else step,
+            # FLOPs are counted eagerly: FlopCounterMode sees aten ops, which a compiled or
+            # captured graph does not dispatch one by one.
+            count_step=execution.counting_step(eager_step),
             batch=batch,
             layout=layout,
             execution=execution,
@@ -426,21 +431,23 @@ class CaseRunner:
         mode: PrecisionMode,
         model: torch.nn.Module,
         batch: dict[str, torch.Tensor],
+        capturable: bool = False,
     ) -> tuple[Callable[[Any], Callable[[], Any]], Any, Any]:
         """(make_step(module) -> the workload's step, optimizer, scaler); training makes the
-        mode's optimizer (on `model`: FSDP2 has sharded its parameters by now) and GradScaler."""
+        mode's optimizer (on `model`: FSDP2 has sharded its parameters by now; `capturable`
+        for a step captured in a CUDA graph) and GradScaler."""
 
         def autocast() -> Any:
             return mode.autocast(self.device, case.workload)
 
         if case.workload == "train":
             model.train()
-            optimizer = mode.make_optimizer(model, self.device)
+            optimizer = mode.make_optimizer(model, self.device, capturable=capturable)
             scaler = mode.make_grad_scaler(self.device)
             after_step = mode.after_optimizer_step(model)
             return (
                 lambda m: workloads.train_step_fn(
-                    m, batch, optimizer, autocast, scaler, after_step
+                    m, batch, optimizer, autocast, scaler, after_step, spec.family.forward_kwargs()
                 ),
                 optimizer,
                 scaler,
@@ -520,7 +527,7 @@ class CaseRunner:
         layout measures after the timed steps."""
         mode = prepared.mode
         details = {**mode.describe(), **prepared.details, "parameters": prepared.parameters}
-        caveats = [mode.caveat(self.device, prepared.execution.compiled)]
+        caveats = [mode.caveat(self.device, prepared.execution.compiles)]
         if plan is not None and plan.budget is not None:
             details["timing_budget"] = plan.budget
             caveats.append(plan.caveat)
@@ -540,7 +547,7 @@ class CaseRunner:
         device-side assert) surfaces here at the latest: it becomes the case's result, with the
         CUDA message, instead of a traceback that ends the sweep."""
         try:
-            execution_for(case).reset()
+            execution_for(case, self.suite.sweep.compile_scope).reset()
             self.device.free_memory()
         except Exception as exc:
             if failed is None or failed.status == "oom":

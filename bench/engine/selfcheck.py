@@ -37,6 +37,7 @@ import torch
 
 from bench.engine.device import Device
 from bench.engine.env import capture_env
+from bench.engine.execution import GraphedStep
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.modes.base import square_matmul
 from bench.engine.numerics.config import NumericsConfig
@@ -236,13 +237,18 @@ SYNC_CHECK_STEPS = (("gpt2-tiny", "train"), ("gpt2-tiny", "infer"), ("bert-tiny"
 # check runs two steps that between them cover what compiling changes: GPT-2 training with fp8
 # (torchao's float8 training compiled, as it runs on a GPU by default) and BERT inference with
 # fp8 (torchao's quantize_ path compiled, and a masked LM); bf16 where a GPU has no fp8. The
-# optimizer step and GradScaler stay outside the compiled module and are checked eagerly.
-# Another execution (issue 18's CUDA graphs) adds its entry here, and its suite key in
-# `sync_suite`.
+# optimizer step and GradScaler stay outside the compiled module and are checked eagerly. The
+# graphs check (two captures, each a few eager steps) costs seconds.
 SYNC_CHECK_EXECUTIONS: dict[str, tuple[tuple[tuple[str, ...], str, str], ...]] = {
     "compiled": (
         (("fp8", "amp_bf16"), "gpt2-tiny", "train"),
         (("fp8", "bf16"), "bert-tiny", "infer"),
+    ),
+    # A captured step cannot sync (capture itself would fail): this checks the replays and the
+    # input refills around them, which run every step.
+    "graphs": (
+        (("amp_bf16",), "gpt2-tiny", "train"),
+        (("bf16",), "bert-tiny", "infer"),
     ),
 }
 
@@ -255,8 +261,7 @@ def sync_suite(precision: str, model: str, workload: str, execution: str = "eage
         "models": [model],
         "workloads": [workload],
         "precisions": [precision],
-        # The suite key that picks the execution (issue 18's `execution` dimension replaces it).
-        "compile": [execution],
+        "execution": [execution],
     }
     return parse_suite(MODE_CHECK_SUITE, overrides=overrides)
 
@@ -293,6 +298,8 @@ def check_step(device: Device, suite: Suite, steps: int = 3) -> StepCheck:
             if not device.is_cuda:
                 prepared.step()
                 return StepCheck(case.id)
+            if isinstance(prepared.step, GraphedStep):
+                prepared.step.capture()  # the graphs execution's first call, as the runner's
             for _ in range(steps):
                 prepared.step()
             device.synchronize()

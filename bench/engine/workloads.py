@@ -62,15 +62,20 @@ def make_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def make_optimizer(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, fused: bool = False, capturable: bool = False
+) -> torch.optim.Optimizer:
     """AdamW over all parameters, its state already allocated (see init_optimizer_state); the
     state takes the parameters' dtype (pure bf16/fp16 too).
 
     `fused` (what mpbench uses on CUDA, as nanoGPT and torchtitan do): one kernel for the whole
     update, and it takes GradScaler's scale and inf flag on the device. With the default
     implementation, `GradScaler.step` reads the inf flag on the host (`.item()`), a sync in
-    every amp_fp16 training step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, fused=fused or None)
+    every amp_fp16 training step. `capturable` (a step captured in a CUDA graph: the execution
+    "graphs") keeps AdamW's step count on the device, so a replay updates it."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LEARNING_RATE, fused=fused or None, capturable=capturable
+    )
     init_optimizer_state(optimizer)
     return optimizer
 
@@ -118,6 +123,8 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
         kind = "foreach"
     else:
         kind = "default: foreach on CUDA, for-loop on CPU"
+    if defaults.get("capturable"):
+        kind += ", capturable"
     return f"{type(optimizer).__name__} ({kind})"
 
 
@@ -128,13 +135,19 @@ def train_step_fn(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     scaler: torch.amp.GradScaler | None,
     after_step: Callable[[], None] | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> Callable[[], torch.Tensor]:
     """One training step returning the loss as a detached tensor (no host sync to read it).
-    `after_step` is the precision mode's hook after optimizer.step(), if it has one."""
+    `after_step` is the precision mode's hook after optimizer.step(), if it has one; `kwargs`
+    the family's forward arguments (a causal LM keeps no KV cache: transformers would build one
+    in every training forward, and each layer's cache update makes torch.compile recompile the
+    block for every layer). Without a cache the forward would run transformers' packed-sequence
+    search, a host sync: it runs under `unpacked_rows` as inference does."""
+    forward_kwargs = kwargs or {}
 
     def step() -> torch.Tensor:
-        with autocast():
-            loss = model(**batch).loss
+        with autocast(), unpacked_rows():
+            loss = model(**batch, **forward_kwargs).loss
         if scaler is None:
             loss.backward()
             optimizer.step()

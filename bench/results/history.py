@@ -48,7 +48,7 @@ from bench.results.manifest import RunManifest
 from bench.results.rundir import Run
 from bench.results.schema import CaseResult, finite_or_none
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB_PATH = Path("reports") / "history.db"
 DB_ENV_VAR = "MPBENCH_DB"
 LOCK_TIMEOUT_S = 60.0  # how long a writer waits for another's transaction (SQLite)
@@ -320,7 +320,8 @@ def _tables() -> tuple[Any, Any, Any, Any]:
         sa.Column("precision", sa.String(40), nullable=False),
         sa.Column("batch_size", sa.Integer),
         sa.Column("seq_len", sa.Integer),
-        sa.Column("compiled", sa.Boolean, nullable=False),
+        sa.Column("compiled", sa.Boolean, nullable=False),  # execution == "compiled" (v1)
+        sa.Column("execution", sa.String(20)),  # eager, compiled or graphs (v2)
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("reason", sa.Text),
         sa.Column("verdict", sa.String(20)),
@@ -338,9 +339,24 @@ def _migrate_to_1(conn: Any, metadata: Any, tables: Sequence[Any]) -> None:
     metadata.create_all(conn, tables=list(tables), checkfirst=True)
 
 
+def _migrate_to_2(conn: Any, metadata: Any, tables: Sequence[Any]) -> None:
+    """Version 2: case_results.execution (eager, compiled or graphs), filled for the stored
+    rows from `compiled` (a database created at version 2 has the column already)."""
+    sa = _sqlalchemy()
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("case_results")}
+    if "execution" not in columns:
+        conn.execute(sa.text("ALTER TABLE case_results ADD COLUMN execution VARCHAR(20)"))
+    conn.execute(
+        sa.text(
+            "UPDATE case_results SET execution = CASE WHEN compiled THEN 'compiled' "
+            "ELSE 'eager' END WHERE execution IS NULL"
+        )
+    )
+
+
 # version -> the step that brings a database from version - 1 to it. A later version adds its
 # step here (ALTER TABLE ..., never a rewrite of stored rows' meaning) and bumps SCHEMA_VERSION.
-MIGRATIONS = {1: _migrate_to_1}
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,7 +607,8 @@ class HistoryStore:
                     "precision": case.precision,
                     "batch_size": case.batch_size,
                     "seq_len": case.seq_len,
-                    "compiled": case.compiled,
+                    "compiled": case.execution == "compiled",
+                    "execution": case.execution,
                     "status": result.status,
                     "reason": result.reason,
                     "verdict": result.verdict,

@@ -26,7 +26,10 @@ Schema history (bump SCHEMA_VERSION on any change a reader must know about):
      `/reduce-bf16` where gradients are not reduced in fp32). Their timing is the slowest rank's
      per step and their throughput is global (all ranks); `details.parallel` keeps every rank's
      step times and peak memory (bench.engine.parallel). Older lines are single-device cases.
-  6  robust timing, the host-bound check and precision-aware MFU (issue 18):
+  6  `case.execution` ("eager", "compiled" or "graphs": a whole step captured once as a CUDA
+     graph and replayed) replaces `case.compiled`; ids end in "/compiled" or "/graphs" (eager:
+     no suffix, as before). Older lines read `compiled: true` as "compiled", else "eager".
+     Robust timing, the host-bound check and precision-aware MFU (issue 18):
      `timing.robust_cv` (IQR / (1.349 x median), the spread `timing.unstable` is now judged on;
      older lines derive it from `iqr_s` and `median_s` on read and keep the `unstable` they
      recorded, judged on stdev / mean), `timing.gpu_busy_fraction` (GPU cases: the union of
@@ -69,6 +72,18 @@ VERDICTS = ("ok", "warn", "diverged", "nan")
 DIVERGENCE_KEYS = ("max_rel_div", "rel_rmse", "kl_mean")
 # Data-parallel strategies (bench.engine.parallel) and the dtypes gradients may be reduced in.
 PARALLEL_STRATEGIES = ("ddp", "fsdp")
+# How a case's steps execute (bench.engine.execution), in the order views show them: eagerly,
+# under torch.compile, or captured once as a CUDA graph and replayed.
+EXECUTIONS = ("eager", "compiled", "graphs")
+# What a mode label adds for each execution ("bf16 +compile", "bf16 +graphs").
+EXECUTION_SUFFIXES = {"eager": "", "compiled": "+compile", "graphs": "+graphs"}
+
+
+def execution_rank(execution: str) -> int:
+    """Sort key of an execution: EXECUTIONS order, unknown ones last."""
+    return EXECUTIONS.index(execution) if execution in EXECUTIONS else len(EXECUTIONS)
+
+
 REDUCE_DTYPES = ("fp32", "bf16", "fp16")
 # How per-step times were taken. Timings taken differently are not compared.
 TIMING_METHODS = ("cuda-events", "perf-counter", "pytest-benchmark")
@@ -189,8 +204,9 @@ class Case:
     length, on one device.
 
     `label` is set only for a benchmark that is not a sweep point (a plain pytest-benchmark test):
-    it is then the case's id, and the sweep fields it cannot know are None. `compiled` cases ran
-    under torch.compile. A data-parallel training case names its `parallel` strategy, its
+    it is then the case's id, and the sweep fields it cannot know are None. `execution` is how
+    its steps ran: "eager", "compiled" (torch.compile) or "graphs" (one CUDA graph replayed).
+    A data-parallel training case names its `parallel` strategy, its
     `world_size` (ranks) and its gradient `reduce_dtype`; `batch_size` is then per rank.
     """
 
@@ -202,7 +218,7 @@ class Case:
     seq_len: int | None
     device: str | None
     label: str | None = None
-    compiled: bool = False
+    execution: str = "eager"  # one of EXECUTIONS
     parallel: str | None = None  # "ddp" or "fsdp": data-parallel training over world_size ranks
     world_size: int | None = None
     reduce_dtype: str | None = None  # gradients reduced in: "fp32", "bf16" or "fp16"
@@ -222,29 +238,30 @@ class Case:
     def id(self) -> str:
         """Stable, human-readable id, e.g. `gpt2-124m/train/amp_bf16/bs8/seq512` (no device);
         a data-parallel case adds `/ddp4` (and `/reduce-bf16` for a non-fp32 reduction), and a
-        case under torch.compile ends in `/compiled`."""
+        case that did not run eagerly ends in its execution (`/compiled`, `/graphs`)."""
         if self.label is not None:
             return self.label
         parts = [self.model, self.workload, self.precision, f"bs{self.batch_size}"]
         parts += [f"seq{self.seq_len}", self.layout, self.reduce_suffix]
-        parts.append("compiled" if self.compiled else "")
+        parts.append("" if self.execution == "eager" else self.execution)
         return "/".join(p for p in parts if p)
 
     @property
     def mode(self) -> str:
         """What views list as a row: the precision, then the layout and the reduction of a
-        data-parallel case (`amp_bf16 ddp2 reduce-bf16`), then ' +compile' under torch.compile."""
+        data-parallel case (`amp_bf16 ddp2 reduce-bf16`), then the execution's suffix (' +compile'
+        under torch.compile, ' +graphs' under CUDA graphs; nothing eagerly)."""
         words = [
             self.precision,
             self.layout,
             self.reduce_suffix,
-            "+compile" if self.compiled else "",
+            EXECUTION_SUFFIXES.get(self.execution, f"+{self.execution}"),
         ]
         return " ".join(w for w in words if w)
 
     @property
     def numerics_key(self) -> str:
-        """The cases that share one numerics pass: the mode without ' +compile'."""
+        """The cases that share one numerics pass: the mode without its execution's suffix."""
         return " ".join(w for w in (self.precision, self.layout, self.reduce_suffix) if w)
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,9 +282,7 @@ class Case:
             raise ResultsError(f"{where}: case: must be an object")
         label = _text(data, "label", where)
         sweep_point = label is None
-        compiled = data.get("compiled", False)
-        if not isinstance(compiled, bool):
-            raise _fail(where, "compiled", f"must be true or false; got {compiled!r}")
+        execution = _execution(data, where)
         parallel = _text(data, "parallel", where)
         if parallel is not None and parallel not in PARALLEL_STRATEGIES:
             raise _fail(
@@ -290,7 +305,7 @@ class Case:
             seq_len=_integer(data, "seq_len", where, required=sweep_point),
             device=_text(data, "device", where),
             label=label,
-            compiled=compiled,
+            execution=execution,
             parallel=parallel,
             world_size=world_size if parallel is not None else None,
             reduce_dtype=reduce_dtype if parallel is not None else None,
@@ -299,6 +314,19 @@ class Case:
         if given is not None and given != case.id:
             raise _fail(where, "case.id", f"{given!r} does not match its fields ({case.id!r})")
         return case
+
+
+def _execution(data: dict[str, Any], where: str) -> str:
+    """A case's execution; a case written before schema 6 has `compiled` (true: "compiled")."""
+    if "execution" not in data:
+        compiled = data.get("compiled", False)
+        if not isinstance(compiled, bool):
+            raise _fail(where, "compiled", f"must be true or false; got {compiled!r}")
+        return "compiled" if compiled else "eager"
+    execution = data["execution"]
+    if execution not in EXECUTIONS:
+        raise _fail(where, "execution", f"must be one of {EXECUTIONS}; got {execution!r}")
+    return execution
 
 
 # ---------------------------------------------------------------------------------------------
@@ -842,8 +870,9 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
         return {**_upgrade_v1(data), "schema": SCHEMA_VERSION}
     if version in (2, 3, 4, 5):
         # v2: eager cases (`compiled` defaults to false); v2/v3: no steadiness, telemetry or
-        # FLOPs (they read as null); v2-v4: single-device cases (no `parallel`); v2-v5: no
-        # robust spread (derived on read), GPU-busy fraction, energy window or FLOPs split.
+        # FLOPs (they read as null); v2-v4: single-device cases (no `parallel`); v2-v5:
+        # `compiled` instead of `execution` (Case.from_dict reads it), and no robust spread
+        # (derived on read), GPU-busy fraction, energy window or FLOPs split.
         return {**data, "schema": SCHEMA_VERSION}
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ResultsError(

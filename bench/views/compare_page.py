@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 from bench.analysis.assessment import Assessment
 from bench.analysis.compare import METRICS, CaseComparison
 from bench.results.manifest import RunManifest
-from bench.results.schema import precision_rank
+from bench.results.schema import execution_rank, precision_rank
 from bench.views.comparison import (
     NUMERIC_COLUMNS,
     TABLE_HEADERS,
@@ -58,7 +58,7 @@ def bars_for(cases: list[CaseComparison], metric: str) -> list[Bar]:
         (c for c in cases if metric in c.metrics),
         key=lambda c: (
             precision_rank(c.case.precision),
-            c.case.compiled,
+            execution_rank(c.case.execution),
             c.case.workload,
             c.case.batch_size or 0,
             c.case.seq_len or 0,

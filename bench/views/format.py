@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bench.analysis.hostbound import HOST_BOUND_BELOW
 from bench.analysis.rows import CaseRow
-from bench.analysis.summary import GroupSummary, ModeSummary, RunAnalysis
+from bench.analysis.summary import ExecutionGain, GroupSummary, ModeSummary, RunAnalysis
 
 MISSING = "–"  # a value that is absent or undefined
 VERDICT_LABELS = {
@@ -179,7 +179,47 @@ def quality_lines(group: GroupSummary) -> list[str]:
         lines.append(
             "rotary positions 2048+ vs the first 512, logits SQNR lost: " + ", ".join(drops)
         )
+    by_note: dict[str, list[str]] = {}
+    for mode in group.modes:
+        if mode.speedup_note:
+            by_note.setdefault(mode.speedup_note, []).append(mode.label)
+    lines += [f"{', '.join(labels)}: {note}" for note, labels in by_note.items()]
     return lines
+
+
+# The execution-gain table (terminal, summary.md, HTML): its headers and one row's cells.
+GAIN_HEADERS = (
+    "model",
+    "workload",
+    "shape",
+    "mode",
+    "vs eager",
+    "eager step",
+    "step",
+    "first call",
+)
+GAIN_CAPTION = (
+    "vs eager: median step of the same precision run eagerly / this mode's, at the group's "
+    "headline point; first call: compiling (torch.compile) or warming up and capturing (CUDA "
+    "graphs), timed apart from the steps"
+)
+
+
+def gain_cells(gain: ExecutionGain) -> list[str]:
+    """One row of the execution-gain table: the gain, or the mode's status where it did not
+    run ok."""
+    shape = f"bs{gain.batch_size} seq{gain.seq_len}" if gain.batch_size else ""
+    versus = fmt_speedup(gain.gain) if gain.status == "ok" else gain.status
+    return [
+        gain.model,
+        gain.workload,
+        shape,
+        gain.mode,
+        versus,
+        fmt_seconds(gain.eager_median_s),
+        fmt_seconds(gain.median_s),
+        fmt_seconds(gain.compile_s),
+    ]
 
 
 def fmt_tflops(value: float | None) -> str:

@@ -86,6 +86,11 @@ def summary_markdown(analysis: RunAnalysis, title: str | None = None) -> str:
         lines.append("")
         for caveat in fmt.caveat_lines(group) + fmt.quality_lines(group):
             lines += [f"Note ({md_text(caveat)})", ""]
+    if analysis.execution_gains:
+        lines += ["### Execution gains (vs the same precision run eagerly)", ""]
+        rows = [fmt.gain_cells(gain) for gain in analysis.execution_gains]
+        lines += md_table(fmt.GAIN_HEADERS, rows, "llllrrrr")
+        lines += ["", f"Note ({md_text(fmt.GAIN_CAPTION)})", ""]
     others = analysis.benchmark_rows
     if others:
         lines += ["### Other benchmarks (no sweep point: no fp32 to compare against)", ""]

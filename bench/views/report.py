@@ -60,6 +60,8 @@ class Section:
     plots: list[Plot] = field(default_factory=list)
     empty: str = "No data for this section in this run."
     wide: bool = False  # one figure per row instead of two
+    table_headers: tuple[str, ...] = ()  # a table above the figures, where the section has one
+    table_rows: list[list[str]] = field(default_factory=list)
 
 
 def _draw(caption: str, draw: Callable[[], str], problems: list[str]) -> Plot:
@@ -172,6 +174,39 @@ def speedup_section(analysis: RunAnalysis, problems: list[str]) -> Section:
             [m.label for m in b], [m.speedup for m in b], [fmt.verdict_key(m) for m in b], title=t
         ),
     )
+    return section
+
+
+def execution_section(analysis: RunAnalysis, problems: list[str]) -> Section:
+    """What torch.compile or CUDA graphs gain over the same precision run eagerly: the table
+    and one bar plot per model and workload."""
+    section = Section(
+        "execution",
+        "Execution gain vs eager",
+        "Each compiled or graphed mode against the same precision run eagerly, at the headline "
+        "point (speedups vs fp32 above compare the same execution). " + fmt.GAIN_CAPTION + ".",
+        empty="Every mode ran eagerly, or no compiled or graphed mode has an eager counterpart.",
+        table_headers=fmt.GAIN_HEADERS,
+        table_rows=[fmt.gain_cells(gain) for gain in analysis.execution_gains],
+    )
+    by_group: dict[tuple[str, str], list[Any]] = {}
+    for gain in analysis.execution_gains:
+        if gain.gain is not None:
+            by_group.setdefault((gain.model, gain.workload), []).append(gain)
+    for group in analysis.groups:
+        bars = by_group.get((group.model, group.workload))
+        if not bars:
+            continue
+        title = f"{_title(group)} ({fmt.point_label(group)})"
+        section.plots.append(
+            _draw(
+                title,
+                lambda b=bars, t=title: plots.execution_gain_bars(
+                    [g.mode for g in b], [g.gain for g in b], title=t
+                ),
+                problems,
+            )
+        )
     return section
 
 
@@ -536,6 +571,7 @@ def build_context(run: Run, analysis: RunAnalysis, csv_name: str | None = CSV_FI
         per_batch_section(analysis, env, "throughput", problems),
         per_batch_section(analysis, env, "memory", problems),
         speedup_section(analysis, problems),
+        execution_section(analysis, problems),
         loss_section(analysis, problems),
         tradeoff_section(analysis, problems),
         step_time_section(analysis, problems),

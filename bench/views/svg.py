@@ -86,9 +86,12 @@ def color_of(mode: str) -> str:
 
 
 def linestyle_of(mode: str) -> str:
-    """Dotted under torch.compile, dashed for a pure low-precision dtype, solid otherwise."""
+    """Dotted under torch.compile, dash-dotted under CUDA graphs, dashed for a pure
+    low-precision dtype, solid otherwise."""
     if mode.endswith(" +compile"):
         return ":"
+    if mode.endswith(" +graphs"):
+        return "-."
     return "--" if shown_styles().dashed(mode.split(" ")[0]) else "-"
 
 

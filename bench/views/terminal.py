@@ -133,6 +133,18 @@ def verdict_table(analysis: RunAnalysis) -> Table:
     return table
 
 
+def execution_table(analysis: RunAnalysis) -> Table | None:
+    """What torch.compile or CUDA graphs gain over the same precision run eagerly (None where
+    every mode ran eagerly)."""
+    if not analysis.execution_gains:
+        return None
+    table = Table(*fmt.GAIN_HEADERS, title="execution gain (vs the same precision, eager)")
+    for gain in analysis.execution_gains:
+        table.add_row(*fmt.gain_cells(gain))
+    table.caption = fmt.GAIN_CAPTION
+    return table
+
+
 def print_comparison(assessment: Assessment, gate: bool, stream: TextIO) -> None:
     """The comparison table, worst first, with the devices and the verdict."""
     console = Console(file=stream, width=None if stream.isatty() else 200, highlight=False)

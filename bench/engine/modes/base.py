@@ -159,10 +159,12 @@ class PrecisionMode:
         """The context of a forward pass that needs no gradients."""
         return torch.inference_mode()
 
-    def make_optimizer(self, model: torch.nn.Module, device: Device) -> torch.optim.Optimizer:
+    def make_optimizer(
+        self, model: torch.nn.Module, device: Device, capturable: bool = False
+    ) -> torch.optim.Optimizer:
         """The training optimizer (AdamW, lr 1e-4, state allocated: bench.engine.workloads),
-        fused on CUDA for every mode."""
-        return workloads.make_optimizer(model, fused=device.is_cuda)
+        fused on CUDA for every mode; `capturable` where a CUDA graph captures its step."""
+        return workloads.make_optimizer(model, fused=device.is_cuda, capturable=capturable)
 
     def after_optimizer_step(self, model: torch.nn.Module) -> Callable[[], None] | None:
         """A hook a training step runs after optimizer.step(), or None (none of the built-in

@@ -42,12 +42,12 @@ from bench.engine.suite.model import (
     comparison_group,
     parse_shard,
 )
-from bench.engine.suite.validate import COMPILE_CHOICES, parse_peak_tflops
+from bench.engine.suite.validate import COMPILE_SCOPES, parse_peak_tflops
 from bench.engine.suite.writer import toml_value
 
 __all__ = [
     "BUILTIN_SUITES",
-    "COMPILE_CHOICES",
+    "COMPILE_SCOPES",
     "FlopsConfig",
     "ParallelConfig",
     "Shard",

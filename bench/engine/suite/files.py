@@ -95,6 +95,7 @@ def parse_suite(
     for table in _FREE_TABLES:
         if table in doc and not isinstance(doc[table], dict):
             raise SuiteError(f"{source}: {table}: must be a table ([{table}])")
+    _rename_compile_key(doc, source)
     parsed = {
         name: cls(**check_table(name, doc.get(name, {}), source)) for name, cls in _TABLES.items()
     }
@@ -124,6 +125,24 @@ def parse_suite(
         flops=parsed["flops"],
         parallel=parsed["parallel"],
     )
+
+
+def _rename_compile_key(doc: dict[str, Any], source: str) -> None:
+    """[sweep] compile (before execution had "graphs") is read as [sweep] execution, with a
+    one-line deprecation note on stderr; both keys at once is an error."""
+    sweep = doc.get("sweep")
+    if not isinstance(sweep, dict) or "compile" not in sweep:
+        return
+    if "execution" in sweep:
+        raise SuiteError(
+            f"{source}: sweep.compile: give sweep.execution only (compile is its old name)"
+        )
+    print(
+        f"{source}: sweep.compile is deprecated; use sweep.execution = "
+        '["eager", "compiled", "graphs"] (any of them)',
+        file=sys.stderr,
+    )
+    doc["sweep"] = {("execution" if k == "compile" else k): v for k, v in sweep.items()}
 
 
 def _is_file(path: Path) -> bool:

@@ -41,7 +41,12 @@ class Sweep:
     batch_sizes: tuple[int, ...] = (1,)
     seq_lens: tuple[int, ...] = (128,)
     generate_new_tokens: int = 16
-    compile: tuple[str, ...] = ("eager",)  # "eager" and/or "compiled" (torch.compile)
+    # How steps execute (bench.engine.execution): "eager", "compiled" (torch.compile) and/or
+    # "graphs" (the whole step captured once as a CUDA graph and replayed).
+    execution: tuple[str, ...] = ("eager",)
+    # What "compiled" compiles: "regional" (each repeated transformer block, one graph reused
+    # for every layer) or "model" (the whole model as one graph). Not a case dimension.
+    compile_scope: str = "regional"
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class Suite:
 
     def cases(self, device: str, shard: Shard | None = None, world_size: int = 1) -> list[Case]:
         """Every case (of `shard` only, when given), ordered model > workload > seq_len > batch
-        size > precision > gradient reduce dtype > eager or compiled, so the cases being
+        size > precision > gradient reduce dtype > execution, so the cases being
         compared run back to back (drift hits them alike) and batch sizes grow. With [parallel]
         on, training cases are data-parallel over `world_size` ranks (the launch's)."""
         out = []
@@ -144,7 +149,7 @@ class Suite:
                     for batch_size in self.sweep.batch_sizes:
                         for precision in self.sweep.precisions:
                             for reduce_dtype in reduce_dtypes:
-                                for execution in self.sweep.compile:
+                                for execution in self.sweep.execution:
                                     out.append(
                                         Case(
                                             spec.name,
@@ -154,7 +159,7 @@ class Suite:
                                             batch_size,
                                             seq_len,
                                             device,
-                                            compiled=execution == "compiled",
+                                            execution=execution,
                                             parallel=parallel.strategy if data_parallel else None,
                                             world_size=world_size if data_parallel else None,
                                             reduce_dtype=reduce_dtype,
@@ -222,7 +227,7 @@ class Shard:
     """`--shard I/N`: this run takes every N-th comparison group of the sweep, from the I-th.
 
     A comparison group is one shape of one model and workload (model, workload, sequence
-    length, batch size): its precisions, eager and compiled, are what speedups and verdicts
+    length, batch size): its precisions, in every execution, are what speedups and verdicts
     compare, so they stay together on one machine and run back to back. Groups are dealt
     round-robin in the suite's case order, so shards differ by at most one group and the same
     suite splits the same way everywhere; N runs with I = 1..N cover the sweep exactly once."""

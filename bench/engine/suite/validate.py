@@ -31,9 +31,9 @@ from bench.engine.modes import PRECISION_MODES
 from bench.engine.workloads import WORKLOADS
 from bench.errors import SuiteError
 from bench.results.peaks import DTYPES
-from bench.results.schema import PARALLEL_STRATEGIES, REDUCE_DTYPES
+from bench.results.schema import EXECUTIONS, PARALLEL_STRATEGIES, REDUCE_DTYPES
 
-COMPILE_CHOICES = ("eager", "compiled")
+COMPILE_SCOPES = ("regional", "model")
 
 T = TypeVar("T")
 
@@ -107,9 +107,10 @@ class SweepTable(_Table):
     batch_sizes: NonEmptyList[PositiveInt] = _key("a non-empty list of positive integers")
     seq_lens: NonEmptyList[PositiveInt] = _key("a non-empty list of positive integers")
     generate_new_tokens: PositiveInt = _key("a positive integer")
-    compile: NonEmptyList[Literal[COMPILE_CHOICES]] = _key(
-        f"a non-empty list from: {_choices(COMPILE_CHOICES, quote=True)} (torch.compile)"
+    execution: NonEmptyList[Literal[EXECUTIONS]] = _key(
+        f"a non-empty list from: {_choices(EXECUTIONS, quote=True)}"
     )
+    compile_scope: Literal[COMPILE_SCOPES] = _key(f"one of: {_choices(COMPILE_SCOPES, quote=True)}")
 
 
 class TimingTable(_Table):

@@ -16,6 +16,7 @@ from bench.engine.models import ModelSpec
 # Keys added after suites were first written: at their default they are left out, so a suite
 # that could be written before keeps its text and its hash.
 NEWER_TIMING_KEYS = ("slow_kernel_budget_s",)
+NEWER_SWEEP_KEYS = ("compile_scope",)
 
 
 def resolved_toml(suite: Any) -> str:
@@ -24,7 +25,7 @@ def resolved_toml(suite: Any) -> str:
     lines += _toml_items(suite.info)
     lines += ["", "[sweep]"]
     sweep = replace(suite.sweep, models=tuple(_model_ref(s) for s in suite.models))
-    lines += _toml_items(sweep)
+    lines += _toml_items(sweep, omit_at_default=NEWER_SWEEP_KEYS)
     lines += ["", "[timing]"]
     lines += _toml_items(suite.timing, omit_at_default=NEWER_TIMING_KEYS)
     lines += ["", "[flops]", f"enabled = {toml_value(suite.flops.enabled)}"]
