@@ -141,6 +141,9 @@ def test_selfcheck_shortens_a_suite_but_never_lengthens_it() -> None:
     assert ci.tables["numerics"]["train_steps"] == SELFCHECK_NUMERICS_STEPS == 5
     assert ci.tables["numerics"]["fp64_max_parameters"] == 0  # no fp64 reference
     assert ci.tables["check"] == load_suite("ci").tables["check"]
+    assert load_suite("ci").sweep.execution == ("compiled",)
+    assert ci.sweep.execution == ("eager",)  # compiling its 28 cases would take the 4 minutes
+    assert {c.execution for c in ci.cases("cuda:0")} == {"eager"}
     smoke = shortened(load_suite("smoke"))
     assert smoke.timing.iterations == 6  # smoke's own 6 < 10
     assert smoke.timing.warmup == min(3, load_suite("smoke").timing.warmup)

@@ -630,20 +630,26 @@ def check_overhead(device: Device, rounds: int = 12, steps: int = 8) -> CheckRes
 # 4 minutes selfcheck allows on one H200: with 20 timed steps, a 10-step numerics pass and the
 # fp64 reference, the 28 ci cases took 4 minutes there alone (README, "Measured on an H200");
 # 10 timed steps, a 5-step pass and no fp64 reference (nothing here reads it: fp32 against
-# itself is the check) leave the device checks (~2 minutes) their room.
+# itself is the check) leave the device checks (~2 minutes) their room. It runs eagerly: `ci`
+# compiles every case (about 10 s each on a GPU by the estimate, most of the 4 minutes for 28
+# cases), and the compiled and graphs executions have their own checks (SYNC_CHECK_EXECUTIONS).
 SELFCHECK_TIMING = {"warmup": 3, "max_warmup": 5, "iterations": 10}
 SELFCHECK_NUMERICS_STEPS = 5
 
 
 def shortened(suite: Suite) -> Suite:
-    """The suite with selfcheck's timing and numerics pass where those are shorter than its own."""
+    """The suite with selfcheck's timing and numerics pass where those are shorter than its own,
+    run eagerly."""
     timing = {k: min(v, getattr(suite.timing, k)) for k, v in SELFCHECK_TIMING.items()}
     numerics = dict(suite.tables.get("numerics", {}))
     numerics["train_steps"] = min(
         numerics.get("train_steps", NumericsConfig().train_steps), SELFCHECK_NUMERICS_STEPS
     )
     numerics["fp64_max_parameters"] = 0
-    return replace(suite.with_timing(timing), tables=dict(suite.tables, numerics=numerics))
+    eager = replace(suite.sweep, execution=("eager",))
+    return replace(
+        suite.with_timing(timing), sweep=eager, tables=dict(suite.tables, numerics=numerics)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
