@@ -6,7 +6,10 @@ side, and how much cheaper regional compilation is to compile.
         [--batch-size 1] [--seq-len 128] [--steps 10]
 
 Each variant runs in a fresh process with its own empty TORCHINDUCTOR_CACHE_DIR, so every
-compile is cold and none reuses another's kernels. It builds the model, the step and the
+compile is cold and none reuses another's kernels. Before the model, each process compiles a
+two-line function forward and backward (`prime_s`, printed): the one-time cost of a process's
+first compile (importing inductor and AOTAutograd, starting the compile workers) is paid once
+per worker process in a sweep, not once per case, so it is charged to neither variant. It builds the model, the step and the
 compilation the way `mpbench run --execution compiled` does (bench.engine.execution.Compiled,
 bench.engine.workloads), in fp32. Not a test: the figures depend on the machine (and on whoever
 else uses its CPU); the regional compile should be several times cheaper than the whole model's.
@@ -41,6 +44,13 @@ def measure(args: argparse.Namespace) -> dict[str, float | str | None]:
     from bench.engine.execution import Compiled
     from bench.engine.suite import parse_suite
 
+    prime_s = None
+    if args.variant != "eager":
+        started = time.perf_counter()
+        x = torch.randn(8, 8, requires_grad=True)
+        torch.compile(lambda t: (t.sin() * 2).sum())(x).backward()
+        prime_s = time.perf_counter() - started
+        torch.compiler.reset()
     suite = parse_suite(f'[sweep]\nmodels = ["{args.model}"]\n', "<benchmark>")
     spec = suite.model(args.model)
     model = spec.build(0)
@@ -85,6 +95,7 @@ def measure(args: argparse.Namespace) -> dict[str, float | str | None]:
         "variant": args.variant,
         "first_call_s": first_s,
         "compile_s": None if args.variant == "eager" else first_s - median_s,
+        "prime_s": prime_s,
         "median_step_s": median_s,
         "compiled_blocks": blocks,
     }
@@ -120,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {variant} done", file=sys.stderr)
     shape = f"{args.model} {args.workload} fp32, batch {args.batch_size} x {args.seq_len}"
     print(f"{shape}, {args.steps} timed steps, cold inductor cache per variant")
-    print(f"{'variant':10} {'compile s':>10} {'median step ms':>15}  compiled")
+    print(f"{'variant':10} {'compile s':>10} {'median step ms':>15} {'prime s':>8}  compiled")
     for row in rows:
         compile_s = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+        prime_s = "-" if row["prime_s"] is None else f"{row['prime_s']:.1f}"
         what = row["compiled_blocks"] or ("whole model" if row["variant"] == "model" else "-")
-        print(f"{row['variant']:10} {compile_s:>10} {row['median_step_s'] * 1e3:15.1f}  {what}")
+        step_ms = row["median_step_s"] * 1e3
+        print(f"{row['variant']:10} {compile_s:>10} {step_ms:15.1f} {prime_s:>8}  {what}")
     by_variant = {row["variant"]: row["compile_s"] for row in rows}
     whole, regional = by_variant.get("model"), by_variant.get("regional")
     if whole and regional:
