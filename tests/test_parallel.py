@@ -203,10 +203,17 @@ def test_ddp1_and_fsdp1_run_without_torchrun(tmp_path: Path) -> None:
 # -- torchrun, 2 processes, gloo -------------------------------------------------------------------
 
 
-def suite_file(tmp_path: Path) -> str:
+def suite_file(tmp_path: Path, numerics: bool = True) -> str:
+    """SUITE in a file; `numerics=False` for the fault tests, which judge no numerics (each
+    case's pass would add its fp32 reference and repeat on both ranks)."""
     path = tmp_path / "dp.toml"
-    path.write_text(SUITE)
+    path.write_text(SUITE if numerics else without_numerics(SUITE))
     return str(path)
+
+
+def without_numerics(text: str) -> str:
+    """A suite text with its numerics pass off."""
+    return text.split("[numerics]")[0] + "[numerics]\nenabled = false\n"
 
 
 def mpbench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -327,7 +334,7 @@ def test_a_killed_rank_crashes_its_case_and_the_run_goes_on(tmp_path: Path) -> N
     out = tmp_path / "killed"
     victim, env = VICTIM, fault_env("kill")
     proc = mpbench(
-        "run", suite_file(tmp_path), "--precisions", "fp32,amp_bf16,bf16", "--parallel", "ddp",
+        "run", suite_file(tmp_path, numerics=False), "--precisions", "fp32,amp_bf16,bf16", "--parallel", "ddp",
         "--nproc", "2", "--out", str(out), env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -349,7 +356,7 @@ def test_a_killed_rank_crashes_its_case_and_the_run_goes_on(tmp_path: Path) -> N
 def test_ctrl_c_stops_torchrun_and_leaves_no_process(tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     env = {**os.environ, **fault_env("hang")}
-    cmd = [sys.executable, "-m", "bench", "run", suite_file(tmp_path), "--precisions"]
+    cmd = [sys.executable, "-m", "bench", "run", suite_file(tmp_path, False), "--precisions"]
     cmd += ["fp32,amp_bf16", "--parallel", "ddp", "--nproc", "2", "--out", str(out)]
     proc = subprocess.Popen(
         cmd,
@@ -404,7 +411,7 @@ def test_a_hung_rank_times_out_its_case_and_the_run_goes_on(tmp_path: Path) -> N
     out = tmp_path / "hung"
     victim, env = VICTIM, fault_env("hang")
     proc = mpbench(
-        "run", suite_file(tmp_path), "--precisions", "fp32,amp_bf16,bf16", "--parallel", "ddp",
+        "run", suite_file(tmp_path, numerics=False), "--precisions", "fp32,amp_bf16,bf16", "--parallel", "ddp",
         "--nproc", "2", "--case-timeout", "5", "--out", str(out), "--no-report", env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -471,7 +478,7 @@ def test_out_of_memory_on_one_rank_is_recorded_as_oom(tmp_path: Path) -> None:
     exits; rank 0's collectives fail; the case is `oom` with rank 1's reason, and larger batches
     of it are then predicted to run out too."""
     out = tmp_path / "oom"
-    text = SUITE.replace("batch_sizes = [2]", "batch_sizes = [2, 4]")
+    text = without_numerics(SUITE).replace("batch_sizes = [2]", "batch_sizes = [2, 4]")
     (tmp_path / "dp.toml").write_text(text)
     env = fault_env("oom")
     proc = mpbench(
