@@ -265,42 +265,50 @@ def speedup_bars(
 def execution_gain_bars(labels: Sequence[str], gains: Sequence[float], *, title: str) -> str:
     """Gain of each compiled or graphed mode over its precision run eagerly, in the mode's
     colour, with the 1x line."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    bars = ax.bar(range(len(labels)), list(gains), color=[color_of(label) for label in labels])
-    ax.bar_label(bars, labels=[f"{g:.2f}×" for g in gains], padding=2, fontsize=7.5)
-    ax.axhline(1.0, color="#222222", linewidth=0.8)
-    ax.set_ylim(0, max([1.0, *gains]) * 1.18)
-    ax.set_ylabel("gain vs eager (×)")
-    ax.grid(axis="x", visible=False)
-    _title(ax, title, WIDTH_IN)
-    label_in = _text_in(labels, STYLE["font.size"])
-    rotate = label_in * len(labels) > (WIDTH_IN - 1.2) * 0.9
-    ax.set_xticks(
-        range(len(labels)),
-        [literal(label) for label in labels],
-        rotation=30 if rotate else 0,
-        ha="right" if rotate else "center",
+    return _mode_bars(
+        labels,
+        list(gains),
+        [f"{g:.2f}×" for g in gains],
+        ylabel="gain vs eager (×)",
+        top=max([1.0, *gains]) * 1.18,
+        title=title,
+        one_line=True,
     )
-    _place(
-        fig,
-        left_in=0.12 + LABEL_IN + _ytick_in(ax) + TICK_PAD_IN,
-        right_in=0.2,
-        bottom_in=0.3 + (label_in * 0.5 if rotate else 0.1),
-    )
-    return to_svg(fig)
 
 
 def energy_bars(labels: Sequence[str], joules: Sequence[float], *, title: str) -> str:
     """Energy per sample per mode (J, NVML), in each mode's colour; lower is better."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
     scale, unit = (1e3, "mJ") if max(joules, default=0) < 1 else (1.0, "J")
     values = [j * scale for j in joules]
+    return _mode_bars(
+        labels,
+        values,
+        [f"{v:.3g}" for v in values],
+        ylabel=f"energy per sample ({unit})",
+        top=max([*values, 1e-12]) * 1.18,
+        title=title,
+    )
+
+
+def _mode_bars(
+    labels: Sequence[str],
+    values: list[float],
+    value_labels: list[str],
+    *,
+    ylabel: str,
+    top: float,
+    title: str,
+    one_line: bool = False,
+) -> str:
+    """One bar per mode in its colour, each labelled with its value; `one_line` draws y = 1."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
     bars = ax.bar(range(len(labels)), values, color=[color_of(label) for label in labels])
-    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=7.5)
-    ax.set_ylim(0, max([*values, 1e-12]) * 1.18)
-    ax.set_ylabel(f"energy per sample ({unit})")
+    ax.bar_label(bars, labels=value_labels, padding=2, fontsize=7.5)
+    if one_line:
+        ax.axhline(1.0, color="#222222", linewidth=0.8)
+    ax.set_ylim(0, top)
+    ax.set_ylabel(ylabel)
     ax.grid(axis="x", visible=False)
     _title(ax, title, WIDTH_IN)
     label_in = _text_in(labels, STYLE["font.size"])
