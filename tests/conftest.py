@@ -28,3 +28,10 @@ def tiny_suite_path(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_SUITE, encoding="utf-8")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (a stable sort: file order otherwise): each runs for tens of seconds
+    with few other processes to share the cores, and pytest-xdist's workers then steal the short
+    tests to even out the end, instead of one worker finishing a 40 s test while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
