@@ -37,10 +37,10 @@ import torch
 
 from bench.engine.device import Device
 from bench.engine.env import capture_env
-from bench.engine.execution import GraphedStep
 from bench.engine.modes import PRECISION_MODES
 from bench.engine.modes.base import square_matmul
 from bench.engine.numerics.config import NumericsConfig
+from bench.engine.progress import no_phase
 from bench.engine.rates import MATMUL_DTYPES, MatmulRate, measure_matmul, time_per_call_s
 from bench.engine.runner import CaseRunner, PreparedCase, measure_steps, skip_reason
 from bench.engine.suite import Suite, load_suite
@@ -184,11 +184,23 @@ def check_memory_window(device: Device, size_bytes: int = 256 * 2**20) -> CheckR
 @contextlib.contextmanager
 def prepared_case(suite: Suite, device: Device) -> Iterator[tuple[Case, PreparedCase]]:
     """The suite's first case as the runner prepares it (model, optimizer, inputs, step), under
-    its precision mode's global state."""
+    its precision mode's global state, after its execution's first call (compiling, or
+    capturing a CUDA graph: a graphs step replays only once captured), as the runner makes it."""
     case = suite.cases(device.name)[0]
     mode = PRECISION_MODES[case.precision]
     with mode.global_state(device), CaseRunner(suite, device).prepare(case) as prepared:
+        prepared.execution.first_call(prepared.step, device, no_phase, _NO_MEMORY_WINDOW)
         yield case, prepared
+
+
+class _NoMemoryWindow:
+    """The memory window a selfcheck step runs in: none (the checks read no memory peak)."""
+
+    def restart_peak(self) -> None:
+        """Nothing to restart."""
+
+
+_NO_MEMORY_WINDOW: Any = _NoMemoryWindow()
 
 
 def interleaved_rounds(
@@ -298,8 +310,6 @@ def check_step(device: Device, suite: Suite, steps: int = 3) -> StepCheck:
             if not device.is_cuda:
                 prepared.step()
                 return StepCheck(case.id)
-            if isinstance(prepared.step, GraphedStep):
-                prepared.step.capture()  # the graphs execution's first call, as the runner's
             for _ in range(steps):
                 prepared.step()
             device.synchronize()
