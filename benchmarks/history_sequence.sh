@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The history gate on this machine, for real: six A/A smoke runs go into a fresh history store,
-# each checked against the history as it grows (`check --history`) and, side by side, against
-# the first run by today's one-baseline rule (`check --baseline`); then one run slowed on purpose,
-# checked the same way; then the trend page, and a screenshot of it in Chromium.
+# The history gate on this machine, for real: RUNS A/A smoke runs (default 10) go into a fresh
+# history store, each checked against the history as it grows (`check --history`) and, side by
+# side, against the first run by today's one-baseline rule (`check --baseline`); then one run
+# slowed on purpose, checked the same way; then the trend page, and a screenshot of it in
+# Chromium. Runs 2-5 have fewer than 5 earlier runs, so the gate judges them by its fallback,
+# the one-baseline rule; from run 6 on, by the history rule: ten runs show that rule on five.
 #
 # The slowed run has OMP_NUM_THREADS=1 (torch threads 2 -> 1, which env.json records, so the
 # gate names it as what changed) and a patched mode through MPBENCH_RUNNER_FACTORY in which every
@@ -13,9 +15,9 @@
 #   bash benchmarks/history_sequence.sh [OUT_DIR]   # default reports/history-sequence
 #
 # The smoke suite with its fp32, amp_bf16 and bf16 cases (24 cases: fp16 and fp8 take most of
-# a smoke run's time on a CPU and add nothing here): about 1 minute a run on 2 idle cores, 8
-# minutes in all. A benchmark, not a test: what it prints depends on how noisy this machine is
-# while it runs. Prints one line per run; everything else (each check's output and JSON, the
+# a smoke run's time on a CPU and add nothing here), 30 timed steps a case: about 30 s a run on 2
+# idle cores, 6 minutes in all. A benchmark, not a test: what it prints depends on how noisy
+# this machine is while it runs. Prints one line per run; everything else (each check's output and JSON, the
 # trend page, the screenshot) is left in OUT_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +25,10 @@ OUT=${1:-reports/history-sequence}
 MPBENCH=${MPBENCH:-.venv/bin/mpbench}
 PYTHON=${PYTHON:-.venv/bin/python}
 DB="$OUT/history.db"
-RUNS=6
-FLAGS=(--precisions fp32,amp_bf16,bf16 -q --no-report)
+RUNS=${RUNS:-10}
+# 30 timed steps a case, not the smoke suite's 6 (a smoke test's): a gated run times enough
+# steps for a steady median, as suites/ci.toml does; it adds about 10 s a run.
+FLAGS=(--precisions fp32,amp_bf16,bf16 --iterations 30 -q --no-report)
 # REUSE=1 keeps the runs already in OUT_DIR and only checks them again (adding is a no-op).
 if [ -z "${REUSE:-}" ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT" && rm -f "$OUT/summary.txt"

@@ -348,10 +348,18 @@ def test_short_or_empty_history_says_so(tmp_path: Path) -> None:
     checked = gate(first, url)
     assert checked.rule == "none" and checked.exit_code == 0
     assert "no earlier run of suite fixture" in checked.notes[0]
-    add_all(url, [history_run(tmp_path, 1, 1.01)])
-    checked = gate(history_run(tmp_path, 2, 2.0), url)
+    slow = history_run(tmp_path, 2, 2.0)
+    checked = gate(slow, url)
     assert checked.rule == "one-baseline" and checked.exit_code == 1
     assert f"needs {MIN_HISTORY_RUNS}" in checked.assessment.notes[0]
+    # With two earlier runs, a timing regression must be one against each: slower than a fast
+    # latest run but not than the one before is inside the spread they already show.
+    add_all(url, [history_run(tmp_path, 1, 0.8)])
+    within = gate(history_run(tmp_path / "again", 2, 1.0), url)
+    assert within.rule == "one-baseline" and within.exit_code == 0
+    assert "against each of the 2 runs" in within.assessment.notes[0]
+    assert any("within the earlier runs' spread" in f.message for f in within.assessment.findings)
+    assert gate(slow, url).exit_code == 1
     other = history_run(tmp_path / "other", 3, suite=SUITE.replace('"fixture"', '"other"'))
     edit_results(other, lambda r: r)
     env = json.loads((other / "env.json").read_text())

@@ -64,17 +64,34 @@ def test_spread_test_is_a_prediction_interval() -> None:
 
 def test_history_delta_flags_steps_not_noise() -> None:
     window = list(noisy(20, 0.05, 4))
-    noise = history_delta("throughput", window, float(np.mean(window)) * 0.92)
+    level = float(np.exp(np.mean(np.log(window))))
+    noise = history_delta("throughput", window, level * 0.92)
     assert noise.significant is False and "inside the between-run spread" in noise.test
-    sudden = history_delta("throughput", window, float(np.mean(window)) * 0.6)
-    assert sudden.significant and sudden.worse_pct > 35
-    # A 12% step, too small for one run at 5% noise, shows once three runs are behind it.
+    sudden = history_delta("throughput", window, level * 0.6)
+    assert sudden.significant and sudden.worse_pct > 35 and "CURRENT outside" in sudden.test
+    # A 12% step, too small for one run at 5% noise, shows once three runs are behind it; the
+    # change judged is the level of the last 4 runs, not CURRENT's alone.
     stepped = window + [v * 0.88 for v in noisy(2, 0.05, 5)]
-    later = history_delta("throughput", stepped, float(np.mean(window)) * 0.88)
-    assert later.significant and "a step 3 runs ago" in later.test
-    # Some runs on, the step is the new normal.
+    later = history_delta("throughput", stepped, level * 0.88)
+    assert later.significant and "the level of the last 4 runs" in later.test
+    assert later.current == pytest.approx(
+        float(np.exp(np.mean(np.log([*stepped[-3:], level * 0.88]))))
+    )
+    # Some runs on, the step is the new normal: runs are judged against its level only.
     settled = window + [v * 0.88 for v in noisy(8, 0.05, 6)]
-    assert not history_delta("throughput", settled, float(np.mean(window)) * 0.88).significant
+    now = history_delta("throughput", settled, level * 0.88)
+    assert not now.significant and "since the step at run 2" in now.test
+
+
+def test_one_unlucky_run_inside_a_steady_window_is_not_a_level_step() -> None:
+    # Runs 10% down at 5% noise: one of them alone is noise, four together a step.
+    window = list(noisy(20, 0.05, 4))
+    level = float(np.exp(np.mean(np.log(window))))
+    one = history_delta("throughput", window, level * 0.9)
+    assert not one.significant and one.p_value > 0.01
+    four = window + [level * 0.9 * v for v in noisy(3, 0.01, 8)]
+    step = history_delta("throughput", four, level * 0.9)
+    assert step.significant and step.p_value < 0.01 and step.worse_pct > 8
 
 
 @pytest.fixture(scope="module")

@@ -196,6 +196,16 @@ def segments(length: int, points: Sequence[ChangePoint]) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
+def step_at(values: Sequence[float], index: int, log: bool = True) -> ChangePoint:
+    """A step at `index` whether or not it is significant: the values before it against those
+    from it on, Student's t-test (each side needs MIN_SEGMENT_RUNS values)."""
+    series = _scale(values, log)
+    before, after = series[:index], series[index:]
+    if min(len(before), len(after)) < MIN_SEGMENT_RUNS:
+        raise ValueError(f"a step test needs {MIN_SEGMENT_RUNS} values on each side")
+    return ChangePoint(index, student_p(before, after), _level(before, log), _level(after, log))
+
+
 def spread_test(
     window: Sequence[float], value: float, log: bool = True, alpha: float = ALPHA
 ) -> SpreadTest:

@@ -54,9 +54,10 @@ resident-set peak must also at least double or halve to count).
 
 with --history, throughput, step time and energy regress when worse than their threshold and
 a step, not between-run noise, in the series of the last --window runs with CURRENT appended:
-CURRENT outside their spread (t prediction interval, p < --alpha), or a step of the last 4 runs
-(Student's t-test, p < 0.0025); on CPU runs the throughput default is then -10 (the spread
-test measures the noise the -30 was for). Status, numerics and peak memory are judged against
+CURRENT outside their spread (t prediction interval, p < --alpha), or the level of the last 4
+runs a step from the runs before them (Student's t-test, p < 0.01; the change judged is that
+level's); a step 5 runs old is the new normal. On CPU runs the throughput default is then -10
+(the spread test measures the noise the -30 was for). Status, numerics and peak memory are judged against
 the latest of them as with --baseline. Each failing case names its last good run and what
 changed since.
 """
