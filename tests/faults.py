@@ -4,7 +4,8 @@ Run mpbench with MPBENCH_RUNNER_FACTORY=faults:faulty_runner (and this folder on
 MPBENCH_TEST_FAULT="kill:<case id>" (the worker SIGKILLs itself when that case starts) or
 "hang:<case id>" (it sleeps forever) or "oom:<case id>" (the case's result is an out-of-memory
 without running it); "kill-rank1:<case id>" and the like do that only in rank 1 of a torchrun
-launch. Nothing of this lives in mpbench itself.
+launch; several faults, each on its own case, are separated by ";". Nothing of this lives in
+mpbench itself.
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ def default_sigint() -> None:
 def faulty_runner(suite: Any, device: Any) -> Any:
     """The default runner, whose run() kills or hangs its process on one case."""
     runner = default_runner_factory(suite, device)
-    kind, _, victim = os.environ.get(FAULT_ENV, "").partition(":")
+    faults = {}  # case id -> kind
+    for fault in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
+        kind, _, victim = fault.partition(":")
+        if kind.endswith("-rank1"):  # a data-parallel launch: only rank 1 is hit
+            kind = kind.removesuffix("-rank1") if os.environ.get("RANK") == "1" else ""
+        faults[victim] = kind
     run = runner.run
 
-    if kind.endswith("-rank1"):  # a data-parallel launch: only rank 1 is hit
-        kind = kind.removesuffix("-rank1") if os.environ.get("RANK") == "1" else ""
-
     def run_with_fault(case: Any, *args: Any, **kwargs: Any) -> Any:
-        if case.id == victim and kind == "kill":
+        kind = faults.get(case.id)
+        if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        if case.id == victim and kind == "oom":
+        if kind == "oom":
             return CaseResult(case, "oom", "OutOfMemoryError: injected by tests/faults.py")
-        if case.id == victim and kind == "hang":
+        if kind == "hang":
             while True:
                 time.sleep(60)
         return run(case, *args, **kwargs)
