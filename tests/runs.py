@@ -40,6 +40,22 @@ CPU_MODEL = "AMD EPYC 7742 64-Core Processor"
 PRECISIONS = ("fp32", "amp_bf16", "bf16")
 
 
+def one_case_suite(name: str) -> str:
+    """The [suite] and [sweep] tables of a suite of one small case (gpt2-tiny training, fp32,
+    batch 2, 16 tokens); tests append the tables they need."""
+    return f"""
+[suite]
+name = "{name}"
+
+[sweep]
+models = ["gpt2-tiny"]
+workloads = ["train"]
+precisions = ["fp32"]
+batch_sizes = [2]
+seq_lens = [16]
+"""
+
+
 def make_env(gpu: dict[str, Any] | None = A100, **versions: str) -> dict[str, Any]:
     """An env.json as the engine writes it (GPU, or CPU with gpu=None)."""
     return {

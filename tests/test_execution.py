@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from runs import make_env, write_run
+from runs import make_env, one_case_suite, write_run
 
 from bench.analysis.summary import analyze
 from bench.cli.main import main
@@ -46,16 +46,7 @@ from bench.results.schema import (
 )
 
 CPU = Device(torch.device("cpu"))
-SUITE = """
-[suite]
-name = "exec"
-[sweep]
-models = ["gpt2-tiny"]
-workloads = ["train"]
-precisions = ["fp32"]
-batch_sizes = [2]
-seq_lens = [16]
-"""
+SUITE = one_case_suite("exec")
 
 
 def case(execution: str = "eager", precision: str = "bf16", **kw: Any) -> Case:

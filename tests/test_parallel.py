@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from faults import default_sigint
+from runs import one_case_suite
 
 from bench.analysis.summary import analyze
 from bench.engine import parallel, supervisor
@@ -25,17 +26,9 @@ from bench.results.schema import Case, CaseResult, Memory, Throughput, Timing
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent
 
-SUITE = """
-[suite]
-name = "dp"
-
-[sweep]
-models = ["gpt2-tiny"]
-workloads = ["train"]
-precisions = ["fp32"]
-batch_sizes = [2]
-seq_lens = [16]
-
+SUITE = (
+    one_case_suite("dp")
+    + """
 [timing]
 warmup = 1
 iterations = 3
@@ -45,6 +38,7 @@ max_warmup = 3
 train_steps = 4
 seq_len = 16
 """
+)
 
 
 def ddp_case(precision: str = "fp32", reduce: str = "fp32", world: int = 2, **kw) -> Case:
