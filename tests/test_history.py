@@ -310,6 +310,12 @@ def test_the_gate_judges_against_the_spread_and_names_what_changed(
     assert len(checked.assessment.regressions) == 12
     finding = checked.assessment.findings_for(SLOW_CASE)[0]
     assert finding.what == "throughput" and "between-run spread of the 6 runs" in finding.delta.test
+    assert "as the whole run is: its median case -37" in finding.delta.test
+    assert any(
+        n.startswith("whole run: the median of the 12 cases' throughput -37")
+        and n.endswith("outside the spread of their medians")
+        for n in checked.assessment.notes
+    )
     last = checked.last_good[SLOW_CASE]
     assert last.run.id == 6 and [str(c) for c in last.changes] == ["torch 2.13.0 -> 2.14.0"]
     assert any(

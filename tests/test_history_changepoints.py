@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runs import make_env, write_run
 
-from bench.analysis.changepoints import change_points, segments, spread_test
-from bench.analysis.history import history_delta
+from bench.analysis.changepoints import adjusted_p_values, change_points, segments, spread_test
+from bench.analysis.history import history_delta, history_deltas
 from bench.results.history import HistoryStore
 from bench.results.rundir import load_run
 
@@ -92,6 +92,54 @@ def test_one_unlucky_run_inside_a_steady_window_is_not_a_level_step() -> None:
     four = window + [level * 0.9 * v for v in noisy(3, 0.01, 8)]
     step = history_delta("throughput", four, level * 0.9)
     assert step.significant and step.p_value < 0.01 and step.worse_pct > 8
+
+
+def test_adjusted_p_values_are_benjamini_hochberg() -> None:
+    assert adjusted_p_values([0.004]) == [0.004]  # one test: its own p
+    # sorted 0.001, 0.01, 0.02, 0.04 of 4: m p / rank = 0.004, 0.02, 0.0267, 0.04
+    adjusted = adjusted_p_values([0.02, 0.001, 0.04, 0.01])
+    assert adjusted == pytest.approx([0.08 / 3, 0.004, 0.04, 0.02])
+
+
+def a_run_of_cases(down: dict[int, float]) -> dict[str, tuple[list[float], float]]:
+    """24 cases with 20 earlier runs at 5% noise each; case i's CURRENT `down[i]` sample
+    standard deviations of its own series below its level (0: at its level)."""
+    run = {}
+    for i in range(24):
+        logs = np.log(noisy(20, 0.05, 100 + i))
+        current = float(np.exp(logs.mean() - down.get(i, 0.0) * logs.std(ddof=1)))
+        run[f"case-{i}"] = (np.exp(logs).tolist(), current)
+    return run
+
+
+def test_a_runs_cases_are_judged_as_one_family() -> None:
+    # One case of 24 outside its spread at p ~ 0.0005 is what noise gives once in a few runs
+    # of 24 cases: alone it is a step, with its run's other cases it is not.
+    run = a_run_of_cases({0: 4.3})
+    window, current = run["case-0"]
+    alone = history_delta("throughput", window, current)
+    assert alone.significant and alone.p_value < 0.002
+    together = history_deltas("throughput", run)
+    assert not together["case-0"].significant
+    assert "adjusted across the run's 24 cases" in together["case-0"].test
+    assert not any(d.significant for d in together.values())
+    # The same move in every case (a driver or torch change) is a step in each.
+    everywhere = history_deltas("throughput", a_run_of_cases(dict.fromkeys(range(24), 4.3)))
+    assert all(d.significant and d.worse_pct > 10 for d in everywhere.values())
+
+
+def test_a_move_of_the_whole_run_is_judged_on_the_runs_evidence() -> None:
+    # Every case 2.5 of its standard deviations down (about 12% at 5% noise): alone, no case is
+    # outside its spread (p ~ 0.02; one of 23 has a level step by chance), but the run's median
+    # case is, far outside the spread of the runs' medians, where the cases' noise averages out.
+    moved = dict.fromkeys(range(1, 24), 2.5)
+    alone = [history_delta("throughput", w, c) for w, c in a_run_of_cases(moved).values()]
+    assert sum(bool(d.significant) for d in alone[1:]) <= 1
+    run = history_deltas("throughput", a_run_of_cases({**moved, 0: -2.5}))
+    assert all(run[f"case-{i}"].significant for i in range(1, 24))
+    assert "as the whole run is: its median case -1" in run["case-1"].test
+    # case-0 moved up while the run moved down: the run's evidence is not its
+    assert not run["case-0"].significant
 
 
 @pytest.fixture(scope="module")

@@ -206,6 +206,18 @@ def step_at(values: Sequence[float], index: int, log: bool = True) -> ChangePoin
     return ChangePoint(index, student_p(before, after), _level(before, log), _level(after, log))
 
 
+def adjusted_p_values(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values of a family of tests, in their order (one test: its
+    own p). The tests whose adjusted p is below q are the family's discoveries at a false
+    discovery rate of q; where no test has an effect, the chance of any discovery is at most q,
+    however many tests the family holds (Benjamini and Hochberg 1995; scipy's implementation)."""
+    if len(p_values) <= 1:
+        return [float(p) for p in p_values]
+    from scipy.stats import false_discovery_control
+
+    return [float(p) for p in false_discovery_control(np.asarray(p_values, dtype=float))]
+
+
 def spread_test(
     window: Sequence[float], value: float, log: bool = True, alpha: float = ALPHA
 ) -> SpreadTest:

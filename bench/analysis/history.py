@@ -26,6 +26,19 @@ may be added before or after the check):
         once a few runs are behind it (the delay the simulation measures), and the change
         judged against the threshold is that level's, so one unlucky run in a real step does
         not decide it either way;
+    A run's cases are judged together (`history_deltas`), since a gate fails a run when any
+    case fails (judged one by one, a run of 24 cases fails an A/A check about 24 times as often
+    as one case does):
+      - for each metric and each of the two tests, the p-values of every case with a history
+        are adjusted for how many there are (Benjamini-Hochberg), and a test counts where the
+        adjusted p is below its alpha: a change confined to one case of m needs about m times
+        the evidence;
+      - the whole run is one more series: per run, the median over the cases of each case's
+        deviation from its level. Where CURRENT's is outside the spread of the earlier runs'
+        (the first test, same p), every case that moved the same way counts as outside its
+        spread: a change that moves every case (a driver, CUDA or torch upgrade) is judged on
+        the run's evidence, in which the cases' own noise averages out;
+    benchmarks/history_run_sim.py measures both against each case judged alone;
   * status, numerics (verdict, errored or missing pass), peak memory, divergence and missing
     cases are judged by today's rules (bench.analysis.assessment) against the latest run of the
     window, whose samples the store keeps;
@@ -48,6 +61,8 @@ Measured on synthetic series (benchmarks/history_gate_sim.py; README "History an
 which has the figures): at equal detection of 10% steps under 10% between-run noise this gate
 raises 0.23 of the one-baseline gate's false alarms (95% interval 0.18-0.26; 0.64 against 2.81
 per 100 runs), at 2% noise almost none (0.10 against 3.99 per 100 runs at a 5% threshold).
+On whole runs of 24 cases (benchmarks/history_run_sim.py) at 10% noise it fails 0.9% of A/A
+runs, where the same rule with each case judged alone fails 13.9%.
 """
 
 from __future__ import annotations
@@ -57,12 +72,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from bench.analysis.assessment import Assessment, assess, run_check
 from bench.analysis.changepoints import (
     ALPHA,
     LATEST_ALPHA,
     MIN_SEGMENT_RUNS,
     ChangePoint,
+    SpreadTest,
+    adjusted_p_values,
     change_points,
     spread_test,
     step_at,
@@ -83,6 +102,7 @@ from bench.results.rundir import Run
 from bench.results.schema import verdict_rank
 
 MIN_HISTORY_RUNS = 5  # earlier runs the history gate needs; fewer: the one-baseline rule
+MIN_RUN_CASES = 3  # cases whose median makes the whole-run series (fewer: each case alone)
 NEW_NORMAL_RUNS = 5  # runs (CURRENT included) from which on a step is the new normal
 # The step test judges the level of the last runs, CURRENT included: as many as a step can have
 # behind it before it is the new normal, so a recent step's whole level is judged.
@@ -343,6 +363,115 @@ def history_config(config: CheckConfig) -> CheckConfig:
     return replace(config, thresholds_pct=thresholds, origin=origin)
 
 
+@dataclass(frozen=True)
+class SeriesTests:
+    """The history gate's two tests of CURRENT against one case's series (`history_tests`), their
+    p-values not yet judged: a run's cases are judged together (`history_deltas`)."""
+
+    metric: str  # the comparison metric (throughput, step_time, energy)
+    current: float  # CURRENT's value
+    runs: int  # earlier runs in the window
+    since: str  # where the reference starts: "" or " since the step at run K of the window"
+    spread: SpreadTest  # CURRENT against the runs before it since the latest settled step
+    level: ChangePoint | None  # the last LEVEL_RUNS runs against the runs before them, if enough
+    level_before_runs: int  # runs before the last LEVEL_RUNS (the level test's reference)
+
+
+def history_tests(comparison_metric: str, window: Sequence[float], current: float) -> SeriesTests:
+    """CURRENT's metric tested against the window's series (history_delta: the rule)."""
+    spec = SPREAD_GATED[comparison_metric]
+    values = [*window, current]
+    log = uses_log(spec, values)
+    # Settled steps are those the runs before the last LEVEL_RUNS already show: each has at least
+    # NEW_NORMAL_RUNS runs behind it. (Found on the whole series, a step of the last few runs
+    # could be placed a run or two early, where those runs happened to be low, and settle
+    # before it was ever judged.)
+    settled = change_points(values[:-LEVEL_RUNS], log, SETTLED_ALPHA, SETTLED_ALPHA)
+    segment = values[settled[-1].index :] if settled else values
+    since = f" since the step at run {settled[-1].index + 1} of the window" if settled else ""
+    level = None
+    if len(segment) - LEVEL_RUNS >= MIN_SEGMENT_RUNS + 1:
+        level = step_at(segment, len(segment) - LEVEL_RUNS, log)
+    return SeriesTests(
+        comparison_metric,
+        current,
+        len(window),
+        since,
+        spread_test(segment[:-1], current, log),
+        level,
+        len(segment) - LEVEL_RUNS,
+    )
+
+
+def series_delta(
+    tests: SeriesTests,
+    spread_p: float,
+    level_p: float | None,
+    alpha: float = ALPHA,
+    latest_alpha: float = LATEST_ALPHA,
+    spread_note: str = "",
+    level_note: str = "",
+) -> MetricDelta:
+    """The MetricDelta of a case's tests judged at these p-values (adjusted for the run's other
+    cases, or the whole run's, as the notes say): significant where a test's p is below its
+    alpha; the significant test whose change is worst is the delta; with neither, the change is
+    CURRENT's against the reference level, not significant."""
+    sign = 1.0 if METRICS[tests.metric].higher_is_better else -1.0
+    earlier, current = tests.spread.n, tests.current
+
+    def delta(base: float, now: float, significant: bool, test: str, p: float) -> MetricDelta:
+        ratio = now / base if base else None
+        change = (ratio - 1.0) * 100.0 if ratio is not None else math.inf
+        return MetricDelta(
+            tests.metric,
+            base,
+            now,
+            ratio,
+            change,
+            -sign * change,
+            significant,
+            test,
+            p_value=p,
+            base_n=tests.runs,
+            current_n=1,
+        )
+
+    steps = []
+    if spread_p < latest_alpha:
+        steps.append(
+            delta(
+                tests.spread.center,
+                current,
+                True,
+                f"CURRENT outside the between-run spread of the {earlier} runs before it"
+                f"{tests.since} (t prediction interval, p < {latest_alpha:g}{spread_note})",
+                spread_p,
+            )
+        )
+    if tests.level is not None and level_p is not None and level_p < alpha:
+        steps.append(
+            delta(
+                tests.level.before,
+                tests.level.after,
+                True,
+                f"the level of the last {LEVEL_RUNS} runs (CURRENT included) against the "
+                f"{tests.level_before_runs} runs before them{tests.since} (Student's t-test, "
+                f"p < {alpha:g}{level_note})",
+                level_p,
+            )
+        )
+    if steps:
+        return max(steps, key=lambda d: d.worse_pct)
+    return delta(
+        tests.spread.center,
+        current,
+        False,
+        f"inside the between-run spread of {earlier} earlier runs{tests.since} "
+        f"(no step{spread_note})",
+        spread_p,
+    )
+
+
 def history_delta(
     comparison_metric: str,
     window: Sequence[float],
@@ -350,7 +479,7 @@ def history_delta(
     alpha: float = ALPHA,
     latest_alpha: float = LATEST_ALPHA,
 ) -> MetricDelta:
-    """CURRENT's metric judged against the window's series, as a MetricDelta whose `significant`
+    """One case's metric judged against the window's series, as a MetricDelta whose `significant`
     means "a step, not between-run noise" (so assessment's rule, threshold *and* significant,
     applies as it does to a baseline).
 
@@ -363,74 +492,104 @@ def history_delta(
       * the level of the last LEVEL_RUNS runs (CURRENT included) a step from the runs before
         them (Student's t-test, p < `alpha`): a step smaller than one run's noise shows once a
         few runs are behind it, and the change is that level's, not one noisy run's.
-    The significant test whose change is worst is the delta; with neither, CURRENT is inside the
-    spread and the change is CURRENT's against the segment's level, not significant."""
-    spec = SPREAD_GATED[comparison_metric]
-    values = [*window, current]
-    log = uses_log(spec, values)
-    # Settled steps are those the runs before the last LEVEL_RUNS already show: each has at least
-    # NEW_NORMAL_RUNS runs behind it. (Found on the whole series, a step of the last few runs
-    # could be placed a run or two early, where those runs happened to be low, and settle
-    # before it was ever judged.)
-    settled = change_points(values[:-LEVEL_RUNS], log, SETTLED_ALPHA, SETTLED_ALPHA)
-    segment = values[settled[-1].index :] if settled else values
-    since = f" since the step at run {settled[-1].index + 1} of the window" if settled else ""
-    sign = 1.0 if METRICS[comparison_metric].higher_is_better else -1.0
+    A run's cases are judged together by `history_deltas`, which is this for one case."""
+    return history_deltas(comparison_metric, {"": (window, current)}, alpha, latest_alpha)[""]
 
-    def delta(base: float, now: float, significant: bool, test: str, p: float) -> MetricDelta:
-        ratio = now / base if base else None
-        change = (ratio - 1.0) * 100.0 if ratio is not None else math.inf
-        return MetricDelta(
-            comparison_metric,
-            base,
-            now,
-            ratio,
-            change,
-            -sign * change,
-            significant,
-            test,
-            p_value=p,
-            base_n=len(values) - 1,
-            current_n=1,
-        )
 
-    earlier = segment[:-1]
-    spread = spread_test(earlier, current, log, latest_alpha)
-    steps = []
-    if spread.outside:
-        steps.append(
-            delta(
-                spread.center,
-                current,
-                True,
-                f"CURRENT outside the between-run spread of the {len(earlier)} runs before it"
-                f"{since} (t prediction interval, p < {latest_alpha:g})",
-                spread.p_value,
-            )
-        )
-    if len(segment) - LEVEL_RUNS >= MIN_SEGMENT_RUNS + 1:
-        level = step_at(segment, len(segment) - LEVEL_RUNS, log)
-        if level.p_value < alpha:
-            steps.append(
-                delta(
-                    level.before,
-                    level.after,
-                    True,
-                    f"the level of the last {LEVEL_RUNS} runs (CURRENT included) against the "
-                    f"{len(segment) - LEVEL_RUNS} runs before them{since} (Student's t-test, "
-                    f"p < {alpha:g})",
-                    level.p_value,
-                )
-            )
-    if steps:
-        return max(steps, key=lambda d: d.worse_pct)
-    return delta(
-        spread.center,
-        current,
-        False,
-        f"inside the between-run spread of {len(earlier)} earlier runs{since} (no step)",
-        spread.p_value,
+def history_deltas(
+    comparison_metric: str,
+    series: Mapping[str, tuple[Sequence[float | None], float]],
+    alpha: float = ALPHA,
+    latest_alpha: float = LATEST_ALPHA,
+) -> dict[str, MetricDelta]:
+    """Every case of a run (case id -> (its values in the window's runs, None where it has none;
+    CURRENT)) judged against its series by history_delta's rule, as one family:
+      * each test's p-values are adjusted across the cases (Benjamini-Hochberg), so an A/A run's
+        chance of a false step is about one case's, not that times the cases;
+      * the whole run is tested as one series too (`whole_run_tests`: per run, the median case's
+        deviation from its level): where CURRENT's median case is outside the spread of the
+        runs' medians, a change that moved every case (a driver, CUDA or torch upgrade) is
+        judged on the run's evidence, not on each case's alone, and a case moved the same way
+        counts as outside its spread.
+    An A/A run then fails about twice as often as one case would; a change confined to one case
+    of m needs about m times the evidence."""
+    tests = {
+        case: history_tests(comparison_metric, [v for v in w if v is not None], c)
+        for case, (w, c) in series.items()
+    }
+    return judge_together(tests, alpha, latest_alpha, whole_run_tests(comparison_metric, series))
+
+
+def whole_run_tests(
+    comparison_metric: str, series: Mapping[str, tuple[Sequence[float | None], float]]
+) -> SeriesTests | None:
+    """The history tests of the whole run: per window run and for CURRENT, the median over the
+    cases of each case's log deviation from its mean over the window (a run that moved every case
+    by 10% moves this by 10%, and the cases' own noise mostly averages out); None with fewer than
+    MIN_RUN_CASES cases or MIN_HISTORY_RUNS runs that have that many."""
+    cases = [
+        (np.log([v for v in window if v is not None]), window, current)
+        for window, current in series.values()
+        if current > 0 and all(v is None or v > 0 for v in window)
+    ]
+    if len(cases) < MIN_RUN_CASES:
+        return None
+    runs = max(len(window) for _, window, _ in cases)
+    factors = []
+    for run in range(runs):
+        deviations = [
+            math.log(window[run]) - float(logs.mean())
+            for logs, window, _ in cases
+            if run < len(window) and window[run] is not None
+        ]
+        if len(deviations) >= MIN_RUN_CASES:
+            factors.append(math.exp(float(np.median(deviations))))
+    if len(factors) < MIN_HISTORY_RUNS:
+        return None
+    current = math.exp(
+        float(np.median([math.log(current) - float(logs.mean()) for logs, _, current in cases]))
     )
+    return history_tests(comparison_metric, factors, current)
+
+
+def _moved_with(case: float, run: float) -> bool:
+    """Did a case move the way the whole run did (both ratios on the same side of 1)?"""
+    return (case - 1.0) * (run - 1.0) > 0
+
+
+def judge_together(
+    tests: Mapping[str, SeriesTests],
+    alpha: float = ALPHA,
+    latest_alpha: float = LATEST_ALPHA,
+    whole_run: SeriesTests | None = None,
+) -> dict[str, MetricDelta]:
+    """The cases' tests of one metric judged as one family (history_deltas): each test's
+    p-values adjusted across the cases (Benjamini-Hochberg); for CURRENT alone, the whole run's
+    p where that is smaller and the case moved the way the run did. (Not for the level of the
+    last runs: the level of a shared machine's speed drifts, and its median case, where the
+    cases' own noise averages out, shows such a drift as a step: on this project's CPU the
+    median case went from +11% in runs 1-3 to -10% in runs 4-7 of an A/A sequence.)"""
+    spread_p = dict(zip(tests, adjusted_p_values([t.spread.p_value for t in tests.values()])))
+    leveled = {case: t.level.p_value for case, t in tests.items() if t.level is not None}
+    level_p = dict(zip(leveled, adjusted_p_values(list(leveled.values()))))
+    family = (
+        f"; Benjamini-Hochberg adjusted across the run's {len(tests)} cases"
+        if len(tests) > 1
+        else ""
+    )
+    judged = {}
+    for case, t in tests.items():
+        p, note = spread_p[case], family
+        if whole_run is not None:
+            run_move = whole_run.current / whole_run.spread.center
+            if whole_run.spread.p_value < p and _moved_with(t.current / t.spread.center, run_move):
+                p = whole_run.spread.p_value
+                note = (
+                    f"; as the whole run is: its median case {(run_move - 1) * 100:+.1f}% "
+                    f"against the runs before it"
+                )
+        judged[case] = series_delta(t, p, level_p.get(case), alpha, latest_alpha, note, family)
+    return judged
 
 
 def _current_value(case: CaseComparison, metric: str) -> float | None:
@@ -443,31 +602,57 @@ def _judge_against_window(
     rows: Sequence[StoredCase],
     window: Sequence[StoredRun],
     latest_alpha: float,
-) -> tuple[Comparison, list[str]]:
-    """The comparison with its between-run metrics replaced by spread deltas where a case has
-    MIN_HISTORY_RUNS ok values in the window; the ids of the cases that have fewer."""
+) -> tuple[Comparison, list[str], list[str]]:
+    """The comparison with its between-run metrics replaced by the history rule's deltas
+    (history_deltas, all cases of a metric together) where a case has MIN_HISTORY_RUNS ok values
+    in the window; the ids of the cases that have fewer; notes for the reader."""
     by_key = _values_by_case(rows)
-    short = []
-    cases = []
-    for case in comparison.cases:
-        metrics = dict(case.metrics)
-        for metric, spec in SPREAD_GATED.items():
+    short: list[str] = []
+    notes: list[str] = []
+    judged: dict[str, dict[str, MetricDelta]] = {}
+    for metric, spec in SPREAD_GATED.items():
+        series = {}
+        for case in comparison.cases:
             current = _current_value(case, metric)
             if current is None:
                 continue
+            # aligned with the window's runs (None: not an ok value there), so the whole-run
+            # series can take each run's median over the cases
             values = [
-                row.metrics[spec.name]
+                row.metrics.get(spec.name)
+                if (row := by_key.get((run.id, case.case_id))) is not None and row.status == "ok"
+                else None
                 for run in window
-                if (row := by_key.get((run.id, case.case_id))) is not None
-                and row.status == "ok"
-                and row.metrics.get(spec.name) is not None
             ]
-            if len(values) >= MIN_HISTORY_RUNS:
-                metrics[metric] = history_delta(metric, values, current, ALPHA, latest_alpha)
+            if sum(v is not None for v in values) >= MIN_HISTORY_RUNS:
+                series[case.case_id] = (values, current)
             elif metric == "throughput":
                 short.append(case.case_id)
-        cases.append(replace(case, metrics=metrics))
-    return replace(comparison, cases=cases), short
+        judged[metric] = history_deltas(metric, series, ALPHA, latest_alpha)
+        if metric == "throughput" and (whole_run := whole_run_tests(metric, series)):
+            notes.append(describe_whole_run(whole_run, len(series), latest_alpha))
+    cases = [
+        replace(
+            case,
+            metrics={
+                **case.metrics,
+                **{m: d[case.case_id] for m, d in judged.items() if case.case_id in d},
+            },
+        )
+        for case in comparison.cases
+    ]
+    return replace(comparison, cases=cases), short, notes
+
+
+def describe_whole_run(whole_run: SeriesTests, cases: int, latest_alpha: float) -> str:
+    """One line on the whole run's throughput against the earlier runs' (whole_run_tests)."""
+    move = (whole_run.current / whole_run.spread.center - 1.0) * 100.0
+    verdict = "outside" if whole_run.spread.p_value < latest_alpha else "inside"
+    return (
+        f"whole run: the median of the {cases} cases' throughput {move:+.1f}% against the "
+        f"{whole_run.spread.n} runs before it{whole_run.since} (p = "
+        f"{whole_run.spread.p_value:.2g}): {verdict} the spread of their medians"
+    )
 
 
 # Comparison metrics judged by today's single-number rule, as store columns (divergence is not:
@@ -660,15 +845,19 @@ def check_history(
             f"(#{window[0].id}..#{latest.id}; status and numerics against {latest.label})"
         )
         comparison = compare_runs(base, current, config.options, base_label, label)
-        comparison, short = _judge_against_window(comparison, rows, window, config.options.alpha)
+        comparison, short, judged_notes = _judge_against_window(
+            comparison, rows, window, config.options.alpha
+        )
         notes.insert(
             0,
             f"history gate: each case against the last {len(window)} runs of suite {suite} on "
             f"{device}: a change counts beyond its threshold and as a step, not between-run "
             f"noise (CURRENT outside their spread, p < {config.options.alpha:g}; or the level "
             f"of the last {LEVEL_RUNS} runs a step from the runs before them, t-test "
-            f"p < {ALPHA:g})",
+            f"p < {ALPHA:g}; each test's p adjusted across the run's cases, Benjamini-Hochberg; "
+            f"a case moved as the whole run is, where that is outside the earlier runs' spread)",
         )
+        notes.extend(judged_notes)
         if short:
             notes.append(
                 f"{len(short)} case(s) have fewer than {MIN_HISTORY_RUNS} ok runs in the window "

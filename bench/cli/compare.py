@@ -56,10 +56,12 @@ with --history, throughput, step time and energy regress when worse than their t
 a step, not between-run noise, in the series of the last --window runs with CURRENT appended:
 CURRENT outside their spread (t prediction interval, p < --alpha), or the level of the last 4
 runs a step from the runs before them (Student's t-test, p < 0.01; the change judged is that
-level's); a step 5 runs old is the new normal. On CPU runs the throughput default is then -10
-(the spread test measures the noise the -30 was for). Status, numerics and peak memory are judged against
-the latest of them as with --baseline. Each failing case names its last good run and what
-changed since.
+level's); a step 5 runs old is the new normal. A run's cases are judged together: each test's
+p-values are adjusted across them (Benjamini-Hochberg), and where the run's median case is
+outside the spread of the earlier runs' medians, every case that moved that way is too. On CPU
+runs the throughput default is then -10 (the spread test measures the noise the -30 was for).
+Status, numerics and peak memory are judged against the latest of them as with --baseline.
+Each failing case names its last good run and what changed since.
 """
 
 
