@@ -511,8 +511,8 @@ def history_deltas(
         runs' medians, a change that moved every case (a driver, CUDA or torch upgrade) is
         judged on the run's evidence, not on each case's alone, and a case moved the same way
         counts as outside its spread.
-    An A/A run then fails about twice as often as one case would; a change confined to one case
-    of m needs about m times the evidence."""
+    An A/A run then fails about as often as one case would (a little more: the whole run is one
+    more test); a change confined to one case of m needs about m times the evidence."""
     tests = {
         case: history_tests(comparison_metric, [v for v in w if v is not None], c)
         for case, (w, c) in series.items()
@@ -527,28 +527,25 @@ def whole_run_tests(
     cases of each case's log deviation from its mean over the window (a run that moved every case
     by 10% moves this by 10%, and the cases' own noise mostly averages out); None with fewer than
     MIN_RUN_CASES cases or MIN_HISTORY_RUNS runs that have that many."""
-    cases = [
-        (np.log([v for v in window if v is not None]), window, current)
+    cases = [  # (the case's mean log value over the window, its window, CURRENT)
+        (float(np.mean(np.log([v for v in window if v is not None]))), window, current)
         for window, current in series.values()
         if current > 0 and all(v is None or v > 0 for v in window)
     ]
     if len(cases) < MIN_RUN_CASES:
         return None
-    runs = max(len(window) for _, window, _ in cases)
     factors = []
-    for run in range(runs):
+    for run in range(max(len(window) for _, window, _ in cases)):
         deviations = [
-            math.log(window[run]) - float(logs.mean())
-            for logs, window, _ in cases
+            math.log(window[run]) - level
+            for level, window, _ in cases
             if run < len(window) and window[run] is not None
         ]
         if len(deviations) >= MIN_RUN_CASES:
             factors.append(math.exp(float(np.median(deviations))))
     if len(factors) < MIN_HISTORY_RUNS:
         return None
-    current = math.exp(
-        float(np.median([math.log(current) - float(logs.mean()) for logs, _, current in cases]))
-    )
+    current = math.exp(float(np.median([math.log(c) - level for level, _, c in cases])))
     return history_tests(comparison_metric, factors, current)
 
 
